@@ -1,0 +1,146 @@
+"""The `ollamesh` command: up, demo, sim, bench, generate, chat."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from actors.logs import configure_logging
+from bus.config import ConfigError, load_config
+from bus.errors import OllameshError
+
+__all__ = ["main"]
+
+_DEFAULT_NATS = "nats://127.0.0.1:4222"
+
+
+def run_async(coro_fn: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run a coroutine on uvloop when it is installed; turn typed failures into exit 1."""
+    try:
+        import uvloop
+
+        runner: Callable[..., int] = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        runner = asyncio.run
+    try:
+        return runner(coro_fn())
+    except OllameshError as exc:
+        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _up(args: argparse.Namespace) -> int:
+    from actors.supervisor import Stack, run_until_signalled
+
+    config = load_config(args.config)
+    configure_logging(config.log_level, args.log_format or config.log_format)
+    actors = tuple(a.strip() for a in args.actors.split(",") if a.strip())
+    return run_async(lambda: _serve(Stack(config, actors=actors), run_until_signalled))
+
+
+async def _serve(stack: Any, runner: Any) -> int:
+    await runner(stack)
+    return 0
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nats", default=os.environ.get("NATS_URL", _DEFAULT_NATS), help="NATS URL")
+    p.add_argument("--prefix", default=os.environ.get("OLLAMESH_PREFIX", "llm"))
+    p.add_argument("-m", "--model", help="model name or role (primary, fast, ...)")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--num-predict", type=int, dest="num_predict")
+    p.add_argument("--no-stream", action="store_true", help="print the whole answer at the end")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for an answer")
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("temperature", "seed", "num_predict")
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from actors.terminal import generate
+
+    configure_logging("warning")
+    return run_async(lambda: generate(args, _options(args)))
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from actors.terminal import chat
+
+    configure_logging("warning")
+    return run_async(lambda: chat(args, _options(args)))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from actors.demo import demo
+
+    configure_logging("warning" if not args.verbose else "info", "console")
+    return run_async(lambda: demo(tokens_per_second=args.tokens_per_second))
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from actors.bench import bench
+
+    configure_logging("warning", "json")
+    return run_async(lambda: bench(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    from actors.bench import register as register_bench
+    from actors.simulator.cli import register as register_sim
+
+    parser = argparse.ArgumentParser(prog="ollamesh", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the actors (router + one executor per Ollama host)")
+    up.add_argument("--config", help="TOML config file (default: $OLLAMESH_CONFIG)")
+    up.add_argument("--actors", default="router,executor", help="comma-separated actors to run")
+    up.add_argument("--log-format", choices=["auto", "json", "console"])
+    up.set_defaults(func=_up)
+
+    demo = sub.add_parser("demo", help="a scripted tour on an embedded server and simulated hosts")
+    demo.add_argument("--tokens-per-second", type=float, default=150.0)
+    demo.add_argument("-v", "--verbose", action="store_true", help="show the actors' logs")
+    demo.set_defaults(func=_demo)
+
+    gen = sub.add_parser("generate", help="stream a completion of PROMPT to the terminal")
+    gen.add_argument("prompt")
+    _client_args(gen)
+    gen.set_defaults(func=_generate)
+
+    chat = sub.add_parser("chat", help="chat with a model (reads lines from stdin)")
+    chat.add_argument("message", nargs="?", help="one message, then exit (default: interactive)")
+    _client_args(chat)
+    chat.set_defaults(func=_chat)
+
+    register_sim(sub)
+    register_bench(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `ollamesh` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""`ollamesh demo`: a scripted tour on an embedded nats-server and two simulated hosts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import msgspec
+
+from actors.simulator import SimulatorServer
+from actors.supervisor import Stack
+from bus.client import Client
+from bus.config import Config
+from bus.errors import Cancelled
+from schemas import RequestEvent, decode_event
+
+__all__ = ["demo"]
+
+_MODELS = ["llama3.2:3b", "qwen2.5:7b"]
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+@contextlib.asynccontextmanager
+async def _fleet(tokens_per_second: float) -> AsyncIterator[list[SimulatorServer]]:
+    async with (
+        SimulatorServer(models=_MODELS, tokens_per_second=tokens_per_second) as a,
+        SimulatorServer(models=_MODELS, tokens_per_second=tokens_per_second) as b,
+    ):
+        yield [a, b]
+
+
+async def demo(tokens_per_second: float = 150.0) -> int:
+    """Run the tour; return 0 when every step behaved as it should."""
+    async with _fleet(tokens_per_second) as (gpu_a, gpu_b):
+        config = msgspec.convert(
+            {
+                "ollama_hosts": [gpu_a.url, gpu_b.url],
+                "roles": {"primary": "qwen2.5:7b", "fast": "llama3.2:3b", "backup": "llama3.2:3b"},
+                "nats": {"port": 0},
+                "executor": {"retry_backoff_ms": 50, "tags_refresh_s": 1.0},
+            },
+            Config,
+        )
+        async with Stack(config) as stack, Client(stack.url, timeout=30.0) as client:
+            names = {gpu_a.url: "gpu-a", gpu_b.url: "gpu-b"}
+            events: list[RequestEvent] = []
+
+            async def on_event(msg: object) -> None:
+                events.append(decode_event(msg.data))  # type: ignore[attr-defined]
+
+            await client.nc.subscribe(stack.subjects.event("request"), cb=on_event)
+            _say(f"ollamesh demo: nats-server at {stack.url}, hosts gpu-a and gpu-b")
+            _say(f"  gpu-a {gpu_a.url}   gpu-b {gpu_b.url}   models {', '.join(_MODELS)}")
+            summary: list[tuple[str, str]] = []
+
+            _say("\n1. A streamed chat answer from the `primary` role, token by token:")
+            t0 = time.perf_counter()
+            stream = await client.chat(
+                "primary",
+                [{"role": "user", "content": "Name three checks for a scaffold."}],
+                stream=True,
+                options={"seed": 1, "num_predict": 40},
+            )
+            first = None
+            sys.stdout.write("   ")
+            async for chunk in stream:
+                first = first or time.perf_counter() - t0
+                sys.stdout.write(chunk.text)
+                sys.stdout.flush()
+            done = stream.done
+            assert done is not None
+            _say(
+                f"\n   -> {done.eval_count} tokens from {done.model} on"
+                f" {names[done.host]}, first token after {first * 1000:.1f} ms"
+            )
+            summary.append(("streamed answer", f"{done.eval_count} tokens via {names[done.host]}"))
+
+            _say("\n2. A non-streamed generate on the `fast` role:")
+            result = await client.generate(
+                "fast", "Say hello to the site crew.", options={"temperature": 0, "num_predict": 12}
+            )
+            _say(f"   {result.response.strip()}")
+            _say(f"   -> served by {names[result.host]} ({result.eval_count} tokens)")
+            summary.append(
+                ("non-streamed answer", f"{result.eval_count} tokens via {names[result.host]}")
+            )
+
+            _say("\n3. gpu-a dies; the next requests move to gpu-b:")
+            await gpu_a.kill()
+            hosts = []
+            for i in range(6):
+                r = await client.generate("fast", f"Status report {i}", options={"num_predict": 8})
+                hosts.append(names[r.host])
+            retried = [e for e in events if e.attempt > 1 and e.outcome == "ok"]
+            _say(f"   6 requests after the failure were served by: {', '.join(hosts)}")
+            _say(f"   {len(retried)} of them had reached gpu-a first and were retried on gpu-b")
+            ok = all(h == "gpu-b" for h in hosts)
+            summary.append(("failover", "all on gpu-b" if ok else f"served by {hosts}"))
+
+            _say("\n4. A long answer, cancelled after five chunks:")
+            stream = await client.generate(
+                "fast", "Write the full site safety manual.", stream=True,
+                options={"num_predict": 5000},
+            )  # fmt: skip
+            t0 = time.perf_counter()
+            seen = 0
+            outcome = "not cancelled"
+            try:
+                async for _ in stream:
+                    seen += 1
+                    if seen == 5:
+                        await stream.cancel()
+            except Cancelled:
+                outcome = (
+                    f"cancelled after {seen} chunks in {(time.perf_counter() - t0) * 1000:.0f} ms"
+                )
+            _say(f"   -> {outcome}")
+            summary.append(("cancel", outcome))
+
+            _say("\nSummary")
+            for step, what in summary:
+                _say(f"  {step:<22} {what}")
+            passed = ok and outcome.startswith("cancelled")
+            _say("\ndemo " + ("passed" if passed else "FAILED"))
+            await asyncio.sleep(0)
+            return 0 if passed else 1

@@ -1,0 +1,472 @@
+"""The executor actor: one per Ollama host; pulls work for its models and streams answers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import time
+from typing import Any
+
+import msgspec
+import nats.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+from actors.executor.emit import Emitter
+from actors.executor.ollama import HostUnavailable, Line, OllamaHost, StreamTimeouts
+from bus.actor import Actor, reply_error
+from bus.config import Config
+from bus.errors import (
+    Cancelled,
+    Internal,
+    ModelNotFound,
+    OllameshError,
+    Timeout,
+    UpstreamError,
+)
+from bus.registry import HostRegistry
+from bus.subjects import Subjects, model_token
+from schemas import (
+    ChatResult,
+    Done,
+    EmbedResult,
+    GenerateResult,
+    HostInfo,
+    Kind,
+    Message,
+    RequestEvent,
+    Work,
+    decode_request,
+    decode_work,
+    encode,
+)
+
+__all__ = ["Executor"]
+
+_PATHS = {Kind.GENERATE: "/api/generate", Kind.CHAT: "/api/chat", Kind.EMBED: "/api/embed"}
+# Cancels are remembered this long, so work cancelled while queued is dropped when taken.
+_CANCEL_MEMORY_S = 600.0
+_FETCH_EXPIRY_S = 5.0
+_STAT_FIELDS = (
+    "done_reason",
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+)
+
+
+def _stats(line: Line) -> dict[str, Any]:
+    """Ollama's figures from its final line, under Ollama's names."""
+    return {name: getattr(line, name) for name in _STAT_FIELDS}
+
+
+def _ollama_body(work: Work) -> bytes:
+    """The request as Ollama takes it: the resolved model, our own fields left out."""
+    request = decode_request(work.kind, work.body)
+    return encode(
+        msgspec.structs.replace(
+            request, model=work.model, request_id=None, role=None, deadline_ms=None
+        )
+    )
+
+
+class Executor(Actor):
+    """Serves one Ollama host: learns its models, pulls their work, streams the answers."""
+
+    name = "executor"
+
+    def __init__(
+        self, nc: NATS, subjects: Subjects, config: Config, host_url: str, registry: HostRegistry
+    ) -> None:
+        super().__init__(nc, subjects)
+        self.cfg = config.executor
+        self.host_url = host_url.rstrip("/")
+        self.host = OllamaHost(self.host_url, connect_timeout=self.cfg.connect_timeout_s)
+        self.executor_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.log = self.log.bind(host=self.host_url)
+        self._registry = registry
+        self._key = model_token(self.executor_id)
+        self._models: dict[str, list[asyncio.Task[None]]] = {}
+        self._fetching: set[asyncio.Task[Any]] = set()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._cancelled: dict[str, float] = {}
+        self._accepting = True
+        self._up = False
+        self._checked = False
+        self._known: list[str] = []
+        self._version = ""
+        self._failures = 0
+        self._paused_until = 0.0
+        self._wake = asyncio.Event()
+
+    @property
+    def models(self) -> list[str]:
+        """Models this executor currently pulls work for."""
+        return sorted(self._models)
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    async def setup(self) -> None:
+        self.js = self.nc.jetstream()
+        await self.serve(self.subjects.cancels, self._on_cancel)
+        await self.refresh()
+        self.spawn(self._maintain())
+
+    # -- host state -------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Ask the host what it has; start or stop pulling per model; announce it."""
+        timeout = self.cfg.connect_timeout_s + 3.0
+        try:
+            self._version = await self.host.version(timeout)
+            models = await self.host.models(timeout)
+        except HostUnavailable as exc:
+            if self._up or not self._checked:
+                self.log.warning("host_down", error=exc.message)
+            self._up = False
+            self._checked = True
+            # Stop pulling so the work goes to hosts that are up at once.
+            for model in list(self._models):
+                self._stop_model(model)
+            await self._announce()
+            return
+        if not self._up:
+            self.log.info("host_up", version=self._version, models=models)
+        self._up = self._checked = True
+        self._failures = 0
+        self._known = sorted(models)
+        for model in set(self._models) - set(models):
+            self._stop_model(model)
+        for model in set(models) - set(self._models):
+            await self._start_model(model)
+        await self._announce()
+
+    async def _announce(self) -> None:
+        info = HostInfo(
+            host=self.host_url,
+            executor=self.executor_id,
+            models=self._known,
+            version=self._version,
+            up=self._up,
+            at=time.time(),
+        )
+        try:
+            await self._registry.announce(self._key, info)
+        except Exception as exc:
+            self.log.warning("announce_failed", error=repr(exc))
+
+    async def _maintain(self) -> None:
+        while self._accepting:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.cfg.tags_refresh_s)
+            self._wake.clear()
+            if self._accepting:
+                await self.refresh()
+
+    def _note_failure(self) -> float:
+        """Back off this host after a failure before the first token; return the pause."""
+        self._failures += 1
+        pause = min(
+            self.cfg.retry_backoff_max_ms, self.cfg.retry_backoff_ms * 2 ** (self._failures - 1)
+        )
+        self._paused_until = asyncio.get_running_loop().time() + pause / 1000
+        if self._failures >= 3:
+            self._wake.set()  # several in a row: check whether the host is down at all
+        return pause / 1000
+
+    # -- pulling work -----------------------------------------------------------------
+
+    async def _start_model(self, model: str) -> None:
+        consumer = self.subjects.work_consumer(model)
+        config = ConsumerConfig(
+            durable_name=consumer,
+            filter_subject=self.subjects.work(model),
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.cfg.ack_wait_s,
+            max_deliver=-1,
+            max_ack_pending=-1,
+        )
+        try:
+            await self.js.add_consumer(self.subjects.work_stream, config)
+        except BadRequestError as exc:
+            # Another executor created it with other settings; share it as it is.
+            self.log.info("consumer_exists", consumer=consumer, note=exc.description)
+        self._models[model] = [
+            self.spawn(self._pull(model, consumer)) for _ in range(self.cfg.max_inflight_per_model)
+        ]
+        self.log.info("model_serving", model=model, slots=self.cfg.max_inflight_per_model)
+
+    def _stop_model(self, model: str) -> None:
+        for task in self._models.pop(model, []):
+            if task in self._fetching:
+                task.cancel()
+        self.log.info("model_withdrawn", model=model)
+
+    async def _pull(self, model: str, consumer: str) -> None:
+        """One slot for `model`: take one work item at a time and serve it."""
+        me = asyncio.current_task()
+        assert me is not None
+        psub = await self.js.pull_subscribe_bind(durable=consumer, stream=self.subjects.work_stream)
+        loop = asyncio.get_running_loop()
+        try:
+            while self._accepting and me in self._models.get(model, ()):
+                if (pause := self._paused_until - loop.time()) > 0:
+                    await asyncio.sleep(pause)
+                    continue
+                self._fetching.add(me)
+                try:
+                    msgs = await psub.fetch(1, timeout=_FETCH_EXPIRY_S)
+                except nats.errors.TimeoutError:
+                    continue
+                except (nats.errors.Error, OSError) as exc:
+                    self.log.warning("fetch_failed", model=model, error=repr(exc))
+                    await asyncio.sleep(0.5)
+                    continue
+                finally:
+                    self._fetching.discard(me)
+                for msg in msgs:
+                    await self._take(msg)
+        finally:
+            # Work that landed after we stopped is handed straight back.
+            while not psub._sub._pending_queue.empty():  # type: ignore[union-attr]
+                msg = psub._sub._pending_queue.get_nowait()  # type: ignore[union-attr]
+                if msg.reply:
+                    with contextlib.suppress(Exception):
+                        await msg.nak()
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+
+    async def _take(self, msg: Msg) -> None:
+        try:
+            work = decode_work(msg.data)
+        except msgspec.DecodeError as exc:
+            self.log.error("work_unreadable", error=str(exc))
+            await msg.term()
+            return
+        if not self._accepting:
+            await msg.nak()
+            return
+        task = self.spawn(self._serve(work, msg, msg.metadata.num_delivered))
+        self._running[work.request_id] = task
+        try:
+            await asyncio.wait({task})
+        finally:
+            self._running.pop(work.request_id, None)
+
+    # -- serving one request ----------------------------------------------------------
+
+    async def _serve(self, work: Work, msg: Msg, attempt: int) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        rid = work.request_id
+        log = self.log.bind(request_id=rid, model=work.model, attempt=attempt)
+        emitter = Emitter(
+            self.nc,
+            self.subjects.stream(rid),
+            rid,
+            window_s=self.cfg.coalesce_ms / 1000,
+            publish=work.stream,
+        )
+        keepalive = loop.create_task(self._keep_alive(msg))
+        failure: OllameshError | None = None
+        last = Line()
+        try:
+            await self._check_admissible(work, attempt)
+            body = _ollama_body(work)
+            timeouts = self._timeouts(work)
+            path = _PATHS[work.kind]
+            if work.kind is Kind.EMBED:
+                last = await self.host.call(path, body, work.model, timeouts.total)
+            else:
+                async for lines in self.host.stream(path, body, work.model, timeouts):
+                    await emitter.add(lines)
+                    last = lines[-1]
+            self._failures = 0
+            await self._deliver(work, emitter, last)
+        except asyncio.CancelledError:
+            if rid not in self._cancelled:
+                await self._hand_back(work, msg, emitter, log)
+                raise
+            # The client's cancel ends this request normally; the task goes on to report it.
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            failure = Cancelled("cancelled by the client", request_id=rid)
+        except (HostUnavailable, ModelNotFound) as exc:
+            if emitter.started or attempt >= self.cfg.max_attempts:
+                failure = exc
+            else:
+                await self._retry(msg, exc, attempt, log)
+                return
+        except OllameshError as exc:
+            failure = exc
+        except Exception as exc:
+            log.exception("serve_crashed")
+            failure = Internal(f"executor failed: {exc!r}")
+        finally:
+            keepalive.cancel()
+            emitter.close()
+        if failure is not None:
+            log.warning("request_failed", code=failure.code, error=failure.message)
+            await self._fail(work, emitter, failure)
+        else:
+            log.debug("request_done", chunks=emitter.seq)
+        await msg.ack()
+        await self._emit_event(work, emitter, last, failure, attempt, started)
+
+    async def _check_admissible(self, work: Work, attempt: int) -> None:
+        if work.request_id in self._cancelled:
+            raise Cancelled("cancelled while queued", request_id=work.request_id)
+        if work.deadline_at is not None and time.time() >= work.deadline_at:
+            raise Timeout("the deadline passed while the request was queued")
+        if attempt > 1 and work.stream and await self._already_streamed(work.request_id):
+            # Tokens already reached the client from a host that died: never restart the
+            # answer under the same seq numbers.
+            raise UpstreamError("the host serving this request stopped mid-stream")
+
+    async def _already_streamed(self, request_id: str) -> bool:
+        try:
+            await self.js.get_last_msg(self.subjects.chunk_stream, self.subjects.stream(request_id))
+        except NotFoundError:
+            return False
+        return True
+
+    def _timeouts(self, work: Work) -> StreamTimeouts:
+        total = self.cfg.total_timeout_s
+        if work.deadline_at is not None:
+            total = min(total, work.deadline_at - time.time())
+        return StreamTimeouts(
+            first_token=min(total, self.cfg.first_token_timeout_s),
+            idle=self.cfg.idle_timeout_s,
+            total=total,
+        )
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        """Tell JetStream the work is still being served, so it is not redelivered."""
+        while True:
+            await asyncio.sleep(self.cfg.ack_wait_s / 3)
+            await msg.in_progress()
+
+    async def _deliver(self, work: Work, emitter: Emitter, last: Line) -> None:
+        rid = work.request_id
+        served = {"request_id": rid, "model": work.model, "host": self.host_url}
+        if work.stream:
+            await emitter.finish(Done(**served, **_stats(last)))
+            return
+        if work.reply is None:
+            return
+        result: GenerateResult | ChatResult | EmbedResult
+        if work.kind is Kind.EMBED:
+            result = EmbedResult(
+                **served,
+                embeddings=last.embeddings or [],
+                total_duration=last.total_duration,
+                load_duration=last.load_duration,
+                prompt_eval_count=last.prompt_eval_count,
+            )
+        elif work.kind is Kind.CHAT:
+            message = Message(
+                role="assistant",
+                content="".join(emitter.text),
+                thinking="".join(emitter.thinking) or None,
+                tool_calls=emitter.tool_calls or None,
+            )
+            result = ChatResult(**served, **_stats(last), message=message)
+        else:
+            result = GenerateResult(
+                **served,
+                **_stats(last),
+                response="".join(emitter.text),
+                thinking="".join(emitter.thinking) or None,
+            )
+        await self.nc.publish(work.reply, encode(result))
+
+    async def _fail(self, work: Work, emitter: Emitter, failure: OllameshError) -> None:
+        if work.stream:
+            await emitter.finish(failure.to_wire(work.request_id))
+        elif work.reply:
+            await reply_error(self.nc, work.reply, failure, work.request_id)
+
+    async def _retry(
+        self, msg: Msg, exc: OllameshError, attempt: int, log: structlog.BoundLogger
+    ) -> None:
+        """Put the work back for any host, and rest this one a little."""
+        pause = self._note_failure()
+        if isinstance(exc, ModelNotFound):
+            self._wake.set()  # the host lost the model: re-read its tags now
+        log.warning("request_retry", error=exc.message, backoff_s=pause)
+        await msg.nak(delay=pause)
+
+    async def _hand_back(
+        self, work: Work, msg: Msg, emitter: Emitter, log: structlog.BoundLogger
+    ) -> None:
+        """The executor is stopping: return unstarted work, end started streams cleanly."""
+        with contextlib.suppress(Exception):
+            if not emitter.started:
+                log.info("request_handed_back")
+                await msg.nak()
+                return
+            failure = UpstreamError("the executor stopped mid-stream", request_id=work.request_id)
+            await self._fail(work, emitter, failure)
+            await msg.ack()
+
+    async def _emit_event(
+        self,
+        work: Work,
+        emitter: Emitter,
+        last: Line,
+        failure: OllameshError | None,
+        attempt: int,
+        started: float,
+    ) -> None:
+        event = RequestEvent(
+            request_id=work.request_id,
+            kind=work.kind,
+            model=work.model,
+            host=self.host_url,
+            outcome="ok" if failure is None else failure.code,
+            latency_ms=round((time.time() - work.accepted_at) * 1000, 3),
+            ttft_ms=(
+                round((emitter.first_token_at - started) * 1000, 3)
+                if emitter.first_token_at is not None
+                else None
+            ),
+            prompt_tokens=last.prompt_eval_count,
+            output_tokens=last.eval_count,
+            attempt=attempt,
+            at=time.time(),
+        )
+        await self.nc.publish(self.subjects.event("request"), encode(event))
+
+    # -- cancels and shutdown ---------------------------------------------------------
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        request_id = msg.subject.rsplit(".", 1)[-1]
+        now = time.monotonic()
+        self._cancelled[request_id] = now
+        if len(self._cancelled) > 4096:
+            self._cancelled = {
+                k: t for k, t in self._cancelled.items() if now - t < _CANCEL_MEMORY_S
+            }
+        if task := self._running.get(request_id):
+            self.log.info("request_cancelling", request_id=request_id)
+            task.cancel()
+
+    async def before_drain(self) -> None:
+        self._accepting = False
+        self._wake.set()
+        for task in list(self._fetching):
+            task.cancel()
+
+    async def teardown(self) -> None:
+        await self._registry.withdraw(self._key)
+        await self.host.close()

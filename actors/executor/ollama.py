@@ -1,0 +1,184 @@
+"""One Ollama host over a pooled httpx client: NDJSON streams, deadlines, typed failures."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import msgspec
+from msgspec import Struct
+
+from bus.errors import BadRequest, ModelNotFound, OllameshError, Timeout, UpstreamError
+from schemas import Message
+
+__all__ = ["HostUnavailable", "Line", "OllamaHost", "StreamTimeouts"]
+
+
+class HostUnavailable(UpstreamError):
+    """The host could not start the work (refused, busy, 5xx): another host may."""
+
+
+class Line(Struct, kw_only=True):
+    """One NDJSON line of `/api/generate` or `/api/chat`, or `/api/embed`'s reply."""
+
+    model: str = ""
+    response: str = ""
+    thinking: str | None = None
+    message: Message | None = None
+    done: bool = False
+    done_reason: str | None = None
+    total_duration: int = 0
+    load_duration: int = 0
+    prompt_eval_count: int = 0
+    prompt_eval_duration: int = 0
+    eval_count: int = 0
+    eval_duration: int = 0
+    embeddings: list[list[float]] | None = None
+    error: str | None = None
+
+
+class _Tags(Struct):
+    models: list[dict[str, Any]] = []
+
+
+class _Version(Struct):
+    version: str = ""
+
+
+_line_decoder = msgspec.json.Decoder(Line)
+_tags_decoder = msgspec.json.Decoder(_Tags)
+_version_decoder = msgspec.json.Decoder(_Version)
+
+
+@dataclass(frozen=True)
+class StreamTimeouts:
+    """Deadlines Ollama does not enforce itself: first token, idle gap, whole request."""
+
+    first_token: float
+    idle: float
+    total: float
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        decoded = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return body.decode(errors="replace")[:500]
+    if isinstance(decoded, dict) and isinstance(decoded.get("error"), str):
+        return decoded["error"]
+    return str(decoded)[:500]
+
+
+def _status_error(status: int, body: bytes, model: str) -> OllameshError:
+    """Map an HTTP error status from Ollama to the failure it means for the client."""
+    text = _error_text(body)
+    if status == 404:
+        return ModelNotFound(f"model {model!r} not found on host: {text}")
+    if status == 400:
+        return BadRequest(f"Ollama rejected the request: {text}")
+    if status in (429, 503) or status >= 500:
+        return HostUnavailable(f"host answered {status}: {text}")
+    return UpstreamError(f"host answered {status}: {text}")
+
+
+class OllamaHost:
+    """The executor's client for one Ollama host."""
+
+    def __init__(self, url: str, *, connect_timeout: float, max_connections: int = 256) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.AsyncClient(
+            base_url=self.url,
+            # Read deadlines are enforced per request below; httpx only bounds connects.
+            timeout=httpx.Timeout(connect=connect_timeout, read=None, write=30.0, pool=30.0),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+        )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def version(self, timeout: float) -> str:
+        """The host's Ollama version; raises `HostUnavailable` if it does not answer."""
+        body = await self._get("/api/version", timeout)
+        return _version_decoder.decode(body).version
+
+    async def models(self, timeout: float) -> list[str]:
+        """Names of the models the host has (`/api/tags`)."""
+        body = await self._get("/api/tags", timeout)
+        return [m["name"] for m in _tags_decoder.decode(body).models if "name" in m]
+
+    async def _get(self, path: str, timeout: float) -> bytes:
+        try:
+            async with asyncio.timeout(timeout):
+                resp = await self._http.get(path)
+        except (httpx.HTTPError, TimeoutError) as exc:
+            raise HostUnavailable(f"{self.url}{path}: {exc!r}") from exc
+        if resp.status_code != 200:
+            raise _status_error(resp.status_code, resp.content, "")
+        return resp.content
+
+    async def call(self, path: str, body: bytes, model: str, timeout: float) -> Line:
+        """POST a non-streamed request (`/api/embed`) and return its decoded reply."""
+        try:
+            async with asyncio.timeout(timeout):
+                resp = await self._http.post(path, content=body)
+        except TimeoutError as exc:
+            raise Timeout(f"{self.url}{path} did not answer within {timeout:.1f}s") from exc
+        except httpx.HTTPError as exc:
+            raise HostUnavailable(f"{self.url}{path}: {exc!r}") from exc
+        if resp.status_code != 200:
+            raise _status_error(resp.status_code, resp.content, model)
+        line = _line_decoder.decode(resp.content)
+        if line.error:
+            raise UpstreamError(f"host error: {line.error}")
+        return line
+
+    async def stream(
+        self, path: str, body: bytes, model: str, timeouts: StreamTimeouts
+    ) -> AsyncIterator[list[Line]]:
+        """POST a streamed request; yield the lines of each read, ending with `done`.
+
+        Lines that arrived together are yielded together, so the caller can send them
+        as one chunk without waiting. Raises `HostUnavailable` for failures before the
+        first line, `Timeout` for a missed deadline, `UpstreamError` for a stream that
+        fails or ends without `done: true`.
+        """
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeouts.total
+        started = False
+        try:
+            async with asyncio.timeout(min(end, loop.time() + timeouts.first_token)) as deadline:
+                async with self._http.stream("POST", path, content=body) as resp:
+                    if resp.status_code != 200:
+                        raise _status_error(resp.status_code, await resp.aread(), model)
+                    pending = b""
+                    async for raw in resp.aiter_raw():
+                        pending += raw
+                        *complete, pending = pending.split(b"\n")
+                        lines = [_line_decoder.decode(c) for c in complete if c.strip()]
+                        if not lines:
+                            continue
+                        if lines[-1].error:
+                            raise UpstreamError(f"host failed mid-stream: {lines[-1].error}")
+                        started = True
+                        # No deadline may be armed across a yield: it would cancel the
+                        # caller's code instead of this read.
+                        deadline.reschedule(None)
+                        yield lines
+                        if lines[-1].done:
+                            return
+                        deadline.reschedule(min(end, loop.time() + timeouts.idle))
+        except TimeoutError as exc:
+            what = "first token" if not started else "next token"
+            raise Timeout(f"{self.url} sent no {what} in time") from exc
+        except msgspec.DecodeError as exc:
+            raise UpstreamError(f"host sent a malformed line: {exc}") from exc
+        except httpx.HTTPError as exc:
+            if started:
+                raise UpstreamError(f"host stream broke: {exc!r}") from exc
+            raise HostUnavailable(f"{self.url}{path}: {exc!r}") from exc
+        raise UpstreamError("host ended the stream without done: true")

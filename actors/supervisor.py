@@ -1,0 +1,155 @@
+"""Run a set of actors in one process: connect (or start nats-server), provision, serve, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from pathlib import Path
+from types import TracebackType
+
+import structlog
+from nats.aio.client import Client as NATS
+
+from actors.executor import Executor
+from actors.router import Router
+from bus.actor import Actor
+from bus.config import Config
+from bus.connection import connect
+from bus.provision import provision
+from bus.registry import HostRegistry
+from bus.server import EmbeddedNats
+from bus.subjects import Subjects
+
+__all__ = ["ACTORS", "Stack", "default_data_dir", "run_until_signalled"]
+
+log = structlog.get_logger("actors.supervisor")
+
+ACTORS = ("router", "executor")
+# Executors announce their models before `start` returns, within this bound.
+_READY_TIMEOUT_S = 10.0
+
+
+def default_data_dir() -> Path:
+    """Where `ollamesh up` keeps JetStream data when the config names no place."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "ollamesh" / "nats"
+
+
+class Stack:
+    """The actors of one process sharing one NATS connection.
+
+    Without `config.nats.url` it starts an embedded nats-server first, on
+    `config.nats.port` (0: a free port).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        actors: tuple[str, ...] = ACTORS,
+        data_dir: Path | None = None,
+    ) -> None:
+        unknown = set(actors) - set(ACTORS)
+        if unknown:
+            raise ValueError(f"unknown actors {sorted(unknown)}; known: {', '.join(ACTORS)}")
+        self.config = config
+        self.subjects = Subjects(config.prefix)
+        self._wanted = actors
+        self._data_dir = data_dir
+        self.server: EmbeddedNats | None = None
+        self.nc: NATS | None = None
+        self.registry: HostRegistry | None = None
+        self.router: Router | None = None
+        self.executors: list[Executor] = []
+        self.url = config.nats.url or ""
+
+    @property
+    def actors(self) -> list[Actor]:
+        """Every running actor, router first."""
+        return ([self.router] if self.router else []) + list(self.executors)
+
+    async def start(self) -> None:
+        """Start everything; return once the router knows what the executors serve."""
+        if not self.url:
+            data_dir = self._data_dir or (
+                Path(self.config.nats.data_dir) if self.config.nats.data_dir else None
+            )
+            port = self.config.nats.port or None
+            self.server = EmbeddedNats(port=port, data_dir=data_dir)
+            self.url = await self.server.start()
+        self.nc = await connect(
+            self.url, name="ollamesh", connect_timeout=self.config.nats.connect_timeout_s
+        )
+        kv = await provision(self.nc.jetstream(), self.subjects, self.config)
+        self.registry = HostRegistry(kv, ttl=self.config.executor.registry_ttl_s)
+        await self.registry.start()
+        if "executor" in self._wanted:
+            for host in self.config.ollama_hosts:
+                executor = Executor(self.nc, self.subjects, self.config, host, self.registry)
+                await executor.start()
+                self.executors.append(executor)
+        if "router" in self._wanted:
+            self.router = Router(self.nc, self.subjects, self.config, self.registry)
+            await self.router.start()
+        await self.wait_for_executors()
+        log.info(
+            "stack_started",
+            nats=self.url,
+            actors=[a.name for a in self.actors],
+            hosts=[(e.host_url, "up" if e.up else "down", e.models) for e in self.executors],
+        )
+
+    async def wait_for_executors(self, timeout: float = _READY_TIMEOUT_S) -> None:
+        """Wait until this process's registry view lists every model its executors serve."""
+        assert self.registry is not None
+        wanted = {m for e in self.executors for m in e.models}
+        await self.registry.wait_until(lambda r: wanted <= r.models(), timeout)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop admitting, let executors finish or hand back their work, then drain."""
+        grace = self.config.executor.shutdown_grace_s if grace is None else grace
+        if self.router:
+            await self.router.stop(grace)
+        await asyncio.gather(*(e.stop(grace) for e in self.executors))
+        if self.registry:
+            await self.registry.stop()
+        if self.nc:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        if self.server:
+            await self.server.stop()
+        log.info("stack_stopped")
+
+    async def __aenter__(self) -> Stack:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop(grace=1.0)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+async def run_until_signalled(stack: Stack) -> None:
+    """Run `stack` until SIGINT or SIGTERM, then stop it gracefully."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await stack.start()
+    except BaseException:
+        await stack.stop(grace=1.0)
+        raise
+    await stopping.wait()
+    log.info("signal_received", action="draining")
+    await stack.stop()

@@ -1,0 +1,167 @@
+"""The actor runtime: lifecycle, handlers that never block their subscription, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ClassVar
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from bus.errors import Internal, OllameshError, Overloaded
+from bus.subjects import Subjects
+from schemas import encode, http_status
+
+__all__ = ["Actor", "Handler", "State", "reply_error"]
+
+# A handler gets one message; for a request, the bytes it returns are the reply.
+Handler = Callable[[Msg], Awaitable[bytes | None]]
+
+
+class State(enum.StrEnum):
+    """Where an actor is in its life."""
+
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+async def reply_error(
+    nc: NATS, reply: str, exc: OllameshError, request_id: str | None = None
+) -> None:
+    """Answer a request with a typed `error` and the NATS micro-service error headers."""
+    headers = {
+        "Nats-Service-Error": exc.message,
+        "Nats-Service-Error-Code": str(http_status(exc.code)),
+    }
+    await nc.publish(reply, encode(exc.to_wire(request_id)), headers=headers)
+
+
+class Actor:
+    """Base of every actor: serves subjects, runs each message in its own bounded task.
+
+    What happens when a handler raises: a request gets a typed `error` reply (an
+    unexpected exception becomes `internal` and is logged with its traceback); a
+    fire-and-forget message is logged and the actor keeps serving.
+    """
+
+    name: ClassVar[str] = "actor"
+
+    def __init__(self, nc: NATS, subjects: Subjects, *, max_concurrent: int = 1024) -> None:
+        self.nc = nc
+        self.subjects = subjects
+        self.log = structlog.get_logger(f"actors.{self.name}")
+        self._max_concurrent = max_concurrent
+        self._subs: list[Subscription] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._handling = 0
+        self._state = State.NEW
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    async def start(self) -> None:
+        """Set up subscriptions and background work; return when serving."""
+        if self._state is not State.NEW:
+            raise RuntimeError(f"{self.name} cannot start from state {self._state}")
+        self._state = State.STARTING
+        await self.setup()
+        # A SUB sent just before flush() is not always registered when flush() returns
+        # unless the loop yields once first (seen with nats-py).
+        await asyncio.sleep(0)
+        await self.nc.flush()
+        self._state = State.RUNNING
+        self.log.info("actor_started")
+
+    async def setup(self) -> None:
+        """Subscribe and start background tasks; subclasses override."""
+
+    async def before_drain(self) -> None:
+        """Stop taking new work (called first when stopping); subclasses override."""
+
+    async def teardown(self) -> None:
+        """Release resources after in-flight work ended; subclasses override."""
+
+    async def serve(self, subject: str, handler: Handler, *, queue: str = "") -> Subscription:
+        """Subscribe `handler` to `subject`; each message runs in its own task."""
+
+        async def dispatch(msg: Msg) -> None:
+            if self._handling >= self._max_concurrent:
+                await self._refuse(msg)
+                return
+            self._handling += 1
+            self.spawn(self._handle(handler, msg), counted=True)
+
+        sub = await self.nc.subscribe(subject, queue=queue, cb=dispatch)
+        self._subs.append(sub)
+        return sub
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, counted: bool = False) -> asyncio.Task[Any]:
+        """Run `coro` as a task the actor waits for when it stops."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+
+        def finished(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if counted:
+                self._handling -= 1
+            if not t.cancelled() and (exc := t.exception()) is not None:
+                self.log.error("task_failed", error=repr(exc), exc_info=exc)
+
+        task.add_done_callback(finished)
+        return task
+
+    async def _handle(self, handler: Handler, msg: Msg) -> None:
+        try:
+            reply = await handler(msg)
+        except OllameshError as exc:
+            if msg.reply:
+                await reply_error(self.nc, msg.reply, exc, exc.request_id)
+            else:
+                self.log.warning("message_failed", subject=msg.subject, error=repr(exc))
+            return
+        except Exception as exc:
+            self.log.exception("handler_crashed", subject=msg.subject)
+            if msg.reply:
+                await reply_error(self.nc, msg.reply, Internal(f"{self.name} failed: {exc!r}"))
+            return
+        if reply is not None and msg.reply:
+            await self.nc.publish(msg.reply, reply)
+
+    async def _refuse(self, msg: Msg) -> None:
+        exc = Overloaded(f"{self.name} is at its limit of {self._max_concurrent} in flight")
+        exc.retry_after_ms = 100
+        if msg.reply:
+            await reply_error(self.nc, msg.reply, exc)
+        else:
+            self.log.warning("message_dropped", subject=msg.subject, reason="at capacity")
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop taking work, let in-flight work finish within `grace`, then release."""
+        if self._state in (State.DRAINING, State.STOPPED):
+            return
+        self._state = State.DRAINING
+        self.log.info("actor_draining", in_flight=len(self._tasks))
+        await self.before_drain()
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.drain()  # type: ignore[no-untyped-call]
+        self._subs.clear()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                self.log.warning("actor_grace_expired", cancelled=len(pending))
+                await asyncio.wait(pending, timeout=5.0)
+        await self.teardown()
+        self._state = State.STOPPED
+        self.log.info("actor_stopped")

@@ -1,0 +1,362 @@
+"""The Python client SDK: send requests, read token streams, cancel, resume."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, Literal, overload
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
+from nats.js.api import DeliverPolicy
+
+from bus.connection import connect
+from bus.errors import (
+    BadRequest,
+    Internal,
+    PayloadTooLarge,
+    Timeout,
+    Unavailable,
+    error_from_wire,
+)
+from bus.subjects import Subjects
+from schemas import (
+    Accepted,
+    ChatRequest,
+    ChatResult,
+    Chunk,
+    Done,
+    EmbedRequest,
+    EmbedResult,
+    Error,
+    GenerateRequest,
+    GenerateResult,
+    Kind,
+    Message,
+    Options,
+    Request,
+    Result,
+    decode_reply,
+    decode_stream,
+    encode,
+)
+
+__all__ = ["ChunkStream", "Client"]
+
+OptionsLike = Options | Mapping[str, Any] | None
+MessageLike = Message | Mapping[str, Any]
+
+
+def _convert(value: Any, cls: type[Any], what: str) -> Any:
+    try:
+        return msgspec.convert(value, cls, from_attributes=True)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"invalid {what}: {exc}") from exc
+
+
+class ChunkStream:
+    """The chunks of one streamed request, in `seq` order, ending at `done` or an error.
+
+    Iterate it for `Chunk`s; after the loop, `done` holds the final stats. A failure
+    ends the loop with the matching exception (`UpstreamError`, `Cancelled`, ...).
+    A gap in `seq` (a message lost on the way) is filled from the stored stream.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        sub: Subscription,
+        request_id: str,
+        *,
+        model: str = "",
+        from_seq: int = 1,
+        timeout: float,
+    ) -> None:
+        self._client = client
+        self._sub = sub
+        self.request_id = request_id
+        self.model = model
+        self.done: Done | None = None
+        self._next = from_seq
+        self._timeout = timeout
+        self._closed = False
+        self._replaying = False
+
+    def __aiter__(self) -> ChunkStream:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        while not self._closed:
+            try:
+                msg = await self._sub.next_msg(timeout=self._timeout)
+            except nats.errors.TimeoutError as exc:
+                await self.aclose()
+                raise Timeout(
+                    f"no message on the stream for {self._timeout:.0f}s",
+                    request_id=self.request_id,
+                ) from exc
+            try:
+                message = decode_stream(msg.data)
+            except msgspec.DecodeError as exc:
+                await self.aclose()
+                raise Internal(f"unreadable stream message: {exc}") from exc
+            seq = message.seq or self._next
+            if seq > self._next:
+                # Something was lost on the way: read the stored stream instead.
+                await self._refill()
+                continue
+            match message:
+                case Chunk():
+                    if seq < self._next:
+                        continue  # before `from_seq`, or seen already
+                    self._next += 1
+                    return message
+                case Done():
+                    self.done = message
+                    await self.aclose()
+                case Error():
+                    await self.aclose()
+                    raise error_from_wire(message)
+        raise StopAsyncIteration
+
+    async def _refill(self) -> None:
+        """Replace the live subscription by a replay of the stored stream from `_next`."""
+        if self._replaying:
+            await self.aclose()
+            raise Internal(f"the stored stream lacks seq {self._next}", request_id=self.request_id)
+        old = self._sub
+        self._sub = await self._client._replay(self.request_id)
+        self._replaying = True
+        await old.unsubscribe()
+
+    async def text(self) -> str:
+        """Read the rest of the stream and return its text."""
+        return "".join([chunk.text async for chunk in self])
+
+    async def cancel(self) -> None:
+        """Ask ollamesh to stop this request; the stream then ends with `Cancelled`."""
+        await self._client.cancel(self.request_id)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._sub.unsubscribe()
+
+    async def __aenter__(self) -> ChunkStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class Client:
+    """`async with Client(url) as c:` then `generate`, `chat`, `embed`, `cancel`, `resume`.
+
+    `stream=True` returns a `ChunkStream`; `stream=False` returns the whole result, shaped
+    like Ollama's (`response`, `message`, `embeddings`). Failures raise `OllameshError`
+    subclasses named after the wire error codes.
+    """
+
+    def __init__(
+        self,
+        url: str = "nats://127.0.0.1:4222",
+        *,
+        prefix: str = "llm",
+        nc: NATS | None = None,
+        timeout: float = 300.0,
+        name: str = "ollamesh-client",
+    ) -> None:
+        self.url = url
+        self.subjects = Subjects(prefix)
+        self.timeout = timeout
+        self._name = name
+        self._nc = nc
+        self._owns_nc = nc is None
+
+    @property
+    def nc(self) -> NATS:
+        if self._nc is None:
+            raise RuntimeError("Client is not connected: use `async with Client(url)`")
+        return self._nc
+
+    async def connect(self) -> Client:
+        if self._nc is None:
+            self._nc = await connect(self.url, name=self._name)
+        return self
+
+    async def close(self) -> None:
+        if self._nc is not None and self._owns_nc:
+            await self._nc.drain()
+            self._nc = None
+
+    async def __aenter__(self) -> Client:
+        return await self.connect()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- the three request kinds ------------------------------------------------------
+
+    @overload
+    async def generate(
+        self, model: str | None = ..., prompt: str = ..., *, stream: Literal[False] = ..., **kw: Any
+    ) -> GenerateResult: ...
+    @overload
+    async def generate(
+        self, model: str | None = ..., prompt: str = ..., *, stream: Literal[True], **kw: Any
+    ) -> ChunkStream: ...
+    async def generate(
+        self,
+        model: str | None = None,
+        prompt: str = "",
+        *,
+        stream: bool = False,
+        options: OptionsLike = None,
+        **fields: Any,
+    ) -> GenerateResult | ChunkStream:
+        """Complete `prompt` (fields as Ollama's `/api/generate`, plus `role`, `deadline_ms`)."""
+        request = GenerateRequest(
+            model=model,
+            prompt=prompt,
+            stream=stream,
+            options=self._options(options),
+            **fields,
+        )
+        return await self.send(request)  # type: ignore[return-value]
+
+    @overload
+    async def chat(
+        self,
+        model: str | None = ...,
+        messages: Iterable[MessageLike] = ...,
+        *,
+        stream: Literal[False] = ...,
+        **kw: Any,
+    ) -> ChatResult: ...
+    @overload
+    async def chat(
+        self,
+        model: str | None = ...,
+        messages: Iterable[MessageLike] = ...,
+        *,
+        stream: Literal[True],
+        **kw: Any,
+    ) -> ChunkStream: ...
+    async def chat(
+        self,
+        model: str | None = None,
+        messages: Iterable[MessageLike] = (),
+        *,
+        stream: bool = False,
+        options: OptionsLike = None,
+        **fields: Any,
+    ) -> ChatResult | ChunkStream:
+        """Continue a conversation (fields as Ollama's `/api/chat`)."""
+        request = ChatRequest(
+            model=model,
+            messages=_convert(list(messages), list[Message], "messages"),
+            stream=stream,
+            options=self._options(options),
+            **fields,
+        )
+        return await self.send(request)  # type: ignore[return-value]
+
+    async def embed(
+        self, model: str | None = None, input: str | list[str] = "", **fields: Any
+    ) -> EmbedResult:
+        """Embed one text or a batch (fields as Ollama's `/api/embed`)."""
+        options = self._options(fields.pop("options", None))
+        request = EmbedRequest(model=model, input=input, options=options, **fields)
+        return await self.send(request)  # type: ignore[return-value]
+
+    @staticmethod
+    def _options(options: OptionsLike) -> Options | None:
+        if options is None or isinstance(options, Options):
+            return options
+        return _convert(options, Options, "options")  # type: ignore[no-any-return]
+
+    async def send(self, request: Request) -> Result | ChunkStream:
+        """Send a prepared request; return its result, or its stream if `stream` is set."""
+        kind = Kind(str(request.__struct_config__.tag))
+        if request.stream:
+            if request.request_id is None:
+                request = msgspec.structs.replace(request, request_id=uuid.uuid4().hex)
+            return await self._send_streamed(kind, request)
+        reply = await self._request(kind, request)
+        if isinstance(reply, Accepted):
+            raise Internal("the router accepted a non-streamed request as a stream")
+        return reply
+
+    async def _send_streamed(self, kind: Kind, request: Request) -> ChunkStream:
+        request_id = request.request_id
+        assert request_id is not None
+        # Subscribe before sending: the SUB reaches the server ahead of the request on
+        # this connection, so not even the first chunk can be missed.
+        sub = await self.nc.subscribe(self.subjects.stream(request_id))
+        try:
+            reply = await self._request(kind, request)
+        except BaseException:
+            await sub.unsubscribe()
+            raise
+        if not isinstance(reply, Accepted):
+            await sub.unsubscribe()
+            raise Internal(f"expected `accepted`, got {type(reply).__name__}")
+        return ChunkStream(self, sub, request_id, model=reply.model, timeout=self.timeout)
+
+    async def _request(self, kind: Kind, request: Request) -> Accepted | Result:
+        data = encode(request)
+        if len(data) > self.nc.max_payload:
+            raise PayloadTooLarge(
+                f"request is {len(data)} bytes; the server takes at most {self.nc.max_payload}",
+                request_id=request.request_id,
+            )
+        timeout = self.timeout
+        if request.deadline_ms is not None:
+            timeout = min(timeout, request.deadline_ms / 1000 + 5.0)
+        subject = self.subjects.request(kind)
+        try:
+            msg = await self.nc.request(subject, data, timeout=timeout)
+        except nats.errors.NoRespondersError as exc:
+            raise Unavailable(f"no router is serving {subject}") from exc
+        except nats.errors.TimeoutError as exc:
+            raise Timeout(
+                f"no answer on {subject} within {timeout:.0f}s", request_id=request.request_id
+            ) from exc
+        try:
+            reply = decode_reply(msg.data)
+        except msgspec.DecodeError as exc:
+            raise Internal(f"unreadable reply: {exc}") from exc
+        if isinstance(reply, Error):
+            raise error_from_wire(reply)
+        return reply
+
+    # -- control ----------------------------------------------------------------------
+
+    async def cancel(self, request_id: str) -> None:
+        """Stop a request wherever it is, queued or generating."""
+        await self.nc.publish(self.subjects.cancel(request_id), b"")
+        await self.nc.flush()
+
+    async def resume(self, request_id: str, from_seq: int = 1) -> ChunkStream:
+        """Replay a request's stream from `from_seq`, then follow it live to its end."""
+        sub = await self._replay(request_id)
+        stream = ChunkStream(self, sub, request_id, from_seq=from_seq, timeout=self.timeout)
+        stream._replaying = True
+        return stream
+
+    async def _replay(self, request_id: str) -> Subscription:
+        js = self.nc.jetstream()
+        return await js.subscribe(
+            self.subjects.stream(request_id),
+            stream=self.subjects.chunk_stream,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+        )

@@ -1,0 +1,133 @@
+"""Configuration: one TOML file plus environment overrides; every setting has a default."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ExecutorConfig",
+    "NatsConfig",
+    "RouterConfig",
+    "load_config",
+]
+
+Positive = Annotated[float, Meta(gt=0)]
+PositiveInt = Annotated[int, Meta(gt=0)]
+
+DEFAULT_ROLES = {
+    "primary": "qwen2.5:72b-instruct-fp16",
+    "fast": "mistral:7b-instruct-fp16",
+    "vision": "llava:34b",
+    "mathematical": "phi3:14b",
+    "backup": "llama3.3:70b",
+}
+
+
+class ConfigError(ValueError):
+    """The configuration file or environment holds something unusable."""
+
+
+class NatsConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Where the bus is; without `url` ollamesh starts an embedded nats-server."""
+
+    url: str | None = None
+    # The embedded server's port; 0 takes a free one.
+    port: Annotated[int, Meta(ge=0, le=65535)] = 4222
+    data_dir: str | None = None
+    # How long chunks stay replayable after a request ends.
+    chunk_max_age_s: Positive = 600.0
+    event_max_age_s: Positive = 7 * 24 * 3600.0
+    connect_timeout_s: Positive = 5.0
+
+
+class RouterConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Admission limits."""
+
+    max_num_predict: PositiveInt = 32768
+    # Beyond this a request is refused with payload_too_large even if the server takes it.
+    max_request_bytes: PositiveInt = 8 * 1024 * 1024
+    max_concurrent: PositiveInt = 1024
+
+
+class ExecutorConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """How executors talk to their Ollama hosts."""
+
+    max_inflight_per_model: PositiveInt = 4
+    connect_timeout_s: Positive = 2.0
+    # A cold 70B model can take a minute to load before its first token.
+    first_token_timeout_s: Positive = 120.0
+    idle_timeout_s: Positive = 30.0
+    total_timeout_s: Positive = 600.0
+    coalesce_ms: Annotated[float, Meta(ge=0)] = 4.0
+    # Work goes back to the queue this many times before the client gets an error.
+    max_attempts: PositiveInt = 5
+    retry_backoff_ms: PositiveInt = 100
+    retry_backoff_max_ms: PositiveInt = 2000
+    ack_wait_s: Positive = 30.0
+    tags_refresh_s: Positive = 5.0
+    registry_ttl_s: Positive = 15.0
+    shutdown_grace_s: Positive = 30.0
+
+
+class Config(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Everything `ollamesh up` needs."""
+
+    prefix: str = "llm"
+    ollama_hosts: list[str] = msgspec.field(default_factory=lambda: ["http://127.0.0.1:11434"])
+    roles: dict[str, str] = msgspec.field(default_factory=lambda: dict(DEFAULT_ROLES))
+    nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
+    router: RouterConfig = msgspec.field(default_factory=RouterConfig)
+    executor: ExecutorConfig = msgspec.field(default_factory=ExecutorConfig)
+    log_format: str = "auto"
+    log_level: str = "info"
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """Read the documented environment variables into the shape of the TOML file."""
+    out: dict[str, Any] = {}
+    if url := env.get("NATS_URL"):
+        out["nats"] = {"url": url}
+    if hosts := env.get("OLLAMA_HOSTS"):
+        out["ollama_hosts"] = [h.strip() for h in hosts.split(",") if h.strip()]
+    if prefix := env.get("OLLAMESH_PREFIX"):
+        out["prefix"] = prefix
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Load `path` (or `$OLLAMESH_CONFIG`, or nothing) and apply environment overrides."""
+    env = os.environ if env is None else env
+    path = path or env.get("OLLAMESH_CONFIG")
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    raw = _merge(raw, _env_overrides(env))
+    try:
+        config = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid config: {exc}") from exc
+    if not config.ollama_hosts:
+        raise ConfigError("ollama_hosts is empty: name at least one Ollama host")
+    return config

@@ -1,0 +1,93 @@
+"""Create or update the streams and buckets ollamesh needs; safe to run any number of times."""
+
+from __future__ import annotations
+
+import structlog
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+
+from bus.config import Config
+from bus.subjects import Subjects
+
+__all__ = ["ensure_stream", "provision", "stream_configs"]
+
+log = structlog.get_logger("bus.provision")
+
+# Work waiting longer than a day is stale: its client gave up long ago.
+_WORK_MAX_AGE_S = 24 * 3600.0
+# Dedup window for `Nats-Msg-Id` = request id: a client retrying a send is not served twice.
+_DEDUP_WINDOW_S = 120.0
+
+
+def stream_configs(subjects: Subjects, config: Config) -> list[StreamConfig]:
+    """The streams of one deployment: chunks (replayable), work queues, events."""
+    return [
+        StreamConfig(
+            name=subjects.chunk_stream,
+            description="Token chunks of every request, replayable for a while",
+            subjects=[subjects.streams],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=config.nats.chunk_max_age_s,
+            discard=DiscardPolicy.OLD,
+            allow_direct=True,
+        ),
+        StreamConfig(
+            name=subjects.work_stream,
+            description="One work queue per model; executors serving the model pull from it",
+            subjects=[subjects.works],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            max_age=_WORK_MAX_AGE_S,
+            duplicate_window=_DEDUP_WINDOW_S,
+        ),
+        StreamConfig(
+            name=subjects.event_stream,
+            description="Request lifecycle, retries and host events, for the recorder",
+            subjects=[subjects.events],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=config.nats.event_max_age_s,
+            discard=DiscardPolicy.OLD,
+        ),
+    ]
+
+
+async def ensure_stream(js: JetStreamContext, cfg: StreamConfig) -> None:
+    """Create the stream, or bring an existing one to this configuration."""
+    try:
+        await js.stream_info(cfg.name)  # type: ignore[arg-type]
+    except NotFoundError:
+        await js.add_stream(cfg)
+        log.info("stream_created", stream=cfg.name)
+        return
+    try:
+        await js.update_stream(cfg)
+    except BadRequestError as exc:
+        # Some settings (retention, storage) cannot change in place; keep what exists.
+        log.warning("stream_not_updated", stream=cfg.name, error=exc.description)
+
+
+async def provision(js: JetStreamContext, subjects: Subjects, config: Config) -> KeyValue:
+    """Ensure every stream and the host registry bucket exist; return the bucket."""
+    for cfg in stream_configs(subjects, config):
+        await ensure_stream(js, cfg)
+    kv_cfg = KeyValueConfig(
+        bucket=subjects.host_bucket,
+        description="Executors announce their hosts and models here, with a TTL",
+        history=1,
+        ttl=config.executor.registry_ttl_s,
+        storage=StorageType.MEMORY,
+    )
+    try:
+        return await js.create_key_value(kv_cfg)
+    except BadRequestError:
+        return await js.key_value(subjects.host_bucket)

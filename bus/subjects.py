@@ -1,0 +1,125 @@
+"""Every subject, stream and bucket name ollamesh uses, derived from one prefix."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+__all__ = ["Subjects", "model_from_token", "model_token"]
+
+_PREFIX = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+# Characters that may stand for themselves in a subject token and in a JetStream name.
+_PLAIN = re.compile(r"[A-Za-z0-9-]")
+_ESCAPE = "_"
+
+
+def model_token(model: str) -> str:
+    """Map a model name to one subject-safe token, injectively.
+
+    Model names hold `.`, `:` and `/`; subjects and consumer names cannot. Every other
+    character, `_` included, becomes `_` and two hex digits per UTF-8 byte, so the
+    mapping is reversible and no two models share a token.
+    """
+    out: list[str] = []
+    for ch in model:
+        if _PLAIN.fullmatch(ch):
+            out.append(ch)
+        else:
+            out.extend(f"{_ESCAPE}{b:02x}" for b in ch.encode())
+    return "".join(out)
+
+
+def model_from_token(token: str) -> str:
+    """Invert `model_token`."""
+    raw = bytearray()
+    i = 0
+    while i < len(token):
+        if token[i] == _ESCAPE:
+            raw.append(int(token[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            raw.extend(token[i].encode())
+            i += 1
+    return raw.decode()
+
+
+@dataclass(frozen=True)
+class Subjects:
+    """Subject, stream and bucket names for one deployment prefix (default `llm`)."""
+
+    prefix: str = "llm"
+    _base: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not _PREFIX.fullmatch(self.prefix):
+            raise ValueError(f"prefix must match {_PREFIX.pattern}, got {self.prefix!r}")
+        object.__setattr__(self, "_base", f"{self.prefix}.v1")
+
+    # Client-facing request/reply subjects.
+    @property
+    def generate(self) -> str:
+        return f"{self._base}.generate"
+
+    @property
+    def chat(self) -> str:
+        return f"{self._base}.chat"
+
+    @property
+    def embed(self) -> str:
+        return f"{self._base}.embed"
+
+    def request(self, kind: str) -> str:
+        """The subject a request of `kind` (generate, chat, embed) is sent to."""
+        return f"{self._base}.{kind}"
+
+    def stream(self, request_id: str) -> str:
+        """Where a request's chunks and its final `done` or `error` appear."""
+        return f"{self._base}.stream.{request_id}"
+
+    @property
+    def streams(self) -> str:
+        return f"{self._base}.stream.*"
+
+    def cancel(self, request_id: str) -> str:
+        return f"{self._base}.cancel.{request_id}"
+
+    @property
+    def cancels(self) -> str:
+        return f"{self._base}.cancel.*"
+
+    # Internal subjects: clients may not publish here.
+    def work(self, model: str) -> str:
+        """The work queue subject of one model."""
+        return f"{self._base}.work.{model_token(model)}"
+
+    @property
+    def works(self) -> str:
+        return f"{self._base}.work.*"
+
+    def event(self, name: str) -> str:
+        return f"{self._base}.events.{name}"
+
+    @property
+    def events(self) -> str:
+        return f"{self._base}.events.>"
+
+    # JetStream names cannot contain dots: they use the prefix with underscores.
+    @property
+    def chunk_stream(self) -> str:
+        return f"{self.prefix.upper()}_CHUNKS"
+
+    @property
+    def work_stream(self) -> str:
+        return f"{self.prefix.upper()}_WORK"
+
+    @property
+    def event_stream(self) -> str:
+        return f"{self.prefix.upper()}_EVENTS"
+
+    @property
+    def host_bucket(self) -> str:
+        return f"{self.prefix}_hosts"
+
+    def work_consumer(self, model: str) -> str:
+        """The durable consumer every executor serving `model` pulls from."""
+        return f"work-{model_token(model)}"

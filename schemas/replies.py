@@ -1,0 +1,98 @@
+"""What comes back: acceptance, stream chunks, the final `done`, results and errors."""
+
+from __future__ import annotations
+
+import msgspec
+from msgspec import Struct
+
+from schemas.requests import Message, ToolCall
+
+__all__ = [
+    "Accepted",
+    "ChatResult",
+    "Chunk",
+    "Done",
+    "EmbedResult",
+    "Error",
+    "GenerateResult",
+    "Reply",
+    "Result",
+    "Stats",
+    "StreamMessage",
+]
+
+
+class Accepted(Struct, kw_only=True, tag_field="type", tag="accepted"):
+    """The request is queued; its tokens will appear on `stream`."""
+
+    request_id: str
+    model: str
+    stream: str
+
+
+class Chunk(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="chunk"):
+    """A run of tokens; `seq` counts 1, 2, 3, ... per request."""
+
+    request_id: str
+    seq: int
+    text: str = ""
+    thinking: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+class Stats(Struct, kw_only=True, omit_defaults=True, tag_field="type"):
+    """Who served a request and Ollama's own timing figures (nanoseconds)."""
+
+    request_id: str = ""
+    model: str = ""
+    host: str = ""
+    done_reason: str | None = None
+    total_duration: int = 0
+    load_duration: int = 0
+    prompt_eval_count: int = 0
+    prompt_eval_duration: int = 0
+    eval_count: int = 0
+    eval_duration: int = 0
+
+
+class Done(Stats, tag="done"):
+    """The last message of a successful stream; `seq` follows the last chunk's."""
+
+    seq: int = 0
+
+
+class GenerateResult(Stats, tag="generate_result"):
+    """A whole generate answer, as Ollama's non-streamed `/api/generate` gives it."""
+
+    response: str = ""
+    thinking: str | None = None
+    done: bool = True
+
+
+class ChatResult(Stats, tag="chat_result"):
+    """A whole chat answer, as Ollama's non-streamed `/api/chat` gives it."""
+
+    message: Message = msgspec.field(default_factory=lambda: Message(role="assistant"))
+    done: bool = True
+
+
+class EmbedResult(Stats, tag="embed_result"):
+    """Embeddings, as Ollama's `/api/embed` gives them."""
+
+    embeddings: list[list[float]] = []
+
+
+class Error(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="error"):
+    """A typed failure; on a stream it is the last message, like `done`."""
+
+    code: str
+    message: str
+    retryable: bool = False
+    retry_after_ms: int | None = None
+    request_id: str | None = None
+    seq: int | None = None
+
+
+Result = GenerateResult | ChatResult | EmbedResult
+StreamMessage = Chunk | Done | Error
+Reply = Accepted | GenerateResult | ChatResult | EmbedResult | Error

@@ -1,0 +1,143 @@
+"""Requests clients send: Ollama's own field names plus ollamesh's routing fields."""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct
+
+__all__ = [
+    "ChatRequest",
+    "EmbedRequest",
+    "GenerateRequest",
+    "Kind",
+    "Message",
+    "Options",
+    "Request",
+    "ToolCall",
+    "ToolCallFunction",
+]
+
+
+class Kind(enum.StrEnum):
+    """The three kinds of work a host can do."""
+
+    GENERATE = "generate"
+    CHAT = "chat"
+    EMBED = "embed"
+
+
+NonNegInt = Annotated[int, Meta(ge=0)]
+Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
+# A request id becomes a NATS subject token, so it is restricted to subject-safe characters.
+RequestId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+DeadlineMs = Annotated[int, Meta(gt=0)]
+
+
+class Options(Struct, omit_defaults=True, forbid_unknown_fields=False):
+    """Ollama's model options; unset fields are left to the model's defaults.
+
+    `None` means "not set": `temperature=0` is a real value and is sent as such.
+    """
+
+    temperature: Annotated[float, Meta(ge=0.0)] | None = None
+    top_p: Probability | None = None
+    top_k: NonNegInt | None = None
+    min_p: Probability | None = None
+    typical_p: Probability | None = None
+    repeat_penalty: float | None = None
+    repeat_last_n: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    mirostat: int | None = None
+    mirostat_tau: float | None = None
+    mirostat_eta: float | None = None
+    seed: int | None = None
+    # -1 generates until a stop condition, -2 until the context is full (Ollama's meaning).
+    num_predict: Annotated[int, Meta(ge=-2)] | None = None
+    num_keep: int | None = None
+    stop: list[str] | None = None
+    # Load-time options: changing them between requests makes Ollama reload the model.
+    num_ctx: Annotated[int, Meta(gt=0)] | None = None
+    num_batch: Annotated[int, Meta(gt=0)] | None = None
+    num_gpu: int | None = None
+    main_gpu: int | None = None
+    num_thread: Annotated[int, Meta(gt=0)] | None = None
+    use_mmap: bool | None = None
+    numa: bool | None = None
+
+
+class ToolCallFunction(Struct, omit_defaults=True):
+    """The function a model asks to call, with its arguments."""
+
+    name: str
+    arguments: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ToolCall(Struct, omit_defaults=True):
+    """One tool call in a chat message."""
+
+    function: ToolCallFunction
+
+
+class Message(Struct, omit_defaults=True, forbid_unknown_fields=False):
+    """One chat message, as Ollama's `/api/chat` takes and returns it."""
+
+    role: str
+    content: str = ""
+    images: list[str] | None = None
+    thinking: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_name: str | None = None
+
+
+Format = str | dict[str, Any]
+KeepAlive = str | int | float
+
+
+class _Routed(Struct, kw_only=True, omit_defaults=True, tag_field="type"):
+    """Fields every request carries: Ollama's model choice plus ollamesh's routing."""
+
+    model: str | None = None
+    request_id: RequestId | None = None
+    role: str | None = None
+    deadline_ms: DeadlineMs | None = None
+    options: Options | None = None
+    keep_alive: KeepAlive | None = None
+    stream: bool = True
+
+
+class GenerateRequest(_Routed, tag="generate"):
+    """`/api/generate`: complete a prompt."""
+
+    prompt: str = ""
+    suffix: str | None = None
+    system: str | None = None
+    template: str | None = None
+    images: list[str] | None = None
+    format: Format | None = None
+    raw: bool | None = None
+    think: bool | str | None = None
+
+
+class ChatRequest(_Routed, tag="chat"):
+    """`/api/chat`: continue a conversation."""
+
+    messages: list[Message] = msgspec.field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None
+    format: Format | None = None
+    think: bool | str | None = None
+
+
+class EmbedRequest(_Routed, tag="embed"):
+    """`/api/embed`: embed one text or a batch."""
+
+    input: str | list[str] = ""
+    truncate: bool | None = None
+    dimensions: Annotated[int, Meta(gt=0)] | None = None
+    stream: bool = False
+
+
+Request = GenerateRequest | ChatRequest | EmbedRequest

@@ -1,0 +1,83 @@
+"""Fixtures: a real nats-server for the session, a fresh subject prefix per test, stacks."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import msgspec
+import pytest
+import pytest_asyncio
+
+from actors.supervisor import Stack
+from bus.client import Client
+from bus.config import Config
+from bus.connection import NATS, connect
+from bus.server import EmbeddedNats
+
+pytest_plugins = ["tests._sim_fixtures"]
+
+StackFactory = Callable[..., Awaitable[Stack]]
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def nats_server() -> AsyncIterator[EmbeddedNats]:
+    """One real nats-server with JetStream for the whole session."""
+    async with EmbeddedNats() as server:
+        yield server
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A subject prefix of this test's own, so tests never see each other's messages."""
+    return f"t{secrets.token_hex(4)}"
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def nc(nats_server: EmbeddedNats) -> AsyncIterator[NATS]:
+    conn = await connect(nats_server.url, name="test")
+    yield conn
+    await conn.drain()
+
+
+def make_config(url: str, prefix: str, hosts: list[str], **sections: Any) -> Config:
+    """A Config for a test: its prefix, its hosts, fast timeouts, and any overrides."""
+    raw: dict[str, Any] = {
+        "prefix": prefix,
+        "ollama_hosts": hosts,
+        "roles": {"primary": "qwen2.5:7b", "fast": "llama3.2:3b", "backup": "llama3.2:3b"},
+        "nats": {"url": url},
+        "executor": {"retry_backoff_ms": 20, "retry_backoff_max_ms": 200, "tags_refresh_s": 1.0},
+    }
+    for name, values in sections.items():
+        if isinstance(values, dict) and isinstance(raw.get(name), dict):
+            raw[name] = {**raw[name], **values}
+        else:
+            raw[name] = values
+    return msgspec.convert(raw, Config)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def stack_factory(nats_server: EmbeddedNats, prefix: str) -> AsyncIterator[StackFactory]:
+    """Start router + executor stacks against the session's server; stop them after."""
+    stacks: list[Stack] = []
+
+    async def make(
+        hosts: list[str], actors: tuple[str, ...] = ("router", "executor"), **sections: Any
+    ) -> Stack:
+        stack = Stack(make_config(nats_server.url, prefix, hosts, **sections), actors=actors)
+        await stack.start()
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in reversed(stacks):
+        await stack.stop(grace=2.0)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client(nats_server: EmbeddedNats, prefix: str) -> AsyncIterator[Client]:
+    """An SDK client on this test's prefix."""
+    async with Client(nats_server.url, prefix=prefix, timeout=30.0) as c:
+        yield c

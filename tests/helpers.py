@@ -1,0 +1,48 @@
+"""Small helpers the integration tests share."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js.api import DeliverPolicy
+
+from bus.subjects import Subjects
+from schemas import Chunk, Done, Error, StreamMessage, decode_stream
+
+
+async def stored_stream(
+    nc: NATS, subjects: Subjects, request_id: str, *, timeout: float = 5.0
+) -> list[StreamMessage]:
+    """Every message JetStream stored for a request's stream, up to its terminal one."""
+    sub = await nc.jetstream().subscribe(
+        subjects.stream(request_id),
+        stream=subjects.chunk_stream,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.ALL,
+    )
+    out: list[StreamMessage] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while not out or isinstance(out[-1], Chunk):
+                out.append(decode_stream((await sub.next_msg(timeout=timeout)).data))
+        # Anything stored after the terminal message would be a second ending.
+        try:
+            extra = await sub.next_msg(timeout=0.2)
+        except nats.errors.TimeoutError:
+            pass
+        else:
+            out.append(decode_stream(extra.data))
+    finally:
+        await sub.unsubscribe()
+    return out
+
+
+def assert_well_formed(messages: list[StreamMessage]) -> None:
+    """Chunks numbered 1, 2, 3, ... then exactly one `done` or `error`, and nothing after."""
+    *chunks, last = messages
+    assert all(isinstance(c, Chunk) for c in chunks), messages
+    assert [c.seq for c in chunks] == list(range(1, len(chunks) + 1))  # type: ignore[union-attr]
+    assert isinstance(last, Done | Error), last
+    assert last.seq == len(chunks) + 1
