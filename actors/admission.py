@@ -8,7 +8,7 @@ from bus.config import RouterConfig
 from bus.errors import BadRequest
 from schemas import ChatRequest, EmbedRequest, GenerateRequest, Request
 
-__all__ = ["resolve_model", "validate"]
+__all__ = ["canonical_model", "resolve_model", "validate"]
 
 _CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
 
@@ -46,12 +46,17 @@ def validate(request: Request, limits: RouterConfig) -> None:
         )
 
 
+def canonical_model(name: str) -> str:
+    """Ollama's full name for a model: `llama3` is `llama3:latest`, so both share a queue."""
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
 def resolve_model(request: Request, roles: Mapping[str, str]) -> str:
     """The model to run: a `role` alias, a model field naming a role, or a model name."""
     if request.role is not None:
         if request.role not in roles:
             raise BadRequest(f"unknown role {request.role!r}; roles: {', '.join(sorted(roles))}")
-        return roles[request.role]
+        return canonical_model(roles[request.role])
     if not request.model:
         raise BadRequest(f"model is required: a model name or a role ({', '.join(sorted(roles))})")
-    return roles.get(request.model, request.model)
+    return canonical_model(roles.get(request.model, request.model))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -13,6 +14,7 @@ _PLAIN = re.compile(r"[A-Za-z0-9-]")
 _ESCAPE = "_"
 
 
+@functools.lru_cache(maxsize=4096)
 def model_token(model: str) -> str:
     """Map a model name to one subject-safe token, injectively.
 

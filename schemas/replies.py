@@ -61,19 +61,20 @@ class Done(Stats, tag="done"):
     seq: int = 0
 
 
-class GenerateResult(Stats, tag="generate_result"):
+class GenerateResult(Stats, kw_only=True, tag="generate_result"):
     """A whole generate answer, as Ollama's non-streamed `/api/generate` gives it."""
 
     response: str = ""
     thinking: str | None = None
-    done: bool = True
+    # Required, so it is always on the wire as in Ollama's replies.
+    done: bool
 
 
-class ChatResult(Stats, tag="chat_result"):
+class ChatResult(Stats, kw_only=True, tag="chat_result"):
     """A whole chat answer, as Ollama's non-streamed `/api/chat` gives it."""
 
     message: Message = msgspec.field(default_factory=lambda: Message(role="assistant"))
-    done: bool = True
+    done: bool
 
 
 class EmbedResult(Stats, tag="embed_result"):

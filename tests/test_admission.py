@@ -19,6 +19,8 @@ ROLES = {"primary": "qwen2.5:7b", "fast": "llama3.2:3b"}
         pytest.param(GenerateRequest(model="primary", prompt="x"), "qwen2.5:7b", id="role-as-model"),
         pytest.param(GenerateRequest(role="fast", prompt="x"), "llama3.2:3b", id="role-field"),
         pytest.param(GenerateRequest(model="x", role="fast", prompt="x"), "llama3.2:3b", id="role-wins"),
+        pytest.param(GenerateRequest(model="llama3", prompt="x"), "llama3:latest", id="untagged-is-latest"),
+        pytest.param(GenerateRequest(model="host:5000/org/m", prompt="x"), "host:5000/org/m:latest", id="registry-port"),
     ],
 )
 def test_resolve_model(request_: GenerateRequest, model: str) -> None:

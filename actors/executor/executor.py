@@ -70,11 +70,20 @@ def _stats(line: Line) -> dict[str, Any]:
 
 
 def _ollama_body(work: Work) -> bytes:
-    """The request as Ollama takes it: the resolved model, our own fields left out."""
+    """The request as Ollama takes it: the resolved model, our own fields left out.
+
+    Generation is always streamed from the host, even for a non-streamed client request,
+    so the first-token and idle deadlines hold.
+    """
     request = decode_request(work.kind, work.body)
     return encode(
         msgspec.structs.replace(
-            request, model=work.model, request_id=None, role=None, deadline_ms=None
+            request,
+            model=work.model,
+            request_id=None,
+            role=None,
+            deadline_ms=None,
+            stream=work.kind is not Kind.EMBED,
         )
     )
 
@@ -380,13 +389,14 @@ class Executor(Actor):
                 thinking="".join(emitter.thinking) or None,
                 tool_calls=emitter.tool_calls or None,
             )
-            result = ChatResult(**served, **_stats(last), message=message)
+            result = ChatResult(**served, **_stats(last), message=message, done=True)
         else:
             result = GenerateResult(
                 **served,
                 **_stats(last),
                 response="".join(emitter.text),
                 thinking="".join(emitter.thinking) or None,
+                done=True,
             )
         await self.nc.publish(work.reply, encode(result))
 

@@ -53,6 +53,13 @@ _tags_decoder = msgspec.json.Decoder(_Tags)
 _version_decoder = msgspec.json.Decoder(_Version)
 
 
+async def _with_eof(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The body's bytes, then a newline, so a last line without one is still read."""
+    async for chunk in chunks:
+        yield chunk
+    yield b"\n"
+
+
 @dataclass(frozen=True)
 class StreamTimeouts:
     """Deadlines Ollama does not enforce itself: first token, idle gap, whole request."""
@@ -151,12 +158,15 @@ class OllamaHost:
         end = loop.time() + timeouts.total
         started = False
         try:
-            async with asyncio.timeout(min(end, loop.time() + timeouts.first_token)) as deadline:
+            async with asyncio.timeout_at(min(end, loop.time() + timeouts.first_token)) as deadline:
                 async with self._http.stream("POST", path, content=body) as resp:
                     if resp.status_code != 200:
                         raise _status_error(resp.status_code, await resp.aread(), model)
                     pending = b""
-                    async for raw in resp.aiter_raw():
+                    finished = False
+                    async for raw in _with_eof(resp.aiter_raw()):
+                        if finished:
+                            continue  # the body's end: read it so the connection is reused
                         pending += raw
                         *complete, pending = pending.split(b"\n")
                         lines = [_line_decoder.decode(c) for c in complete if c.strip()]
@@ -169,9 +179,10 @@ class OllamaHost:
                         # caller's code instead of this read.
                         deadline.reschedule(None)
                         yield lines
-                        if lines[-1].done:
-                            return
+                        finished = lines[-1].done
                         deadline.reschedule(min(end, loop.time() + timeouts.idle))
+                    if finished:
+                        return
         except TimeoutError as exc:
             what = "first token" if not started else "next token"
             raise Timeout(f"{self.url} sent no {what} in time") from exc

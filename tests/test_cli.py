@@ -1,0 +1,104 @@
+"""The `ollamesh` command as a user runs it: up, generate, chat, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+
+from bus.client import Client
+
+MODELS = ["llama3.2:3b", "qwen2.5:7b"]
+
+
+async def run(*args: str, env: dict[str, str] | None = None, stdin: bytes = b"", timeout: float = 60):
+    """Run `python -m actors ARGS`; return (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "actors", *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_generate_streams_to_the_terminal(sim_factory, stack_factory, nats_server, prefix) -> None:
+    """`ollamesh generate PROMPT -m ROLE` prints the answer and the serving host."""
+    sim = await sim_factory(models=MODELS)
+    await stack_factory([sim.url])
+    code, out, err = await run(
+        "generate", "hello there", "-m", "fast", "--seed", "4", "--num-predict", "6",
+        "--nats", nats_server.url, "--prefix", prefix,
+    )  # fmt: skip
+    assert code == 0, err
+    assert len(out.split()) == 6
+    assert "llama3.2:3b" in err and sim.url in err
+
+
+async def test_chat_reads_a_conversation_from_stdin(sim_factory, stack_factory, nats_server, prefix) -> None:
+    """`ollamesh chat` answers each line of stdin, keeping the history."""
+    sim = await sim_factory(models=MODELS)
+    await stack_factory([sim.url])
+    code, out, err = await run(
+        "chat", "-m", "primary", "--num-predict", "5", "--nats", nats_server.url, "--prefix", prefix,
+        stdin=b"first question\nsecond question\n",
+    )  # fmt: skip
+    assert code == 0, err
+    assert len([line for line in out.splitlines() if line.strip()]) == 2
+
+
+async def test_a_typed_error_is_one_line_not_a_traceback(sim_factory, stack_factory, nats_server, prefix) -> None:
+    """An unknown model exits 1 with `error: model_not_found: ...`."""
+    sim = await sim_factory(models=MODELS)
+    await stack_factory([sim.url])
+    code, _, err = await run("generate", "x", "-m", "ghost:1b", "--nats", nats_server.url, "--prefix", prefix)
+    assert code == 1
+    assert err.startswith("error: model_not_found:") and "Traceback" not in err
+
+
+async def test_up_serves_and_stops_cleanly_on_sigterm(sim_factory, nats_server, prefix) -> None:
+    """`ollamesh up` serves requests, and on SIGTERM drains and exits 0 with JSON logs."""
+    sim = await sim_factory(models=MODELS)
+    env = {**os.environ, "NATS_URL": nats_server.url, "OLLAMA_HOSTS": sim.url, "OLLAMESH_PREFIX": prefix}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "actors", "up", "--log-format", "json",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(30):
+            while b"stack_started" not in await proc.stderr.readline():
+                pass
+        async with Client(nats_server.url, prefix=prefix, timeout=10) as client:
+            result = await client.generate("llama3.2:3b", "hi", options={"num_predict": 3})
+        assert result.eval_count == 3
+        proc.send_signal(signal.SIGTERM)
+        rest = await asyncio.wait_for(proc.stderr.read(), 30)
+        assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    events = [json.loads(line)["event"] for line in rest.decode().splitlines() if line.startswith("{")]
+    assert "signal_received" in events and events[-1] == "stack_stopped"
+
+
+async def test_up_with_a_bad_config_says_why(tmp_path) -> None:
+    """A config error is one line on stderr and exit code 2."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[executor]\nmax_inflight_per_model = -1\n")
+    code, _, err = await run("up", "--config", str(bad))
+    assert code == 2 and "max_inflight_per_model" in err and "Traceback" not in err
+
+
+async def test_demo_runs_the_tour_and_exits_zero() -> None:
+    """`ollamesh demo` on embedded defaults passes every step of its tour."""
+    code, out, err = await run("demo", "--tokens-per-second", "400", timeout=120)
+    assert code == 0, out + err
+    assert "demo passed" in out
+    for step in ("streamed answer", "non-streamed answer", "failover", "cancel"):
+        assert step in out
