@@ -84,6 +84,7 @@ class ChunkStream:
         self._timeout = timeout
         self._closed = False
         self._replaying = False
+        client._open.add(self)
 
     def __aiter__(self) -> ChunkStream:
         return self
@@ -141,8 +142,10 @@ class ChunkStream:
         await self._client.cancel(self.request_id)
 
     async def aclose(self) -> None:
+        """Stop listening (the request itself goes on unless cancelled)."""
         if not self._closed:
             self._closed = True
+            self._client._open.discard(self)
             await self._sub.unsubscribe()
 
     async def __aenter__(self) -> ChunkStream:
@@ -175,6 +178,8 @@ class Client:
         self._name = name
         self._nc = nc
         self._owns_nc = nc is None
+        # Streams nobody read to the end: their subscriptions would keep drain waiting.
+        self._open: set[ChunkStream] = set()
 
     @property
     def nc(self) -> NATS:
@@ -188,6 +193,9 @@ class Client:
         return self
 
     async def close(self) -> None:
+        """Close every open stream, then drain the connection (if this client made it)."""
+        for stream in list(self._open):
+            await stream.aclose()
         if self._nc is not None and self._owns_nc:
             await self._nc.drain()
             self._nc = None

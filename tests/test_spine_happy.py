@@ -188,3 +188,16 @@ async def test_resume_past_the_end_returns_just_the_ending(
     replay = await client.resume(stream.request_id, from_seq=100)
     assert [c async for c in replay] == []
     assert replay.done == stream.done
+
+
+async def test_closing_the_client_with_an_unread_stream_is_prompt(
+    sim_factory, stack_factory, nats_server, prefix: str
+) -> None:
+    """A stream nobody reads to the end does not hold up the client's drain."""
+    sim = await sim_factory(models=MODELS, tokens_per_second=50)
+    await stack_factory([sim.url])
+    client = await Client(nats_server.url, prefix=prefix).connect()
+    stream = await client.generate("llama3.2:3b", "hi", stream=True, options={"num_predict": 500})
+    await stream.__anext__()
+    async with asyncio.timeout(5):
+        await client.close()
