@@ -90,13 +90,6 @@ def _demo(args: argparse.Namespace) -> int:
     return run_async(lambda: demo(tokens_per_second=args.tokens_per_second))
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from actors.bench import bench
-
-    configure_logging("warning", "json")
-    return run_async(lambda: bench(args))
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     from actors.bench import register as register_bench

@@ -16,11 +16,21 @@ ROLES = {"primary": "qwen2.5:7b", "fast": "llama3.2:3b"}
     ("request_", "model"),
     [
         pytest.param(GenerateRequest(model="org/m:7b", prompt="x"), "org/m:7b", id="explicit"),
-        pytest.param(GenerateRequest(model="primary", prompt="x"), "qwen2.5:7b", id="role-as-model"),
+        pytest.param(
+            GenerateRequest(model="primary", prompt="x"), "qwen2.5:7b", id="role-as-model"
+        ),
         pytest.param(GenerateRequest(role="fast", prompt="x"), "llama3.2:3b", id="role-field"),
-        pytest.param(GenerateRequest(model="x", role="fast", prompt="x"), "llama3.2:3b", id="role-wins"),
-        pytest.param(GenerateRequest(model="llama3", prompt="x"), "llama3:latest", id="untagged-is-latest"),
-        pytest.param(GenerateRequest(model="host:5000/org/m", prompt="x"), "host:5000/org/m:latest", id="registry-port"),
+        pytest.param(
+            GenerateRequest(model="x", role="fast", prompt="x"), "llama3.2:3b", id="role-wins"
+        ),
+        pytest.param(
+            GenerateRequest(model="llama3", prompt="x"), "llama3:latest", id="untagged-is-latest"
+        ),
+        pytest.param(
+            GenerateRequest(model="host:5000/org/m", prompt="x"),
+            "host:5000/org/m:latest",
+            id="registry-port",
+        ),
     ],
 )
 def test_resolve_model(request_: GenerateRequest, model: str) -> None:
@@ -39,11 +49,18 @@ def test_resolve_model_needs_a_model_or_known_role() -> None:
 @pytest.mark.parametrize(
     "request_",
     [
-        pytest.param(GenerateRequest(model="m", prompt="x", options=Options(temperature=0.0)), id="temperature-zero"),
+        pytest.param(
+            GenerateRequest(model="m", prompt="x", options=Options(temperature=0.0)),
+            id="temperature-zero",
+        ),
         pytest.param(GenerateRequest(model="m", prompt="", images=["aGk="]), id="image-only"),
-        pytest.param(ChatRequest(model="m", messages=[Message(role="tool", content="42")]), id="tool-message"),
+        pytest.param(
+            ChatRequest(model="m", messages=[Message(role="tool", content="42")]), id="tool-message"
+        ),
         pytest.param(EmbedRequest(model="m", input=["a", "b"]), id="embed-batch"),
-        pytest.param(GenerateRequest(model="m", prompt="x", options=Options(num_predict=-1)), id="until-stop"),
+        pytest.param(
+            GenerateRequest(model="m", prompt="x", options=Options(num_predict=-1)), id="until-stop"
+        ),
     ],
 )
 def test_valid_requests_pass(request_) -> None:

@@ -7,7 +7,6 @@ import socket
 from pathlib import Path
 
 import msgspec
-import pytest
 from nats.aio.msg import Msg
 
 from bus.actor import Actor

@@ -13,7 +13,9 @@ from bus.client import Client
 MODELS = ["llama3.2:3b", "qwen2.5:7b"]
 
 
-async def run(*args: str, env: dict[str, str] | None = None, stdin: bytes = b"", timeout: float = 60):
+async def run(
+    *args: str, env: dict[str, str] | None = None, stdin: bytes = b"", timeout: float = 60
+):
     """Run `python -m actors ARGS`; return (exit code, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "actors", *args,
@@ -26,7 +28,9 @@ async def run(*args: str, env: dict[str, str] | None = None, stdin: bytes = b"",
     return proc.returncode, out.decode(), err.decode()
 
 
-async def test_generate_streams_to_the_terminal(sim_factory, stack_factory, nats_server, prefix) -> None:
+async def test_generate_streams_to_the_terminal(
+    sim_factory, stack_factory, nats_server, prefix
+) -> None:
     """`ollamesh generate PROMPT -m ROLE` prints the answer and the serving host."""
     sim = await sim_factory(models=MODELS)
     await stack_factory([sim.url])
@@ -39,7 +43,9 @@ async def test_generate_streams_to_the_terminal(sim_factory, stack_factory, nats
     assert "llama3.2:3b" in err and sim.url in err
 
 
-async def test_chat_reads_a_conversation_from_stdin(sim_factory, stack_factory, nats_server, prefix) -> None:
+async def test_chat_reads_a_conversation_from_stdin(
+    sim_factory, stack_factory, nats_server, prefix
+) -> None:
     """`ollamesh chat` answers each line of stdin, keeping the history."""
     sim = await sim_factory(models=MODELS)
     await stack_factory([sim.url])
@@ -51,11 +57,15 @@ async def test_chat_reads_a_conversation_from_stdin(sim_factory, stack_factory, 
     assert len([line for line in out.splitlines() if line.strip()]) == 2
 
 
-async def test_a_typed_error_is_one_line_not_a_traceback(sim_factory, stack_factory, nats_server, prefix) -> None:
+async def test_a_typed_error_is_one_line_not_a_traceback(
+    sim_factory, stack_factory, nats_server, prefix
+) -> None:
     """An unknown model exits 1 with `error: model_not_found: ...`."""
     sim = await sim_factory(models=MODELS)
     await stack_factory([sim.url])
-    code, _, err = await run("generate", "x", "-m", "ghost:1b", "--nats", nats_server.url, "--prefix", prefix)
+    code, _, err = await run(
+        "generate", "x", "-m", "ghost:1b", "--nats", nats_server.url, "--prefix", prefix
+    )
     assert code == 1
     assert err.startswith("error: model_not_found:") and "Traceback" not in err
 
@@ -63,7 +73,12 @@ async def test_a_typed_error_is_one_line_not_a_traceback(sim_factory, stack_fact
 async def test_up_serves_and_stops_cleanly_on_sigterm(sim_factory, nats_server, prefix) -> None:
     """`ollamesh up` serves requests, and on SIGTERM drains and exits 0 with JSON logs."""
     sim = await sim_factory(models=MODELS)
-    env = {**os.environ, "NATS_URL": nats_server.url, "OLLAMA_HOSTS": sim.url, "OLLAMESH_PREFIX": prefix}
+    env = {
+        **os.environ,
+        "NATS_URL": nats_server.url,
+        "OLLAMA_HOSTS": sim.url,
+        "OLLAMESH_PREFIX": prefix,
+    }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "actors", "up", "--log-format", "json",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
@@ -83,7 +98,9 @@ async def test_up_serves_and_stops_cleanly_on_sigterm(sim_factory, nats_server, 
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    events = [json.loads(line)["event"] for line in rest.decode().splitlines() if line.startswith("{")]
+    events = [
+        json.loads(line)["event"] for line in rest.decode().splitlines() if line.startswith("{")
+    ]
     assert "signal_received" in events and events[-1] == "stack_stopped"
 
 

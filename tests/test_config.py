@@ -20,7 +20,11 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     """NATS_URL, OLLAMA_HOSTS and OLLAMESH_PREFIX win over the file."""
     f = tmp_path / "c.toml"
     f.write_text('prefix = "a"\n[executor]\nmax_inflight_per_model = 2\n')
-    env = {"NATS_URL": "nats://x:1", "OLLAMA_HOSTS": "http://h1:1, http://h2:2", "OLLAMESH_PREFIX": "b"}
+    env = {
+        "NATS_URL": "nats://x:1",
+        "OLLAMA_HOSTS": "http://h1:1, http://h2:2",
+        "OLLAMESH_PREFIX": "b",
+    }
     config = load_config(f, env=env)
     assert config.nats.url == "nats://x:1" and config.prefix == "b"
     assert config.ollama_hosts == ["http://h1:1", "http://h2:2"]
@@ -30,7 +34,9 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "says"),
     [
-        pytest.param("[executor]\nmax_inflight_per_model = 0\n", "max_inflight_per_model", id="zero-cap"),
+        pytest.param(
+            "[executor]\nmax_inflight_per_model = 0\n", "max_inflight_per_model", id="zero-cap"
+        ),
         pytest.param("[executor]\nnot_a_setting = 1\n", "not_a_setting", id="unknown-key"),
         pytest.param("prefix = \n", "cannot read", id="bad-toml"),
         pytest.param("ollama_hosts = []\n", "ollama_hosts is empty", id="no-hosts"),

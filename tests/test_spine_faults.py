@@ -6,8 +6,8 @@ import asyncio
 import socket
 
 import pytest
-from actors.simulator import Fault
 
+from actors.simulator import Fault
 from bus.client import Client
 from bus.errors import Cancelled, NoHealthyHost, Timeout, UpstreamError
 from bus.subjects import Subjects

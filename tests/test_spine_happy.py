@@ -48,7 +48,9 @@ async def test_generate_and_embed_results_look_like_ollamas(
     assert result.response and result.eval_count == 7 and result.done_reason == "length"
     embedded = await client.embed("nomic-embed-text", ["a", "b"])
     assert len(embedded.embeddings) == 2 and len(embedded.embeddings[0]) > 1
-    assert embedded.model == "nomic-embed-text:latest" and embedded.host == sim.url  # as Ollama names it
+    assert (
+        embedded.model == "nomic-embed-text:latest" and embedded.host == sim.url
+    )  # as Ollama names it
 
 
 async def test_roles_resolve_to_models(sim_factory, stack_factory, client: Client) -> None:

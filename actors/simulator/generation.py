@@ -1,0 +1,213 @@
+"""One generate or chat answer: planned from the request, then paced out token by token."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import msgspec
+
+from actors.simulator.catalogue import ModelInfo
+from actors.simulator.engine import Fault
+from actors.simulator.text import Sampler, count_tokens, split_json
+from actors.simulator.wire import BadRequest, ChatRequest, GenerateRequest, Options, thinks
+
+__all__ = [
+    "CRASH_ERROR",
+    "MIDSTREAM_ERROR",
+    "Answer",
+    "HostDied",
+    "ModelFailed",
+    "Turn",
+    "plan_chat",
+    "plan_generate",
+    "token_ids",
+]
+
+CRASH_ERROR = "llama runner process has terminated: exit status 2"
+MIDSTREAM_ERROR = "an error was encountered while running the model: unexpected EOF"
+_IMAGE_TOKENS = 576  # what one image costs a llava-style projector
+_TEMPLATE_TOKENS = 8  # role headers and separators a chat template adds per message
+_YIELD_EVERY = 32  # at full speed, let other connections run this often
+
+
+class HostDied(Exception):
+    """The simulated host crashes here: the connection must drop without another byte."""
+
+
+class ModelFailed(Exception):
+    """The model failed mid-answer; Ollama reports that as an `{"error": ...}` line."""
+
+
+@dataclass(slots=True)
+class Turn:
+    """Everything decided about one answer before its first token."""
+
+    chat: bool
+    model: str  # as the request spelled it: Ollama echoes that, not the canonical name
+    thinking: list[str]
+    content: list[str]
+    limited: bool  # num_predict cut the content: running out of it means "length"
+    stops: list[str]
+    prompt_tokens: int
+    context: list[int] | None  # generate's token context so far (None for chat and raw)
+
+
+def token_ids(text: str) -> list[int]:
+    """Make stand-in token ids of `text` for generate's `context`."""
+    return [zlib.crc32(word.encode()) % 128000 for word in text.split()]
+
+
+def _format(fmt: object) -> object:
+    if fmt in (None, ""):
+        return None
+    if fmt == "json" or isinstance(fmt, dict):
+        return fmt
+    raise BadRequest('invalid format: expected "json" or a valid JSON schema')
+
+
+def _tokens(
+    sampler: Sampler, fmt: object, think: bool, options: Options
+) -> tuple[list[str], list[str], bool]:
+    limit = options.num_predict if options.num_predict is not None else -1
+    content = split_json(sampler.json_text(fmt)) if fmt else sampler.answer(limit)
+    # Thoughts are drawn after the answer so `think` does not change the answer itself.
+    thinking = sampler.thoughts() if think else []
+    if limit < 0:
+        return thinking, content, False
+    thinking = thinking[:limit]
+    room = limit - len(thinking)
+    return thinking, content[:room], len(content) >= room
+
+
+def _think(value: bool | str | None, info: ModelInfo, label: str) -> bool:
+    wanted = thinks(value)
+    if wanted and not info.thinks:
+        raise BadRequest(f'"{label}" does not support thinking')
+    # A thinking model thinks unless told not to, as Ollama's do.
+    return info.thinks and wanted is not False
+
+
+def plan_generate(req: GenerateRequest, info: ModelInfo, label: str) -> Turn:
+    """Plan the answer to a generate request with a prompt (BadRequest as Ollama would)."""
+    fmt = _format(req.format)
+    think = _think(req.think, info, label)
+    options = req.options or Options()
+    if req.raw and (req.template or req.system or req.context):
+        raise BadRequest("raw mode does not support template, system, or context")
+    prompt, system = req.prompt or "", req.system or ""
+    images = req.images or []
+    key = msgspec.json.encode((system, prompt, req.suffix, req.format, req.context, len(images)))
+    sampler = Sampler(info.name, key, options.seed, options.temperature)
+    thinking, content, limited = _tokens(sampler, fmt, think, options)
+    template = 0 if req.raw else 2 * _TEMPLATE_TOKENS
+    prompt_tokens = (
+        count_tokens(system) + count_tokens(prompt) + count_tokens(req.suffix or "")
+        + template + len(req.context or ()) + _IMAGE_TOKENS * len(images)
+    )  # fmt: skip
+    context = None if req.raw else [*(req.context or ()), *token_ids(f"{system} {prompt}")]
+    return Turn(False, label, thinking, content, limited, options.stops(), prompt_tokens, context)
+
+
+def plan_chat(req: ChatRequest, info: ModelInfo, label: str) -> Turn:
+    """Plan the answer to a chat request with messages (BadRequest as Ollama would)."""
+    fmt = _format(req.format)
+    think = _think(req.think, info, label)
+    options = req.options or Options()
+    messages = req.messages or []
+    key = msgspec.json.encode((messages, req.format))
+    sampler = Sampler(info.name, key, options.seed, options.temperature)
+    thinking, content, limited = _tokens(sampler, fmt, think, options)
+    prompt_tokens = _TEMPLATE_TOKENS + sum(
+        _TEMPLATE_TOKENS + count_tokens(m.content or "") + _IMAGE_TOKENS * len(m.images or ())
+        for m in messages
+    )
+    return Turn(True, label, thinking, content, limited, options.stops(), prompt_tokens, None)
+
+
+def _stop_at(text: str, stops: list[str]) -> int:
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else -1
+
+
+def _ends_with_partial_stop(text: str, stops: list[str]) -> bool:
+    return any(text.endswith(s[:k]) for s in stops for k in range(1, len(s)))
+
+
+class Answer:
+    """The tokens of one turn as they come out of the model, with its faults and pace.
+
+    Iterate `pieces()`; afterwards `eval_count`, `done_reason` and `first_ns` describe
+    the answer. Raises HostDied or ModelFailed where a `die_after` or `error_after` fault
+    strikes; a `stall` waits there until it is cancelled.
+    """
+
+    __slots__ = ("done_reason", "eval_count", "fault", "first_ns", "interval", "turn")
+
+    def __init__(self, turn: Turn, fault: Fault | None, interval: float) -> None:
+        self.turn = turn
+        self.fault = fault
+        self.interval = interval
+        self.eval_count = 0
+        self.done_reason = "length" if turn.limited else "stop"
+        self.first_ns = 0
+
+    def _strikes_at(self) -> int:
+        fault = self.fault
+        if fault is not None and fault.kind in ("die_after", "error_after", "stall"):
+            return fault.tokens
+        return -1
+
+    async def _strike(self) -> None:
+        kind = self.fault.kind if self.fault is not None else "stall"
+        if kind == "die_after":
+            raise HostDied(f"simulated crash after {self.eval_count} tokens")
+        if kind == "error_after":
+            raise ModelFailed((self.fault and self.fault.message) or MIDSTREAM_ERROR)
+        await asyncio.Future()  # stall: nothing more, until the client or the host gives up
+
+    async def pieces(self) -> AsyncIterator[tuple[bool, str]]:
+        """Yield `(thinking, text)` as the model produces it, at the host's pace."""
+        turn, interval, strike = self.turn, self.interval, self._strikes_at()
+        if self.fault is not None and self.fault.kind == "slow_first_token":
+            await asyncio.sleep(self.fault.delay_ms / 1000)
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        self.first_ns = time.perf_counter_ns()
+        stops = turn.stops
+        sent = 0
+        for thinking, tokens in ((True, turn.thinking), (False, turn.content)):
+            pending = ""
+            for token in tokens:
+                if sent == strike:
+                    await self._strike()
+                # Every token the model makes takes its time, even one held back below.
+                if interval:
+                    due += interval
+                    if (delay := due - loop.time()) > 0:
+                        await asyncio.sleep(delay)
+                elif self.eval_count % _YIELD_EVERY == _YIELD_EVERY - 1:
+                    await asyncio.sleep(0)
+                self.eval_count += 1
+                if stops and not thinking:
+                    # Hold back text that may begin a stop sequence, as Ollama does.
+                    pending += token
+                    cut = _stop_at(pending, stops)
+                    if cut >= 0:
+                        self.done_reason = "stop"
+                        pending = pending[:cut]
+                        break
+                    if _ends_with_partial_stop(pending, stops):
+                        continue
+                    token, pending = pending, ""
+                sent += 1
+                yield thinking, token
+            if pending:
+                sent += 1
+                yield thinking, pending
+        if strike >= sent:
+            # The answer ran out before the fault's token: it strikes before the final line.
+            await self._strike()

@@ -1,0 +1,53 @@
+"""`ollamesh bench`: runs end to end and prints one JSON object (figures, never targets)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from actors.bench import percentile
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [([3.0], 99, 3.0), ([1.0, 2.0, 3.0, 4.0], 50, 2.5), ([0.0, 10.0], 99, 9.9)],
+    ids=["one-value", "median-between-ranks", "p99-interpolated"],
+)
+def test_percentile_interpolates_between_ranks(
+    values: list[float], q: float, expected: float
+) -> None:
+    """Percentiles interpolate linearly between the closest ranks, as numpy's default does."""
+    assert percentile(values, q) == pytest.approx(expected)
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_bench_prints_one_json_report() -> None:
+    """A tiny bench run exits 0 and prints one JSON object with every figure, positive and finite."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "actors", "bench", "--requests", "20", "--warmup", "5", "--stream-tokens", "32"],
+        capture_output=True, timeout=100, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert set(report) >= {"params", "machine", "ttft_ms", "requests_per_s", "stream_64", "targets"}
+    for level in ("c1", "c32"):
+        ttft = report["ttft_ms"][level]
+        for path in ("direct", "ollamesh"):
+            assert all(_positive(ttft[path][k]) for k in ("p50", "p99", "mean")), ttft
+            assert ttft[path]["p99"] >= ttft[path]["p50"]
+        assert ttft["errors"] == {"direct": 0, "ollamesh": 0}
+        assert math.isfinite(ttft["added_p50"]) and math.isfinite(ttft["added_p99"])
+    for rates in report["requests_per_s"].values():
+        assert all(_positive(rates[k]) for k in ("direct", "ollamesh", "ratio")), rates
+    streams = report["stream_64"]
+    assert _positive(streams["direct"]["tokens_per_s"])
+    assert all(_positive(v) for v in streams["ollamesh"].values()), streams
+    assert set(report["targets"]["met"]) == {"added_ttft_p50", "added_ttft_p99", "requests_per_s"}
+    assert report["machine"]["cpus"] >= 1
