@@ -769,3 +769,14 @@ def test_a_fault_round_trips_as_json() -> None:
     fault = Fault(kind="stall", tokens=3, count=None, models=["x"])
     assert msgspec.json.decode(msgspec.json.encode(fault), type=Fault) == fault
     assert msgspec.to_builtins(fault) == {"kind": "stall", "tokens": 3, "models": ["x"]}
+
+
+async def test_truncate_after_ends_the_body_cleanly_without_done(sim_factory) -> None:
+    """`truncate_after` sends N tokens, then a complete HTTP body with no final line."""
+    sim = await sim_factory(models=["llama3.2:3b"])
+    sim.engine.set_fault(Fault(kind="truncate_after", tokens=3))
+    async with httpx.AsyncClient(base_url=sim.url) as http:
+        resp = await http.post("/api/generate", json={"model": "llama3.2:3b", "prompt": "hi"})
+    lines = [json.loads(line) for line in resp.text.splitlines()]
+    assert resp.status_code == 200 and len(lines) == 3
+    assert not any(line["done"] for line in lines)

@@ -208,3 +208,16 @@ async def test_stopping_an_executor_finishes_its_streams(
     text = await stream.text()
     await stopping
     assert stream.done is not None and stream.done.eval_count == 40 and text
+
+
+async def test_a_stream_that_ends_without_done_is_a_failure(
+    sim_factory, stack_factory, client: Client, nc, prefix: str
+) -> None:
+    """HTTP 200 and a clean end are not success: without `done: true` the answer failed."""
+    sim = await sim_factory(models=MODELS)
+    sim.engine.set_fault(Fault(kind="truncate_after", tokens=4))
+    await stack_factory([sim.url])
+    stream = await client.generate("llama3.2:3b", "hi", stream=True, options={"num_predict": 50})
+    with pytest.raises(UpstreamError, match="without done"):
+        await stream.text()
+    assert_well_formed(await stored_stream(nc, Subjects(prefix), stream.request_id))

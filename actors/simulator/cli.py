@@ -13,7 +13,15 @@ from actors.simulator.server import SimulatorServer, run_forever
 
 __all__ = ["register", "run"]
 
-_KINDS = ("busy", "error", "die_after", "error_after", "stall", "slow_first_token")
+_KINDS = (
+    "busy",
+    "error",
+    "die_after",
+    "error_after",
+    "truncate_after",
+    "stall",
+    "slow_first_token",
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

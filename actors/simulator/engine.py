@@ -31,7 +31,9 @@ __all__ = [
 
 DEFAULT_MODELS = ("llama3.2:3b", "qwen2.5:7b", "nomic-embed-text")
 
-FaultKind = Literal["busy", "error", "die_after", "error_after", "stall", "slow_first_token"]
+FaultKind = Literal[
+    "busy", "error", "die_after", "error_after", "truncate_after", "stall", "slow_first_token"
+]
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _UNIT_SECONDS = {
@@ -48,9 +50,10 @@ class Fault(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
     """A failure to inject into generate, chat and embed requests.
 
     `busy` answers 503 and `error` 500 at once; `die_after` cuts the connection after
-    `tokens` tokens, `error_after` sends Ollama's `{"error": ...}` line there, `stall`
-    stops sending there but keeps the connection open; `slow_first_token` holds the first
-    token back `delay_ms`. `count` limits the fault to the next K matching requests (None:
+    `tokens` tokens, `error_after` sends Ollama's `{"error": ...}` line there,
+    `truncate_after` ends the body cleanly there with no `done` line (HTTP 200 all the
+    same), `stall` stops sending there but keeps the connection open; `slow_first_token`
+    holds the first token back `delay_ms`. `count` limits the fault to the next K matching requests (None:
     until cleared); `models` limits it to those models; `message` replaces the error text.
     """
 

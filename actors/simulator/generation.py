@@ -21,6 +21,7 @@ __all__ = [
     "Answer",
     "HostDied",
     "ModelFailed",
+    "Truncated",
     "Turn",
     "plan_chat",
     "plan_generate",
@@ -34,12 +35,19 @@ _TEMPLATE_TOKENS = 8  # role headers and separators a chat template adds per mes
 _YIELD_EVERY = 32  # at full speed, let other connections run this often
 
 
+_STRIKES = frozenset({"die_after", "error_after", "truncate_after", "stall"})
+
+
 class HostDied(Exception):
     """The simulated host crashes here: the connection must drop without another byte."""
 
 
 class ModelFailed(Exception):
     """The model failed mid-answer; Ollama reports that as an `{"error": ...}` line."""
+
+
+class Truncated(Exception):
+    """The body ends here, cleanly, without the final `done` line."""
 
 
 @dataclass(slots=True)
@@ -157,7 +165,7 @@ class Answer:
 
     def _strikes_at(self) -> int:
         fault = self.fault
-        if fault is not None and fault.kind in ("die_after", "error_after", "stall"):
+        if fault is not None and fault.kind in _STRIKES:
             return fault.tokens
         return -1
 
@@ -167,6 +175,8 @@ class Answer:
             raise HostDied(f"simulated crash after {self.eval_count} tokens")
         if kind == "error_after":
             raise ModelFailed((self.fault and self.fault.message) or MIDSTREAM_ERROR)
+        if kind == "truncate_after":
+            raise Truncated
         await asyncio.Future()  # stall: nothing more, until the client or the host gives up
 
     async def pieces(self) -> AsyncIterator[tuple[bool, str]]:

@@ -16,6 +16,7 @@ from actors.simulator.generation import (
     Answer,
     HostDied,
     ModelFailed,
+    Truncated,
     Turn,
     plan_chat,
     plan_generate,
@@ -197,6 +198,12 @@ class InferenceApi:
             return
         except HostDied:
             await ex.die()
+        except Truncated:
+            if lines is None:
+                await ex.json(200, {"model": turn.model, "created_at": timestamp(), "done": False})
+            else:
+                await ex.end()
+            return
         whole = "".join(content)
         final = _final(turn, answer, started, ready, "" if stream else whole, thoughts, stream)
         if turn.context is not None:
@@ -265,7 +272,7 @@ async def _embed_fault(ex: Exchange, fault: Fault | None) -> None:
         await asyncio.sleep(fault.delay_ms / 1000)
     elif fault.kind == "die_after":
         await ex.die()
-    elif fault.kind == "error_after":
+    elif fault.kind in ("error_after", "truncate_after"):
         raise Refused(500, fault.message or MIDSTREAM_ERROR)
     elif fault.kind == "stall":
         await asyncio.Future()
