@@ -53,8 +53,9 @@ class Fault(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
     `tokens` tokens, `error_after` sends Ollama's `{"error": ...}` line there,
     `truncate_after` ends the body cleanly there with no `done` line (HTTP 200 all the
     same), `stall` stops sending there but keeps the connection open; `slow_first_token`
-    holds the first token back `delay_ms`. `count` limits the fault to the next K matching requests (None:
-    until cleared); `models` limits it to those models; `message` replaces the error text.
+    holds the first token back `delay_ms`. `count` limits the fault to the next K matching
+    requests (None: until cleared); `models` limits it to those models; `message` replaces
+    the error text.
     """
 
     kind: FaultKind
