@@ -86,7 +86,7 @@ def _chat(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from actors.demo import demo
 
-    configure_logging("warning" if not args.verbose else "info", "console")
+    configure_logging("info" if args.verbose else "error", "console")
     return run_async(lambda: demo(tokens_per_second=args.tokens_per_second))
 
 

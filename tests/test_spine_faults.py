@@ -64,7 +64,8 @@ async def test_busy_503_is_retried_on_another_host(
     busy = await sim_factory(models=MODELS)
     good = await sim_factory(models=MODELS)
     busy.engine.set_fault(Fault(kind="busy"))
-    await stack_factory([busy.url, good.url])
+    # Each attempt may land on either host; enough attempts make reaching `good` certain.
+    await stack_factory([busy.url, good.url], executor={"max_attempts": 30})
     results = await asyncio.gather(
         *(client.generate("llama3.2:3b", f"q{i}", options={"num_predict": 3}) for i in range(6))
     )

@@ -190,8 +190,7 @@ class Executor(Actor):
             self.cfg.retry_backoff_max_ms, self.cfg.retry_backoff_ms * 2 ** (self._failures - 1)
         )
         self._paused_until = asyncio.get_running_loop().time() + pause / 1000
-        if self._failures >= 3:
-            self._wake.set()  # several in a row: check whether the host is down at all
+        self._wake.set()  # check now whether the host is down, rather than at the next poll
         return pause / 1000
 
     # -- pulling work -----------------------------------------------------------------
@@ -411,8 +410,6 @@ class Executor(Actor):
     ) -> None:
         """Put the work back for any host, and rest this one a little."""
         pause = self._note_failure()
-        if isinstance(exc, ModelNotFound):
-            self._wake.set()  # the host lost the model: re-read its tags now
         log.warning("request_retry", error=exc.message, backoff_s=pause)
         await msg.nak(delay=pause)
 
