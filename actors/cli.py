@@ -44,12 +44,8 @@ def _up(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     configure_logging(config.log_level, args.log_format or config.log_format)
     actors = tuple(a.strip() for a in args.actors.split(",") if a.strip())
-    return run_async(lambda: _serve(Stack(config, actors=actors), run_until_signalled))
-
-
-async def _serve(stack: Any, runner: Any) -> int:
-    await runner(stack)
-    return 0
+    stack = Stack(config, actors=actors)
+    return run_async(lambda: run_until_signalled(stack))
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:

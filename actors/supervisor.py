@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 from actors.executor import Executor
 from actors.router import Router
 from bus.actor import Actor
-from bus.config import Config
+from bus.config import Config, ConfigError
 from bus.connection import connect
 from bus.provision import provision
 from bus.registry import HostRegistry
@@ -53,7 +53,7 @@ class Stack:
     ) -> None:
         unknown = set(actors) - set(ACTORS)
         if unknown:
-            raise ValueError(f"unknown actors {sorted(unknown)}; known: {', '.join(ACTORS)}")
+            raise ConfigError(f"unknown actors {sorted(unknown)}; known: {', '.join(ACTORS)}")
         self.config = config
         self.subjects = Subjects(config.prefix)
         self._wanted = actors
@@ -139,8 +139,8 @@ class Stack:
         await self.stop()
 
 
-async def run_until_signalled(stack: Stack) -> None:
-    """Run `stack` until SIGINT or SIGTERM, then stop it gracefully."""
+async def run_until_signalled(stack: Stack) -> int:
+    """Run `stack` until SIGINT or SIGTERM, then stop it gracefully; return 0."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -153,3 +153,4 @@ async def run_until_signalled(stack: Stack) -> None:
     await stopping.wait()
     log.info("signal_received", action="draining")
     await stack.stop()
+    return 0

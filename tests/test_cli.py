@@ -119,3 +119,9 @@ async def test_demo_runs_the_tour_and_exits_zero() -> None:
     assert "demo passed" in out
     for step in ("streamed answer", "non-streamed answer", "failover", "cancel"):
         assert step in out
+
+
+async def test_up_with_an_unknown_actor_says_which() -> None:
+    """Naming an actor that does not exist is a one-line error, exit code 2."""
+    code, _, err = await run("up", "--actors", "router,wizard")
+    assert code == 2 and "wizard" in err and "Traceback" not in err
