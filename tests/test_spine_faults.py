@@ -222,3 +222,19 @@ async def test_a_stream_that_ends_without_done_is_a_failure(
     with pytest.raises(UpstreamError, match="without done"):
         await stream.text()
     assert_well_formed(await stored_stream(nc, Subjects(prefix), stream.request_id))
+
+
+async def test_a_stopping_executor_hands_back_work_it_has_not_started(
+    sim_factory, stack_factory, client: Client
+) -> None:
+    """Work still waiting for its first token when the grace ends goes to another host."""
+    slow = await sim_factory(models=MODELS)
+    slow.engine.set_fault(Fault(kind="slow_first_token", delay_ms=10_000, count=1))
+    first = await stack_factory([slow.url])
+    stream = await client.generate("llama3.2:3b", "hi", stream=True, options={"num_predict": 5})
+    await slow.engine.wait_for(lambda stats: stats.in_flight == 1)
+    good = await sim_factory(models=MODELS)
+    await stack_factory([good.url], actors=("executor",))
+    await first.executors[0].stop(grace=0.2)
+    assert await stream.text()
+    assert stream.done is not None and stream.done.host == good.url
