@@ -75,6 +75,10 @@ class ExecutorConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     ack_wait_s: Positive = 30.0
     tags_refresh_s: Positive = 5.0
     registry_ttl_s: Positive = 15.0
+    # After this many host failures in a row a model's circuit opens on that host ...
+    circuit_failures: PositiveInt = 3
+    # ... and stays open this long before one probe request decides.
+    circuit_cooldown_s: Positive = 5.0
     shutdown_grace_s: Positive = 30.0
 
 

@@ -92,4 +92,5 @@ class HostRegistry:
             await self._changed.wait_for(lambda: predicate(self))
 
     def serves(self, model: str) -> bool:
-        return any(model in h.models for h in self.hosts())
+        """Whether some host that is up has `model` and takes work for it now."""
+        return any(model in h.models and model not in h.blocked for h in self.hosts())

@@ -49,6 +49,8 @@ class HostInfo(Struct, kw_only=True, tag_field="type", tag="host"):
     host: str
     executor: str
     models: list[str] = []
+    # Models whose circuit is open on this host: it takes no work for them for now.
+    blocked: list[str] = []
     version: str = ""
     up: bool = True
     at: float = 0.0

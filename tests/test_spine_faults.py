@@ -238,3 +238,31 @@ async def test_a_stopping_executor_hands_back_work_it_has_not_started(
     await first.executors[0].stop(grace=0.2)
     assert await stream.text()
     assert stream.done is not None and stream.done.host == good.url
+
+
+async def test_a_failing_host_leaves_rotation_and_returns_after_one_probe(
+    sim_factory, stack_factory, client: Client
+) -> None:
+    """Three failures open the host's circuit; after the cooldown one good probe closes it."""
+    bad = await sim_factory(models=MODELS)
+    good = await sim_factory(models=MODELS)
+    bad.engine.set_fault(Fault(kind="error"))
+    stack = await stack_factory(
+        [bad.url, good.url],
+        executor={"circuit_failures": 3, "circuit_cooldown_s": 0.3, "max_attempts": 30},
+    )
+    flaky = next(e for e in stack.executors if e.host_url == bad.url)
+    for i in range(10):
+        result = await client.generate("llama3.2:3b", f"q{i}", options={"num_predict": 2})
+        assert result.host == good.url
+    assert bad.engine.stats.requests.get("/api/generate", 0) == 3
+    assert flaky.circuit("llama3.2:3b").state == "open"
+    bad.engine.clear_faults()
+    await stack.registry.wait_until(lambda r: not any(h.blocked for h in r.hosts()), timeout=5)
+    for i in range(50):  # sequential, so a request reaches the half-open host before long
+        result = await client.generate("llama3.2:3b", f"r{i}", options={"num_predict": 2})
+        if result.host == bad.url:
+            break
+    assert result.host == bad.url
+    assert flaky.circuit("llama3.2:3b").state == "closed"
+    assert len(flaky._models["llama3.2:3b"]) == stack.config.executor.max_inflight_per_model

@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
+from actors.executor.circuit import Circuit, CircuitState
 from actors.executor.emit import Emitter
 from actors.executor.ollama import HostUnavailable, Line, OllamaHost, StreamTimeouts
 from bus.actor import Actor, reply_error
@@ -52,7 +53,10 @@ __all__ = ["Executor"]
 _PATHS = {Kind.GENERATE: "/api/generate", Kind.CHAT: "/api/chat", Kind.EMBED: "/api/embed"}
 # Cancels are remembered this long, so work cancelled while queued is dropped when taken.
 _CANCEL_MEMORY_S = 600.0
-_FETCH_EXPIRY_S = 5.0
+# A pull request lives this long at the server. Stopping a slot waits for it to expire
+# rather than cancelling it: the server would still deliver work to a cancelled pull,
+# and that work would sit unacknowledged until ack_wait.
+_FETCH_EXPIRY_S = 1.0
 _STAT_FIELDS = (
     "done_reason",
     "total_duration",
@@ -105,7 +109,6 @@ class Executor(Actor):
         self._registry = registry
         self._key = model_token(self.executor_id)
         self._models: dict[str, list[asyncio.Task[None]]] = {}
-        self._fetching: set[asyncio.Task[Any]] = set()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancelled: dict[str, float] = {}
         self._accepting = True
@@ -116,6 +119,7 @@ class Executor(Actor):
         self._failures = 0
         self._paused_until = 0.0
         self._wake = asyncio.Event()
+        self._circuits: dict[str, Circuit] = {}
 
     @property
     def models(self) -> list[str]:
@@ -158,7 +162,8 @@ class Executor(Actor):
         for model in set(self._models) - set(models):
             self._stop_model(model)
         for model in set(models) - set(self._models):
-            await self._start_model(model)
+            if self.circuit(model).state is CircuitState.CLOSED:
+                await self._start_model(model)
         await self._announce()
 
     async def _announce(self) -> None:
@@ -166,6 +171,8 @@ class Executor(Actor):
             host=self.host_url,
             executor=self.executor_id,
             models=self._known,
+            # Half-open models are not blocked: the router must let the probe request in.
+            blocked=sorted(m for m, c in self._circuits.items() if c.state is CircuitState.OPEN),
             version=self._version,
             up=self._up,
             at=time.time(),
@@ -195,7 +202,38 @@ class Executor(Actor):
 
     # -- pulling work -----------------------------------------------------------------
 
-    async def _start_model(self, model: str) -> None:
+    def circuit(self, model: str) -> Circuit:
+        """This host's circuit for `model`."""
+        if model not in self._circuits:
+            self._circuits[model] = Circuit(self.cfg.circuit_failures, self.cfg.circuit_cooldown_s)
+        return self._circuits[model]
+
+    def _host_failed(self, model: str) -> None:
+        """Count a failure of the host on `model`; stop pulling its work if the circuit opens."""
+        circuit = self.circuit(model)
+        if circuit.failure():
+            self.log.warning("circuit_open", model=model, cooldown_s=circuit.cooldown_s)
+            self._stop_model(model)
+            self.spawn(self._probe_later(model, circuit))
+            self.spawn(self._announce())
+
+    async def _host_served(self, model: str) -> None:
+        """Count a success; a successful probe closes the circuit and reopens every slot."""
+        if self.circuit(model).success() and self._accepting:
+            self.log.info("circuit_closed", model=model)
+            self._stop_model(model)
+            await self._start_model(model)
+            await self._announce()
+
+    async def _probe_later(self, model: str, circuit: Circuit) -> None:
+        """After the cooldown, pull exactly one request for `model` as the probe."""
+        await asyncio.sleep(max(0.0, circuit.probe_at - time.monotonic()))
+        if self._accepting and circuit.try_probe():
+            self.log.info("circuit_probe", model=model)
+            await self._start_model(model, slots=1)
+            await self._announce()
+
+    async def _start_model(self, model: str, slots: int | None = None) -> None:
         consumer = self.subjects.work_consumer(model)
         config = ConsumerConfig(
             durable_name=consumer,
@@ -210,15 +248,13 @@ class Executor(Actor):
         except BadRequestError as exc:
             # Another executor created it with other settings; share it as it is.
             self.log.info("consumer_exists", consumer=consumer, note=exc.description)
-        self._models[model] = [
-            self.spawn(self._pull(model, consumer)) for _ in range(self.cfg.max_inflight_per_model)
-        ]
-        self.log.info("model_serving", model=model, slots=self.cfg.max_inflight_per_model)
+        slots = slots or self.cfg.max_inflight_per_model
+        self._models[model] = [self.spawn(self._pull(model, consumer)) for _ in range(slots)]
+        self.log.info("model_serving", model=model, slots=slots)
 
     def _stop_model(self, model: str) -> None:
-        for task in self._models.pop(model, []):
-            if task in self._fetching:
-                task.cancel()
+        """Withdraw the model's slots: each ends after its pull expires, handing back work."""
+        self._models.pop(model, None)
         self.log.info("model_withdrawn", model=model)
 
     async def _pull(self, model: str, consumer: str) -> None:
@@ -227,12 +263,15 @@ class Executor(Actor):
         assert me is not None
         psub = await self.js.pull_subscribe_bind(durable=consumer, stream=self.subjects.work_stream)
         loop = asyncio.get_running_loop()
+
+        def serving() -> bool:
+            return self._accepting and me in self._models.get(model, ())
+
         try:
-            while self._accepting and me in self._models.get(model, ()):
+            while serving():
                 if (pause := self._paused_until - loop.time()) > 0:
                     await asyncio.sleep(pause)
                     continue
-                self._fetching.add(me)
                 try:
                     msgs = await psub.fetch(1, timeout=_FETCH_EXPIRY_S)
                 except nats.errors.TimeoutError:
@@ -241,10 +280,11 @@ class Executor(Actor):
                     self.log.warning("fetch_failed", model=model, error=repr(exc))
                     await asyncio.sleep(0.5)
                     continue
-                finally:
-                    self._fetching.discard(me)
                 for msg in msgs:
-                    await self._take(msg)
+                    if serving():
+                        await self._take(msg)
+                    else:
+                        await msg.nak()  # withdrawn meanwhile: another slot or host takes it
         finally:
             # Work that landed after we stopped is handed straight back.
             while not psub._sub._pending_queue.empty():  # type: ignore[union-attr]
@@ -261,9 +301,6 @@ class Executor(Actor):
         except msgspec.DecodeError as exc:
             self.log.error("work_unreadable", error=str(exc))
             await msg.term()
-            return
-        if not self._accepting:
-            await msg.nak()
             return
         task = self.spawn(self._serve(work, msg, msg.metadata.num_delivered))
         self._running[work.request_id] = task
@@ -289,18 +326,22 @@ class Executor(Actor):
         keepalive = loop.create_task(self._keep_alive(msg))
         failure: OllameshError | None = None
         last = Line()
+        calling = False  # failures while the host works count against its circuit
         try:
             await self._check_admissible(work, attempt)
             body = _ollama_body(work)
             timeouts = self._timeouts(work)
             path = _PATHS[work.kind]
+            calling = True
             if work.kind is Kind.EMBED:
                 last = await self.host.call(path, body, work.model, timeouts.total)
             else:
                 async for lines in self.host.stream(path, body, work.model, timeouts):
                     await emitter.add(lines)
                     last = lines[-1]
+            calling = False
             self._failures = 0
+            await self._host_served(work.model)
             await self._deliver(work, emitter, last)
         except asyncio.CancelledError:
             if rid not in self._cancelled:
@@ -310,12 +351,16 @@ class Executor(Actor):
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             failure = Cancelled("cancelled by the client", request_id=rid)
         except (HostUnavailable, ModelNotFound) as exc:
+            if isinstance(exc, HostUnavailable):
+                self._host_failed(work.model)
             if emitter.started or attempt >= self.cfg.max_attempts:
                 failure = exc
             else:
                 await self._retry(msg, exc, attempt, log)
                 return
         except OllameshError as exc:
+            if calling and isinstance(exc, UpstreamError | Timeout):
+                self._host_failed(work.model)
             failure = exc
         except Exception as exc:
             log.exception("serve_crashed")
@@ -471,8 +516,6 @@ class Executor(Actor):
     async def before_drain(self) -> None:
         self._accepting = False
         self._wake.set()
-        for task in list(self._fetching):
-            task.cancel()
 
     async def teardown(self) -> None:
         await self._registry.withdraw(self._key)
