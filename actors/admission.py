@@ -51,12 +51,15 @@ def canonical_model(name: str) -> str:
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
-def resolve_model(request: Request, roles: Mapping[str, str]) -> str:
-    """The model to run: a `role` alias, a model field naming a role, or a model name."""
+def resolve_model(request: Request, roles: Mapping[str, str]) -> str | None:
+    """The model named by a `role` alias, a model field naming a role, or a model name.
+
+    None when the request names neither: the router then chooses.
+    """
     if request.role is not None:
         if request.role not in roles:
             raise BadRequest(f"unknown role {request.role!r}; roles: {', '.join(sorted(roles))}")
         return canonical_model(roles[request.role])
     if not request.model:
-        raise BadRequest(f"model is required: a model name or a role ({', '.join(sorted(roles))})")
+        return None
     return canonical_model(roles.get(request.model, request.model))

@@ -13,7 +13,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.errors import Error as JetStreamError
 
-from actors.admission import resolve_model, validate
+from actors.admission import canonical_model, resolve_model, validate
+from actors.selection import ModelStats, Selector, task_role
 from bus.actor import Actor
 from bus.config import Config
 from bus.errors import (
@@ -26,12 +27,13 @@ from bus.errors import (
 )
 from bus.registry import HostRegistry
 from bus.subjects import Subjects
-from schemas import Accepted, Kind, Work, decode_request, encode
+from schemas import Accepted, Kind, Request, Work, decode_event, decode_request, encode
 
 __all__ = ["Router"]
 
 _QUEUE = "router"
 _ENQUEUE_TIMEOUT_S = 5.0
+_TRACKED_MAX = 100_000
 
 
 class Router(Actor):
@@ -45,11 +47,47 @@ class Router(Actor):
         super().__init__(nc, subjects, max_concurrent=config.router.max_concurrent)
         self.config = config
         self.registry = registry
+        roles, routing = config.roles, config.routing
+        by_model = {canonical_model(roles.get(k, k)): w for k, w in routing.weights.items()}
+        self.selector = Selector(routing.strategy, by_model)
+        self.candidates = list(
+            dict.fromkeys(canonical_model(roles.get(c, c)) for c in routing.candidates)
+        )
+        self.stats: dict[str, ModelStats] = {}
+        # This router's requests not yet finished, oldest first: request id -> model.
+        self._mine: dict[str, str] = {}
 
     async def setup(self) -> None:
         self.js = self.nc.jetstream()
         for kind in Kind:
             await self.serve(self.subjects.request(kind), partial(self.admit, kind), queue=_QUEUE)
+        await self.serve(self.subjects.event("request"), self._finished)
+
+    async def _finished(self, msg: Msg) -> None:
+        """Learn how one of this router's requests ended (for least-loaded and adaptive)."""
+        event = decode_event(msg.data)
+        model = self._mine.pop(event.request_id, None)
+        if model is not None:
+            self.stats[model].finished(event.outcome == "ok", event.latency_ms)
+
+    def _choose(self, request: Request) -> str:
+        """A model for a request that names none: a task rule's role, else balancing."""
+        role = task_role(request, self.config.routing)
+        if role is not None:
+            if role not in self.config.roles:
+                raise BadRequest(f"the request needs the {role!r} role, and none is configured")
+            return canonical_model(self.config.roles[role])
+        served = [m for m in self.candidates if self.registry.serves(m)]
+        if not served:
+            raise NoHealthyHost(f"no healthy host serves any of {', '.join(self.candidates)}")
+        return self.selector.choose(served, self.stats)
+
+    def _track(self, request_id: str, model: str) -> None:
+        self.stats.setdefault(model, ModelStats()).in_flight += 1
+        self._mine[request_id] = model
+        if len(self._mine) > _TRACKED_MAX:  # events lost (a restart): forget the oldest
+            lost = self._mine.pop(next(iter(self._mine)))
+            self.stats[lost].in_flight = max(0, self.stats[lost].in_flight - 1)
 
     async def admit(self, kind: Kind, msg: Msg) -> bytes | None:
         """Turn one request into queued work; return the reply (None: the executor replies)."""
@@ -79,6 +117,8 @@ class Router(Actor):
     ) -> bytes | None:
         validate(request, self.config.router)  # type: ignore[arg-type]
         model = resolve_model(request, self.config.roles)  # type: ignore[arg-type]
+        if model is None:
+            model = self._choose(request)  # type: ignore[arg-type]
         self._check_served(model)
         stream: bool = request.stream  # type: ignore[attr-defined]
         if not stream and not msg.reply:
@@ -113,6 +153,8 @@ class Router(Actor):
         if ack.duplicate and not stream:
             raise BadRequest(f"request_id {request_id} is already in use")
         self.log.debug("request_queued", model=model, kind=kind, duplicate=ack.duplicate)
+        if not ack.duplicate:
+            self._track(request_id, model)
         if stream:
             return encode(
                 Accepted(

@@ -6,7 +6,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -17,6 +17,7 @@ __all__ = [
     "ExecutorConfig",
     "NatsConfig",
     "RouterConfig",
+    "RoutingConfig",
     "load_config",
 ]
 
@@ -30,6 +31,9 @@ DEFAULT_ROLES = {
     "mathematical": "phi3:14b",
     "backup": "llama3.3:70b",
 }
+
+
+DEFAULT_WEIGHTS = {"primary": 1.0, "fast": 0.7, "vision": 0.8, "mathematical": 0.6, "backup": 0.5}
 
 
 class ConfigError(ValueError):
@@ -56,6 +60,18 @@ class RouterConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     # Beyond this a request is refused with payload_too_large even if the server takes it.
     max_request_bytes: PositiveInt = 8 * 1024 * 1024
     max_concurrent: PositiveInt = 1024
+
+
+class RoutingConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Which model serves a request that names neither a model nor a role."""
+
+    strategy: Literal["round-robin", "least-loaded", "adaptive", "weighted"] = "adaptive"
+    # Roles (or model names) balanced over when no task rule applies.
+    candidates: list[str] = msgspec.field(default_factory=lambda: ["primary", "fast", "backup"])
+    # A request asking for fewer tokens than this goes to the `fast` role.
+    fast_below_num_predict: Annotated[int, Meta(ge=0)] = 500
+    # Share of traffic per role or model name (1.0 when not listed).
+    weights: dict[str, float] = msgspec.field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
 
 
 class ExecutorConfig(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -90,6 +106,7 @@ class Config(Struct, forbid_unknown_fields=True, kw_only=True):
     roles: dict[str, str] = msgspec.field(default_factory=lambda: dict(DEFAULT_ROLES))
     nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
     router: RouterConfig = msgspec.field(default_factory=RouterConfig)
+    routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     executor: ExecutorConfig = msgspec.field(default_factory=ExecutorConfig)
     log_format: str = "auto"
     log_level: str = "info"

@@ -103,6 +103,8 @@ class _Routed(Struct, kw_only=True, omit_defaults=True, tag_field="type"):
     model: str | None = None
     request_id: RequestId | None = None
     role: str | None = None
+    # A hint for choosing a model when none is named: "mathematical" picks that role.
+    task: str | None = None
     deadline_ms: DeadlineMs | None = None
     options: Options | None = None
     keep_alive: KeepAlive | None = None

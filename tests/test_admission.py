@@ -38,11 +38,10 @@ def test_resolve_model(request_: GenerateRequest, model: str) -> None:
     assert resolve_model(request_, ROLES) == model
 
 
-def test_resolve_model_needs_a_model_or_known_role() -> None:
-    """No model and no role, or an unknown role, is a bad request that lists the roles."""
+def test_resolve_model_leaves_the_choice_open_or_refuses_an_unknown_role() -> None:
+    """No model and no role: None (the router chooses); an unknown role lists the roles."""
+    assert resolve_model(GenerateRequest(prompt="x"), ROLES) is None
     with pytest.raises(BadRequest, match="fast, primary"):
-        resolve_model(GenerateRequest(prompt="x"), ROLES)
-    with pytest.raises(BadRequest, match="unknown role"):
         resolve_model(GenerateRequest(role="wizard", prompt="x"), ROLES)
 
 

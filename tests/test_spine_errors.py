@@ -26,7 +26,6 @@ async def served(sim_factory, stack_factory):
         pytest.param(b"[1, 2]", "bad_request", "invalid", id="not-an-object"),
         pytest.param(b'{"model": 7, "prompt": "x"}', "bad_request", "model", id="model-wrong-type"),
         pytest.param(b'{"model": "llama3.2:3b", "prompt": "x", "options": {"num_predict": "many"}}', "bad_request", "num_predict", id="option-wrong-type"),
-        pytest.param(b'{"prompt": "x"}', "bad_request", "model is required", id="missing-model"),
         pytest.param(b'{"model": "llama3.2:3b", "prompt": "  "}', "bad_request", "prompt is empty", id="empty-prompt"),
         pytest.param(b'{"model": "llama3.2:3b", "prompt": "x", "options": {"num_predict": 1000000000}}', "bad_request", "num_predict", id="absurd-num-predict"),
         pytest.param(b'{"model": "no-such:model", "prompt": "x"}', "model_not_found", "no-such:model", id="unknown-model"),

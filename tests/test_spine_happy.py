@@ -203,3 +203,21 @@ async def test_closing_the_client_with_an_unread_stream_is_prompt(
     await stream.__anext__()
     async with asyncio.timeout(5):
         await client.close()
+
+
+async def test_a_request_naming_no_model_is_routed_by_task_and_strategy(
+    sim_factory, stack_factory, client: Client
+) -> None:
+    """Short answers go to `fast`; otherwise round-robin over primary, fast and backup."""
+    sim = await sim_factory(models=MODELS)
+    await stack_factory(
+        [sim.url],
+        roles={"primary": "qwen2.5:7b", "fast": "llama3.2:3b", "backup": "qwen2.5:7b"},
+        routing={"strategy": "round-robin"},
+    )
+    short = await client.generate(None, "hi", options={"num_predict": 5})
+    assert short.model == "llama3.2:3b"
+    chosen = [
+        (await client.generate(None, f"q{i}", options={"num_predict": 600})).model for i in range(3)
+    ]
+    assert chosen == ["qwen2.5:7b", "llama3.2:3b", "qwen2.5:7b"]
