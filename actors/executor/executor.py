@@ -513,6 +513,15 @@ class Executor(Actor):
             self.log.info("request_cancelling", request_id=request_id)
             task.cancel()
 
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop as every actor does, but never before the slots' pull requests expired.
+
+        A slot cancelled while its pull request is still alive at the server would leave
+        any work delivered to it waiting for ack_wait; given the expiry, each slot ends
+        by itself and hands such work back.
+        """
+        await super().stop(max(grace, _FETCH_EXPIRY_S + 0.5))
+
     async def before_drain(self) -> None:
         self._accepting = False
         self._wake.set()
