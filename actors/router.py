@@ -82,6 +82,20 @@ class Router(Actor):
             raise NoHealthyHost(f"no healthy host serves any of {', '.join(self.candidates)}")
         return self.selector.choose(served, self.stats)
 
+    def _chain(self, model: str) -> list[str]:
+        """The models `model` falls back to, in order, itself and repeats left out."""
+        roles, routing = self.config.roles, self.config.routing
+        named = next(
+            (
+                c
+                for key, c in routing.fallbacks.items()
+                if canonical_model(roles.get(key, key)) == model
+            ),
+            routing.default_fallbacks,
+        )
+        chain = [canonical_model(roles.get(n, n)) for n in named]
+        return [m for m in dict.fromkeys(chain) if m != model]
+
     def _track(self, request_id: str, model: str) -> None:
         self.stats.setdefault(model, ModelStats()).in_flight += 1
         self._mine[request_id] = model
@@ -119,7 +133,12 @@ class Router(Actor):
         model = resolve_model(request, self.config.roles)  # type: ignore[arg-type]
         if model is None:
             model = self._choose(request)  # type: ignore[arg-type]
-        self._check_served(model)
+        chain = self._chain(model) if request.fallback else []  # type: ignore[attr-defined]
+        asked = model
+        while not self.registry.serves(model) and chain:
+            model = chain.pop(0)
+        if not self.registry.serves(model):
+            self._check_served(asked)
         stream: bool = request.stream  # type: ignore[attr-defined]
         if not stream and not msg.reply:
             raise BadRequest("a non-streamed request needs a reply subject (use request/reply)")
@@ -134,6 +153,8 @@ class Router(Actor):
             reply=None if stream else msg.reply,
             accepted_at=now,
             deadline_at=now + deadline_ms / 1000 if deadline_ms else None,
+            fallback_from=None if model == asked else asked,
+            fallbacks=[m for m in chain if self.registry.serves(m)],
         )
         payload = encode(work)
         if len(payload) > self.nc.max_payload:

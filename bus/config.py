@@ -70,6 +70,10 @@ class RoutingConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     candidates: list[str] = msgspec.field(default_factory=lambda: ["primary", "fast", "backup"])
     # A request asking for fewer tokens than this goes to the `fast` role.
     fast_below_num_predict: Annotated[int, Meta(ge=0)] = 500
+    # Where a model's work goes when it has no healthy host, no host has it, or it times out
+    # before its first token: per model or role, else `default_fallbacks`.
+    fallbacks: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    default_fallbacks: list[str] = msgspec.field(default_factory=lambda: ["backup"])
     # Share of traffic per role or model name (1.0 when not listed).
     weights: dict[str, float] = msgspec.field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
 

@@ -53,6 +53,8 @@ class Stats(Struct, kw_only=True, omit_defaults=True, tag_field="type"):
     prompt_eval_duration: int = 0
     eval_count: int = 0
     eval_duration: int = 0
+    # Set when the model asked for could not serve and a fallback did.
+    fallback_from: str | None = None
 
 
 class Done(Stats, tag="done"):

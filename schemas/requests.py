@@ -106,6 +106,8 @@ class _Routed(Struct, kw_only=True, omit_defaults=True, tag_field="type"):
     # A hint for choosing a model when none is named: "mathematical" picks that role.
     task: str | None = None
     deadline_ms: DeadlineMs | None = None
+    # False: fail rather than run on the model's fallback chain.
+    fallback: bool = True
     options: Options | None = None
     keep_alive: KeepAlive | None = None
     stream: bool = True

@@ -25,6 +25,10 @@ class Work(Struct, kw_only=True, tag_field="type", tag="work"):
     reply: str | None = None
     accepted_at: float = 0.0
     deadline_at: float | None = None
+    # The model the client asked for, when this work runs on a fallback of it.
+    fallback_from: str | None = None
+    # Models still to try, in order, if this one times out before its first token.
+    fallbacks: list[str] = []
 
 
 class RequestEvent(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="request"):

@@ -60,9 +60,9 @@ async def test_chat_reads_a_conversation_from_stdin(
 async def test_a_typed_error_is_one_line_not_a_traceback(
     sim_factory, stack_factory, nats_server, prefix
 ) -> None:
-    """An unknown model exits 1 with `error: model_not_found: ...`."""
+    """An unknown model (with no fallback configured) exits 1 with `error: model_not_found`."""
     sim = await sim_factory(models=MODELS)
-    await stack_factory([sim.url])
+    await stack_factory([sim.url], routing={"default_fallbacks": []})
     code, _, err = await run(
         "generate", "x", "-m", "ghost:1b", "--nats", nats_server.url, "--prefix", prefix
     )

@@ -28,7 +28,7 @@ async def served(sim_factory, stack_factory):
         pytest.param(b'{"model": "llama3.2:3b", "prompt": "x", "options": {"num_predict": "many"}}', "bad_request", "num_predict", id="option-wrong-type"),
         pytest.param(b'{"model": "llama3.2:3b", "prompt": "  "}', "bad_request", "prompt is empty", id="empty-prompt"),
         pytest.param(b'{"model": "llama3.2:3b", "prompt": "x", "options": {"num_predict": 1000000000}}', "bad_request", "num_predict", id="absurd-num-predict"),
-        pytest.param(b'{"model": "no-such:model", "prompt": "x"}', "model_not_found", "no-such:model", id="unknown-model"),
+        pytest.param(b'{"model": "no-such:model", "prompt": "x", "fallback": false}', "model_not_found", "no-such:model", id="unknown-model"),
         pytest.param(b'{"role": "wizard", "prompt": "x"}', "bad_request", "unknown role", id="unknown-role"),
         pytest.param(b'{"model": "llama3.2:3b", "prompt": "x", "format": "yaml"}', "bad_request", "format", id="bad-format"),
     ],
@@ -69,7 +69,7 @@ async def test_empty_embed_input_is_refused(served, client: Client) -> None:
 async def test_the_sdk_raises_typed_exceptions(served, client: Client) -> None:
     """Unknown model and bad options surface as exceptions carrying the request id."""
     with pytest.raises(ModelNotFound) as info:
-        await client.generate("ghost:1b", "hi", stream=True)
+        await client.generate("ghost:1b", "hi", stream=True, fallback=False)
     assert info.value.request_id
     with pytest.raises(BadRequest, match="options"):
         await client.generate("llama3.2:3b", "hi", options={"temperature": "hot"})

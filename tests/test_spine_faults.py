@@ -266,3 +266,38 @@ async def test_a_failing_host_leaves_rotation_and_returns_after_one_probe(
     assert result.host == bad.url
     assert flaky.circuit("llama3.2:3b").state == "closed"
     assert len(flaky._models["llama3.2:3b"]) == stack.config.executor.max_inflight_per_model
+
+
+async def test_a_model_no_host_serves_falls_back_to_backup(
+    sim_factory, stack_factory, client: Client
+) -> None:
+    """With its only host down, the work runs on `backup`, and `done` says so."""
+    sim = await sim_factory(models=["llama3.2:3b"])
+    await stack_factory(
+        [closed_port_url(), sim.url],
+        roles={"primary": "qwen2.5:7b", "backup": "llama3.2:3b"},
+    )
+    stream = await client.generate("primary", "hi", stream=True, options={"num_predict": 3})
+    await stream.text()
+    assert stream.done is not None
+    assert stream.done.model == "llama3.2:3b" and stream.done.fallback_from == "qwen2.5:7b"
+    with pytest.raises(NoHealthyHost):
+        await client.generate("primary", "hi", fallback=False)
+
+
+async def test_a_model_slow_to_its_first_token_falls_back(
+    sim_factory, stack_factory, client: Client
+) -> None:
+    """A first-token timeout moves unstarted work to the next model of the chain."""
+    sim = await sim_factory(models=MODELS)
+    sim.engine.set_fault(Fault(kind="slow_first_token", delay_ms=5000, models=["qwen2.5:7b"]))
+    await stack_factory(
+        [sim.url],
+        roles={"primary": "qwen2.5:7b", "backup": "llama3.2:3b"},
+        executor={"first_token_timeout_s": 0.3},
+        routing={"fallbacks": {"primary": ["backup"]}},
+    )
+    result = await client.generate("primary", "hi", options={"num_predict": 3})
+    assert result.model == "llama3.2:3b" and result.fallback_from == "qwen2.5:7b"
+    with pytest.raises(Timeout, match="first token"):
+        await client.generate("primary", "hi", fallback=False)

@@ -361,6 +361,9 @@ class Executor(Actor):
         except OllameshError as exc:
             if calling and isinstance(exc, UpstreamError | Timeout):
                 self._host_failed(work.model)
+            if calling and isinstance(exc, Timeout) and not emitter.started and work.fallbacks:
+                await self._fall_back(work, msg, log)
+                return
             failure = exc
         except Exception as exc:
             log.exception("serve_crashed")
@@ -411,7 +414,12 @@ class Executor(Actor):
 
     async def _deliver(self, work: Work, emitter: Emitter, last: Line) -> None:
         rid = work.request_id
-        served = {"request_id": rid, "model": work.model, "host": self.host_url}
+        served = {
+            "request_id": rid,
+            "model": work.model,
+            "host": self.host_url,
+            "fallback_from": work.fallback_from,
+        }
         if work.stream:
             await emitter.finish(Done(**served, **_stats(last)))
             return
@@ -449,6 +457,21 @@ class Executor(Actor):
             await emitter.finish(failure.to_wire(work.request_id))
         elif work.reply:
             await reply_error(self.nc, work.reply, failure, work.request_id)
+
+    async def _fall_back(self, work: Work, msg: Msg, log: structlog.BoundLogger) -> None:
+        """The model gave no first token in time: queue the work for its next fallback."""
+        model, rest = work.fallbacks[0], work.fallbacks[1:]
+        moved = msgspec.structs.replace(
+            work, model=model, fallbacks=rest, fallback_from=work.fallback_from or work.model
+        )
+        await self.js.publish(
+            self.subjects.work(model),
+            encode(moved),
+            timeout=5.0,
+            headers={"Nats-Msg-Id": f"{work.request_id}.{model_token(model)}"},
+        )
+        log.warning("request_fallback", to=model)
+        await msg.ack()
 
     async def _retry(
         self, msg: Msg, exc: OllameshError, attempt: int, log: structlog.BoundLogger
