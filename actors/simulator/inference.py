@@ -95,31 +95,33 @@ class InferenceApi:
         return fault
 
     async def generate(self, ex: Exchange) -> None:
-        req = decode(ex.body, GenerateRequest)
-        info, label = self._model(req.model)
-        if not info.completes:
-            raise BadRequest(f'"{label}" does not support generate')
-        keep_alive = self._keep_alive(req.keep_alive)
-        num_ctx = (req.options or Options()).num_ctx
-        if not req.prompt:
-            await self._load_only(ex, info, label, keep_alive, num_ctx, chat=False)
-            return
-        self._images(info, req.images or [])
-        turn = plan_generate(req, info, label)
-        await self._answer(ex, info, turn, keep_alive, num_ctx, req.stream is not False)
+        await self._complete(ex, decode(ex.body, GenerateRequest))
 
     async def chat(self, ex: Exchange) -> None:
-        req = decode(ex.body, ChatRequest)
+        await self._complete(ex, decode(ex.body, ChatRequest))
+
+    async def _complete(self, ex: Exchange, req: GenerateRequest | ChatRequest) -> None:
+        """Serve generate or chat: an empty prompt or conversation only loads the model."""
+        chat = isinstance(req, ChatRequest)
         info, label = self._model(req.model)
         if not info.completes:
-            raise BadRequest(f'"{label}" does not support chat')
+            raise BadRequest(f'"{label}" does not support {"chat" if chat else "generate"}')
         keep_alive = self._keep_alive(req.keep_alive)
         num_ctx = (req.options or Options()).num_ctx
-        if not req.messages:
-            await self._load_only(ex, info, label, keep_alive, num_ctx, chat=True)
+        if isinstance(req, ChatRequest):
+            empty = not req.messages
+            images = [i for m in req.messages or () for i in m.images or ()]
+        else:
+            empty, images = not req.prompt, req.images or []
+        if empty:
+            await self._load_only(ex, info, label, keep_alive, num_ctx, chat=chat)
             return
-        self._images(info, [i for m in req.messages for i in m.images or ()])
-        turn = plan_chat(req, info, label)
+        self._images(info, images)
+        turn = (
+            plan_chat(req, info, label)
+            if isinstance(req, ChatRequest)
+            else plan_generate(req, info, label)
+        )
         await self._answer(ex, info, turn, keep_alive, num_ctx, req.stream is not False)
 
     @staticmethod

@@ -143,26 +143,23 @@ class SimulatorServer:
 
     async def kill(self) -> None:
         """Stop listening and drop every connection at once, mid-answer or not."""
-        server, state = self._server, self._state
-        if server is None:
-            return
-        self._server = None
-        server.close()
-        for conn in list(state.connections):
-            conn.transport.abort()
-        await self._settle(state)
+        await self._close(grace=None)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop listening, give answers in flight `grace` seconds, then drop what is left."""
+        await self._close(grace)
+
+    async def _close(self, grace: float | None) -> None:
         server, state = self._server, self._state
         if server is None:
             return
         self._server = None
         server.close()
-        for conn in list(state.connections):
-            conn.shutdown()  # idle connections close now, busy ones after their answer
-        if state.tasks:
-            await asyncio.wait(set(state.tasks), timeout=grace)
+        if grace is not None:
+            for conn in list(state.connections):
+                conn.shutdown()  # idle connections close now, busy ones after their answer
+            if state.tasks:
+                await asyncio.wait(set(state.tasks), timeout=grace)
         for conn in list(state.connections):
             conn.transport.abort()
         await self._settle(state)
