@@ -33,7 +33,7 @@ from bus.client import Client
 from bus.errors import OllameshError
 from bus.server import EmbeddedNats, NatsServerError, find_nats_server
 
-__all__ = ["bench", "percentile", "register"]
+__all__ = ["bench", "percentile", "progress", "register"]
 
 _MODEL = "bench:1b"
 _SEED = 42
@@ -92,6 +92,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--tokens", type=int, default=16, help="num_predict of each request")
     p.add_argument("--stream-tokens", type=int, default=512, help="num_predict of the 64 streams")
     p.add_argument("--warmup", type=int, default=50, help="unmeasured requests before each")
+    f = p.add_argument_group("host strategies on a skewed fleet (instead of the above)")
+    f.add_argument("--fleet", action="store_true", help="compare the host strategies")
+    f.add_argument("--fleet-requests", type=int, default=256, help="requests per strategy")
+    f.add_argument("--fleet-tokens", type=int, default=32, help="num_predict of each request")
+    f.add_argument("--fleet-streams", type=int, default=64, help="concurrent streams")
     p.set_defaults(func=run)
 
 
@@ -114,7 +119,8 @@ def percentile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[min(lo + 1, len(xs) - 1)] - xs[lo]) * (pos - lo)
 
 
-def _progress(text: str) -> None:
+def progress(text: str) -> None:
+    """One line of progress on stderr (stdout carries the report only)."""
     print(f"bench: {text}", file=sys.stderr, flush=True)
 
 
@@ -277,7 +283,7 @@ async def _pool(call: Call, name: str, n: int, concurrency: int, tokens: int) ->
             except (OllameshError, BenchError, httpx.HTTPError) as exc:
                 result.errors += 1
                 if result.errors == 1:
-                    _progress(f"{name}: first error: {exc!r}")
+                    progress(f"{name}: first error: {exc!r}")
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(min(concurrency, n))))
@@ -293,7 +299,7 @@ async def _both(
     for path, call in paths.items():
         await _pool(call, f"{name} warmup", warmup, conc, tokens)
         runs[path] = r = await _pool(call, name, n, conc, tokens)
-        _progress(f"{name} {path}: {len(r.outcomes)} ok, {r.errors} failed in {r.elapsed:.2f}s")
+        progress(f"{name} {path}: {len(r.outcomes)} ok, {r.errors} failed in {r.elapsed:.2f}s")
     return runs
 
 
@@ -396,8 +402,9 @@ async def _measure(paths: dict[str, Call], args: argparse.Namespace) -> dict[str
 
 async def bench(args: argparse.Namespace) -> int:
     """Start the fleet, run every scenario, print one JSON object on stdout."""
-    if min(args.requests, args.tokens, args.stream_tokens) < 1 or args.warmup < 0:
-        print("error: --requests, --tokens and --stream-tokens must be positive", file=sys.stderr)
+    sizes = (args.fleet_requests, args.fleet_tokens, args.fleet_streams)
+    if min(args.requests, args.tokens, args.stream_tokens, *sizes) < 1 or args.warmup < 0:
+        print("error: request counts, token counts and streams must be positive", file=sys.stderr)
         return 2
     # SIGTERM unwinds like Ctrl-C does, so every child is stopped and temp files removed.
     main, terminated = asyncio.current_task(), asyncio.Event()
@@ -409,6 +416,12 @@ async def bench(args: argparse.Namespace) -> int:
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
     try:
+        if args.fleet:
+            from actors.bench_fleet import fleet_bench
+
+            fleet = await fleet_bench(args.fleet_requests, args.fleet_tokens, args.fleet_streams)
+            print(json.dumps({"machine": _machine(), **fleet}, indent=2))
+            return 0
         figures = await _session(args)
     except (BenchError, NatsServerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -435,7 +448,7 @@ async def _session(args: argparse.Namespace) -> dict[str, Any]:
         contextlib.AsyncExitStack() as stack,
         Client(server.url, prefix=prefix, timeout=_CALL_TIMEOUT_S, name="bench") as client,
     ):
-        _progress(f"nats {server.url}, simulator {sim_url}, prefix {prefix}")
+        progress(f"nats {server.url}, simulator {sim_url}, prefix {prefix}")
         http = [
             await stack.enter_async_context(
                 httpx.AsyncClient(base_url=sim_url, timeout=_CALL_TIMEOUT_S, limits=limits)

@@ -1,4 +1,4 @@
-"""The `ollamesh` command: up, demo, sim, bench, generate, chat."""
+"""The `ollamesh` command: up, demo, sim, bench, generate, chat, queues."""
 
 from __future__ import annotations
 
@@ -48,16 +48,21 @@ def _up(args: argparse.Namespace) -> int:
     return run_async(lambda: run_until_signalled(stack))
 
 
-def _client_args(p: argparse.ArgumentParser) -> None:
+def _bus_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nats", default=os.environ.get("NATS_URL", _DEFAULT_NATS), help="NATS URL")
     p.add_argument("--prefix", default=os.environ.get("OLLAMESH_PREFIX", "llm"))
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for an answer")
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    _bus_args(p)
     p.add_argument("-m", "--model", help="model name or role (primary, fast, ...)")
     p.add_argument("--system", help="system prompt")
     p.add_argument("--temperature", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--num-predict", type=int, dest="num_predict")
     p.add_argument("--no-stream", action="store_true", help="print the whole answer at the end")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for an answer")
+    p.add_argument("--priority", choices=["interactive", "batch"], default="interactive")
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
@@ -77,6 +82,13 @@ def _chat(args: argparse.Namespace) -> int:
 
     configure_logging("warning")
     return run_async(lambda: chat(args, _options(args)))
+
+
+def _queues(args: argparse.Namespace) -> int:
+    from actors.terminal import queues
+
+    configure_logging("warning")
+    return run_async(lambda: queues(args))
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -114,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("message", nargs="?", help="one message, then exit (default: interactive)")
     _client_args(chat)
     chat.set_defaults(func=_chat)
+
+    queues = sub.add_parser("queues", help="waiting and running work per model")
+    _bus_args(queues)
+    queues.set_defaults(func=_queues)
 
     register_sim(sub)
     register_bench(sub)

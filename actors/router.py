@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 import uuid
 from functools import partial
 
 import msgspec
-import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.errors import Error as JetStreamError
+from nats.js.kv import KeyValue
 
 from actors.admission import canonical_model, resolve_model, validate
+from actors.limits import RateLimiter
+from actors.queues import QueueWatch
 from actors.selection import ModelStats, Selector, task_role
 from bus.actor import Actor
+from bus.board import Board
 from bus.config import Config
 from bus.errors import (
     BadRequest,
@@ -23,17 +27,32 @@ from bus.errors import (
     NoHealthyHost,
     OllameshError,
     PayloadTooLarge,
-    Unavailable,
 )
+from bus.queue import QueueFull, enqueue
 from bus.registry import HostRegistry
 from bus.subjects import Subjects
-from schemas import Accepted, Kind, Request, Work, decode_event, decode_request, encode
+from schemas import (
+    Accepted,
+    ChatRequest,
+    GenerateRequest,
+    Kind,
+    QueueStats,
+    Request,
+    Work,
+    decode_event,
+    decode_request,
+    encode,
+)
 
 __all__ = ["Router"]
 
 _QUEUE = "router"
 _ENQUEUE_TIMEOUT_S = 5.0
 _TRACKED_MAX = 100_000
+# `overloaded` asks clients to come back once a tenth of the queue has drained ...
+_RETRY_SHARE = 0.1
+# ... within these bounds (and after a second when nothing drains yet).
+_RETRY_MIN_MS, _RETRY_MAX_MS, _RETRY_IDLE_MS = 100, 60_000, 1000
 
 
 class Router(Actor):
@@ -42,33 +61,61 @@ class Router(Actor):
     name = "router"
 
     def __init__(
-        self, nc: NATS, subjects: Subjects, config: Config, registry: HostRegistry
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        config: Config,
+        registry: HostRegistry,
+        board: Board,
+        limits: KeyValue,
     ) -> None:
         super().__init__(nc, subjects, max_concurrent=config.router.max_concurrent)
         self.config = config
         self.registry = registry
+        self.board = board
         roles, routing = config.roles, config.routing
         by_model = {canonical_model(roles.get(k, k)): w for k, w in routing.weights.items()}
         self.selector = Selector(routing.strategy, by_model)
         self.candidates = list(
             dict.fromkeys(canonical_model(roles.get(c, c)) for c in routing.candidates)
         )
+        self.limiter = RateLimiter(
+            limits,
+            {canonical_model(roles.get(k, k)): v for k, v in routing.limits.items()},
+        )
+        # Outcomes and latencies of every request in the fleet, from the events.
         self.stats: dict[str, ModelStats] = {}
-        # This router's requests not yet finished, oldest first: request id -> model.
-        self._mine: dict[str, str] = {}
+        # This router's rate-limited requests not yet finished: id -> (model, tokens charged).
+        self._charged: dict[str, tuple[str, int]] = {}
 
     async def setup(self) -> None:
         self.js = self.nc.jetstream()
+        self.queues = QueueWatch(self.js, self.subjects, self.board)
         for kind in Kind:
             await self.serve(self.subjects.request(kind), partial(self.admit, kind), queue=_QUEUE)
         await self.serve(self.subjects.event("request"), self._finished)
+        await self.serve(self.subjects.queue_stats, self._queue_stats, queue=_QUEUE)
+        self._poll = asyncio.get_running_loop().create_task(self.queues.poll())
+
+    async def before_drain(self) -> None:
+        self._poll.cancel()
 
     async def _finished(self, msg: Msg) -> None:
-        """Learn how one of this router's requests ended (for least-loaded and adaptive)."""
+        """Learn how a request ended, whichever router took it (for balancing and limits)."""
         event = decode_event(msg.data)
-        model = self._mine.pop(event.request_id, None)
-        if model is not None:
-            self.stats[model].finished(event.outcome == "ok", event.latency_ms)
+        self.stats.setdefault(event.model, ModelStats()).finished(
+            event.outcome == "ok", event.latency_ms
+        )
+        self.queues.finished(event.model)
+        if charged := self._charged.pop(event.request_id, None):
+            model, tokens = charged
+            used = event.prompt_tokens + event.output_tokens
+            await self.limiter.settle(model, used - tokens)
+
+    async def _queue_stats(self, msg: Msg) -> bytes:
+        models = sorted(self.board.models() | self.registry.models())
+        depths = [await self.queues.depth(m) for m in models]
+        return encode(QueueStats(models=depths, at=time.time()))
 
     def _choose(self, request: Request) -> str:
         """A model for a request that names none: a task rule's role, else balancing."""
@@ -80,6 +127,9 @@ class Router(Actor):
         served = [m for m in self.candidates if self.registry.serves(m)]
         if not served:
             raise NoHealthyHost(f"no healthy host serves any of {', '.join(self.candidates)}")
+        for model in served:  # the whole fleet's load: running everywhere plus waiting
+            stats = self.stats.setdefault(model, ModelStats())
+            stats.in_flight = self.queues.running(model) + self.queues.waiting(model)
         return self.selector.choose(served, self.stats)
 
     def _chain(self, model: str) -> list[str]:
@@ -96,12 +146,29 @@ class Router(Actor):
         chain = [canonical_model(roles.get(n, n)) for n in named]
         return [m for m in dict.fromkeys(chain) if m != model]
 
-    def _track(self, request_id: str, model: str) -> None:
-        self.stats.setdefault(model, ModelStats()).in_flight += 1
-        self._mine[request_id] = model
-        if len(self._mine) > _TRACKED_MAX:  # events lost (a restart): forget the oldest
-            lost = self._mine.pop(next(iter(self._mine)))
-            self.stats[lost].in_flight = max(0, self.stats[lost].in_flight - 1)
+    async def _within_limits(self, request: Request, model: str) -> int:
+        """Reserve the request's share of the model's rate limits, waiting if it may.
+
+        Returns the tokens charged (an estimate, settled when the request ends).
+        """
+        if not self.limiter.limited(model):
+            return 0
+        deadline_ms = request.deadline_ms
+        max_wait = deadline_ms / 1000 if deadline_ms else self.config.routing.limit_wait_ms / 1000
+        tokens = _estimate_tokens(request)
+        wait = await self.limiter.reserve(model, tokens, max_wait)
+        if wait > 0:
+            self.log.info("rate_limit_wait", model=model, wait_ms=round(wait * 1000))
+            await asyncio.sleep(wait)
+        return tokens
+
+    def _retry_after_ms(self, model: str) -> int:
+        """When a refused request should come back, from the measured drain rate."""
+        rate = self.queues.drain_per_s(model)
+        if rate <= 0:
+            return _RETRY_IDLE_MS
+        ms = 1000 * _RETRY_SHARE * self.config.routing.queue_max / rate
+        return int(min(_RETRY_MAX_MS, max(_RETRY_MIN_MS, ms)))
 
     async def admit(self, kind: Kind, msg: Msg) -> bytes | None:
         """Turn one request into queued work; return the reply (None: the executor replies)."""
@@ -144,6 +211,7 @@ class Router(Actor):
             raise BadRequest("a non-streamed request needs a reply subject (use request/reply)")
         now = time.time()
         deadline_ms: int | None = request.deadline_ms  # type: ignore[attr-defined]
+        charged = await self._within_limits(request, model)  # type: ignore[arg-type]
         work = Work(
             request_id=request_id,
             kind=kind,
@@ -151,31 +219,33 @@ class Router(Actor):
             body=msgspec.Raw(msg.data),
             stream=stream,
             reply=None if stream else msg.reply,
+            priority=request.priority,  # type: ignore[attr-defined]
             accepted_at=now,
             deadline_at=now + deadline_ms / 1000 if deadline_ms else None,
             fallback_from=None if model == asked else asked,
             fallbacks=[m for m in chain if self.registry.serves(m)],
         )
-        payload = encode(work)
-        if len(payload) > self.nc.max_payload:
-            raise PayloadTooLarge(
-                f"request is too large to queue ({len(payload)} bytes with its envelope;"
-                f" the server's limit is {self.nc.max_payload})"
-            )
         try:
-            ack = await self.js.publish(
-                self.subjects.work(model),
-                payload,
+            duplicate = await enqueue(
+                self.js,
+                self.subjects,
+                work,
+                max_payload=self.nc.max_payload,
+                msg_id=request_id,
                 timeout=_ENQUEUE_TIMEOUT_S,
-                headers={"Nats-Msg-Id": request_id},
             )
-        except (nats.errors.Error, JetStreamError) as exc:
-            raise Unavailable(f"could not queue the request: {exc!r}") from exc
-        if ack.duplicate and not stream:
+        except QueueFull as exc:
+            exc.retry_after_ms = self._retry_after_ms(model)
+            raise
+        if duplicate and not stream:
             raise BadRequest(f"request_id {request_id} is already in use")
-        self.log.debug("request_queued", model=model, kind=kind, duplicate=ack.duplicate)
-        if not ack.duplicate:
-            self._track(request_id, model)
+        self.log.debug("request_queued", model=model, kind=kind, duplicate=duplicate)
+        if not duplicate:
+            self.queues.queued(model)
+            if charged:
+                self._charged[request_id] = (model, charged)
+                if len(self._charged) > _TRACKED_MAX:  # events lost: forget the oldest
+                    self._charged.pop(next(iter(self._charged)))
         if stream:
             return encode(
                 Accepted(
@@ -194,3 +264,18 @@ class Router(Actor):
             raise NoHealthyHost(f"{model!r} is on no healthy host, and some hosts are down")
         known = sorted(self.registry.models())
         raise ModelNotFound(f"model {model!r} is not on any host; available: {', '.join(known)}")
+
+
+def _estimate_tokens(request: Request) -> int:
+    """Tokens a request will use, guessed before it runs (settled later with the truth):
+    about four bytes of text per token for what it sends, plus the `num_predict` it asks."""
+    texts: list[str]
+    if isinstance(request, ChatRequest):
+        texts = [m.content for m in request.messages]
+    elif isinstance(request, GenerateRequest):
+        texts = [request.prompt, request.system or ""]
+    else:
+        texts = [request.input] if isinstance(request.input, str) else request.input
+    options = request.options
+    asked = options.num_predict if options is not None and options.num_predict else 0
+    return math.ceil(sum(len(t) for t in texts) / 4) + max(0, asked)

@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 from actors.executor import Executor
 from actors.router import Router
 from bus.actor import Actor
+from bus.board import Board
 from bus.config import Config, ConfigError
 from bus.connection import connect
 from bus.provision import provision
@@ -61,6 +62,7 @@ class Stack:
         self.server: EmbeddedNats | None = None
         self.nc: NATS | None = None
         self.registry: HostRegistry | None = None
+        self.board: Board | None = None
         self.router: Router | None = None
         self.executors: list[Executor] = []
         self.url = config.nats.url or ""
@@ -82,16 +84,22 @@ class Stack:
         self.nc = await connect(
             self.url, name="ollamesh", connect_timeout=self.config.nats.connect_timeout_s
         )
-        kv = await provision(self.nc.jetstream(), self.subjects, self.config)
-        self.registry = HostRegistry(kv, ttl=self.config.executor.registry_ttl_s)
+        buckets = await provision(self.nc.jetstream(), self.subjects, self.config)
+        self.registry = HostRegistry(buckets.hosts, ttl=self.config.executor.registry_ttl_s)
         await self.registry.start()
+        self.board = Board(self.nc, self.subjects)
+        await self.board.start()
         if "executor" in self._wanted:
             for host in self.config.ollama_hosts:
-                executor = Executor(self.nc, self.subjects, self.config, host, self.registry)
+                executor = Executor(
+                    self.nc, self.subjects, self.config, host, self.registry, self.board
+                )
                 await executor.start()
                 self.executors.append(executor)
         if "router" in self._wanted:
-            self.router = Router(self.nc, self.subjects, self.config, self.registry)
+            self.router = Router(
+                self.nc, self.subjects, self.config, self.registry, self.board, buckets.limits
+            )
             await self.router.start()
         await self.wait_for_executors()
         log.info(
@@ -115,6 +123,8 @@ class Stack:
         await asyncio.gather(*(e.stop(grace) for e in self.executors))
         if self.registry:
             await self.registry.stop()
+        if self.board:
+            await self.board.stop()
         if self.nc:
             with contextlib.suppress(Exception):
                 await self.nc.drain()

@@ -10,7 +10,7 @@ from typing import Any
 from bus.client import ChunkStream, Client
 from schemas import Done, Message
 
-__all__ = ["chat", "generate"]
+__all__ = ["chat", "generate", "queues"]
 
 
 def _stats(done: Done | None) -> str:
@@ -35,7 +35,7 @@ async def _print_stream(stream: ChunkStream) -> str:
 async def generate(args: argparse.Namespace, options: dict[str, Any]) -> int:
     """Send one prompt and print the answer as it arrives."""
     async with Client(args.nats, prefix=args.prefix, timeout=args.timeout) as client:
-        fields: dict[str, Any] = {"options": options or None}
+        fields: dict[str, Any] = {"options": options or None, "priority": args.priority}
         if args.system:
             fields["system"] = args.system
         if args.no_stream:
@@ -70,15 +70,50 @@ async def chat(args: argparse.Namespace, options: dict[str, Any]) -> int:
             history.append(Message(role="user", content=text))
             if args.no_stream:
                 result = await client.chat(
-                    args.model, history, stream=False, options=options or None
+                    args.model,
+                    history,
+                    stream=False,
+                    options=options or None,
+                    priority=args.priority,
                 )
                 answer = result.message.content
                 print(answer)
             else:
                 stream = await client.chat(
-                    args.model, history, stream=True, options=options or None
+                    args.model,
+                    history,
+                    stream=True,
+                    options=options or None,
+                    priority=args.priority,
                 )
                 answer = await _print_stream(stream)
             history.append(Message(role="assistant", content=answer))
             if not interactive:
                 return 0
+
+
+async def queues(args: argparse.Namespace) -> int:
+    """Print waiting and running work per model, one row each."""
+    async with Client(args.nats, prefix=args.prefix, timeout=args.timeout) as client:
+        stats = await client.queues()
+    header = ("model", "interactive", "batch", "running", "slots", "drained/s")
+    rows = [
+        (
+            q.model,
+            str(q.interactive),
+            str(q.batch),
+            str(q.running),
+            str(q.slots),
+            f"{q.drain_per_s:.2f}",
+        )
+        for q in stats.models
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print(
+            "  ".join(
+                cell.ljust(w) if i == 0 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+    return 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypeVar, overload
 
 import msgspec
 import nats.errors
@@ -37,6 +37,7 @@ from schemas import (
     Kind,
     Message,
     Options,
+    QueueStats,
     Request,
     Result,
     decode_reply,
@@ -45,6 +46,9 @@ from schemas import (
 )
 
 __all__ = ["ChunkStream", "Client"]
+
+T = TypeVar("T")
+_decode_queue_stats = msgspec.json.Decoder(QueueStats | Error).decode
 
 OptionsLike = Options | Mapping[str, Any] | None
 MessageLike = Message | Mapping[str, Any]
@@ -330,21 +334,38 @@ class Client:
         if request.deadline_ms is not None:
             timeout = min(timeout, request.deadline_ms / 1000 + 5.0)
         subject = self.subjects.request(kind)
+        return await self._call(subject, data, decode_reply, timeout, request.request_id)
+
+    async def _call(
+        self,
+        subject: str,
+        data: bytes,
+        decode: Callable[[bytes], T | Error],
+        timeout: float,
+        request_id: str | None = None,
+    ) -> T:
+        """One request/reply to an actor; a typed exception for every way it can fail."""
         try:
             msg = await self.nc.request(subject, data, timeout=timeout)
         except nats.errors.NoRespondersError as exc:
             raise Unavailable(f"no router is serving {subject}") from exc
         except nats.errors.TimeoutError as exc:
             raise Timeout(
-                f"no answer on {subject} within {timeout:.0f}s", request_id=request.request_id
+                f"no answer on {subject} within {timeout:.0f}s", request_id=request_id
             ) from exc
         try:
-            reply = decode_reply(msg.data)
+            reply = decode(msg.data)
         except msgspec.DecodeError as exc:
             raise Internal(f"unreadable reply: {exc}") from exc
         if isinstance(reply, Error):
             raise error_from_wire(reply)
         return reply
+
+    async def queues(self) -> QueueStats:
+        """Waiting and running work per model, as the server counts it now."""
+        return await self._call(
+            self.subjects.queue_stats, b"", _decode_queue_stats, min(self.timeout, 10.0)
+        )
 
     # -- control ----------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ExecutorConfig",
+    "ModelLimits",
     "NatsConfig",
     "RouterConfig",
     "RoutingConfig",
@@ -62,10 +63,28 @@ class RouterConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     max_concurrent: PositiveInt = 1024
 
 
+class ModelLimits(Struct, forbid_unknown_fields=True, kw_only=True):
+    """A model's rate limits, shared by every router: requests and tokens per minute."""
+
+    rpm: PositiveInt | None = None
+    tpm: PositiveInt | None = None
+
+
 class RoutingConfig(Struct, forbid_unknown_fields=True, kw_only=True):
-    """Which model serves a request that names neither a model nor a role."""
+    """Which model and which host serve a request, and the limits on the way there."""
 
     strategy: Literal["round-robin", "least-loaded", "adaptive", "weighted"] = "adaptive"
+    # Which host among those serving the model takes the next request.
+    host_strategy: Literal["round-robin", "least-loaded", "adaptive"] = "adaptive"
+    # A host without the model loaded takes its work only when every warm host is busy,
+    # or when work has waited this long.
+    cold_after_ms: Annotated[float, Meta(ge=0)] = 2000.0
+    # Waiting requests per model and priority before new ones get `overloaded`.
+    queue_max: PositiveInt = 1000
+    # Per role or model name; unlisted models are unlimited.
+    limits: dict[str, ModelLimits] = msgspec.field(default_factory=dict)
+    # A request over a rate limit with no deadline of its own waits at most this long.
+    limit_wait_ms: Annotated[float, Meta(ge=0)] = 0.0
     # Roles (or model names) balanced over when no task rule applies.
     candidates: list[str] = msgspec.field(default_factory=lambda: ["primary", "fast", "backup"])
     # A request asking for fewer tokens than this goes to the `fast` role.
@@ -82,6 +101,8 @@ class ExecutorConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """How executors talk to their Ollama hosts."""
 
     max_inflight_per_model: PositiveInt = 4
+    # Per host URL, when a host runs more or fewer parallel requests (OLLAMA_NUM_PARALLEL).
+    host_slots: dict[str, PositiveInt] = msgspec.field(default_factory=dict)
     connect_timeout_s: Positive = 2.0
     # A cold 70B model can take a minute to load before its first token.
     first_token_timeout_s: Positive = 120.0
@@ -99,6 +120,8 @@ class ExecutorConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     circuit_failures: PositiveInt = 3
     # ... and stays open this long before one probe request decides.
     circuit_cooldown_s: Positive = 5.0
+    # ... or when failures went on this long without a success in between.
+    circuit_window_s: Positive = 5.0
     shutdown_grace_s: Positive = 30.0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import structlog
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -17,7 +19,7 @@ from nats.js.kv import KeyValue
 from bus.config import Config
 from bus.subjects import Subjects
 
-__all__ = ["ensure_stream", "provision", "stream_configs"]
+__all__ = ["Buckets", "ensure_stream", "provision", "stream_configs"]
 
 log = structlog.get_logger("bus.provision")
 
@@ -42,12 +44,16 @@ def stream_configs(subjects: Subjects, config: Config) -> list[StreamConfig]:
         ),
         StreamConfig(
             name=subjects.work_stream,
-            description="One work queue per model; executors serving the model pull from it",
+            description="One work queue per model and priority; executors pull from it",
             subjects=[subjects.works],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             max_age=_WORK_MAX_AGE_S,
             duplicate_window=_DEDUP_WINDOW_S,
+            # The bound of each queue: the server refuses work beyond it, for every router.
+            max_msgs_per_subject=config.routing.queue_max,
+            discard=DiscardPolicy.NEW,
+            discard_new_per_subject=True,
         ),
         StreamConfig(
             name=subjects.event_stream,
@@ -76,18 +82,37 @@ async def ensure_stream(js: JetStreamContext, cfg: StreamConfig) -> None:
         log.warning("stream_not_updated", stream=cfg.name, error=exc.description)
 
 
-async def provision(js: JetStreamContext, subjects: Subjects, config: Config) -> KeyValue:
-    """Ensure every stream and the host registry bucket exist; return the bucket."""
+class Buckets(NamedTuple):
+    """The key-value buckets of one deployment."""
+
+    hosts: KeyValue
+    limits: KeyValue
+
+
+async def _bucket(js: JetStreamContext, cfg: KeyValueConfig) -> KeyValue:
+    try:
+        return await js.create_key_value(cfg)
+    except BadRequestError:
+        return await js.key_value(cfg.bucket)
+
+
+async def provision(js: JetStreamContext, subjects: Subjects, config: Config) -> Buckets:
+    """Ensure every stream and bucket exists; return the buckets."""
     for cfg in stream_configs(subjects, config):
         await ensure_stream(js, cfg)
-    kv_cfg = KeyValueConfig(
+    hosts = KeyValueConfig(
         bucket=subjects.host_bucket,
         description="Executors announce their hosts and models here, with a TTL",
         history=1,
         ttl=config.executor.registry_ttl_s,
         storage=StorageType.MEMORY,
     )
-    try:
-        return await js.create_key_value(kv_cfg)
-    except BadRequestError:
-        return await js.key_value(subjects.host_bucket)
+    limits = KeyValueConfig(
+        bucket=subjects.limit_bucket,
+        description="Rate limit state per model, shared by every router",
+        history=1,
+        # No TTL: a key may hold reservations far ahead of now (a long deadline's wait),
+        # and there is one key per limited model and limit.
+        storage=StorageType.MEMORY,
+    )
+    return Buckets(await _bucket(js, hosts), await _bucket(js, limits))

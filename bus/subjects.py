@@ -90,13 +90,26 @@ class Subjects:
         return f"{self._base}.cancel.*"
 
     # Internal subjects: clients may not publish here.
-    def work(self, model: str) -> str:
-        """The work queue subject of one model."""
-        return f"{self._base}.work.{model_token(model)}"
+    def work(self, model: str, priority: str = "interactive") -> str:
+        """The work queue subject of one model and priority (interactive or batch)."""
+        return f"{self._base}.work.{model_token(model)}.{priority}"
 
     @property
     def works(self) -> str:
-        return f"{self._base}.work.*"
+        return f"{self._base}.work.*.*"
+
+    def board(self, executor: str) -> str:
+        """Where one executor publishes its load (core NATS, not stored)."""
+        return f"{self._base}.board.{executor}"
+
+    @property
+    def boards(self) -> str:
+        return f"{self._base}.board.*"
+
+    @property
+    def queue_stats(self) -> str:
+        """Request/reply: waiting and running work per model."""
+        return f"{self._base}.stats.queues"
 
     def event(self, name: str) -> str:
         return f"{self._base}.events.{name}"
@@ -122,6 +135,10 @@ class Subjects:
     def host_bucket(self) -> str:
         return f"{self.prefix}_hosts"
 
-    def work_consumer(self, model: str) -> str:
-        """The durable consumer every executor serving `model` pulls from."""
-        return f"work-{model_token(model)}"
+    @property
+    def limit_bucket(self) -> str:
+        return f"{self.prefix}_limits"
+
+    def work_consumer(self, model: str, priority: str = "interactive") -> str:
+        """The durable consumer every executor serving `model` pulls `priority` work from."""
+        return f"{priority}-{model_token(model)}"

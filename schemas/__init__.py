@@ -4,6 +4,7 @@ from schemas.codec import (
     REQUEST_TYPES,
     decode_event,
     decode_host,
+    decode_load,
     decode_reply,
     decode_request,
     decode_stream,
@@ -19,6 +20,8 @@ from schemas.replies import (
     EmbedResult,
     Error,
     GenerateResult,
+    QueueDepth,
+    QueueStats,
     Reply,
     Result,
     Stats,
@@ -31,11 +34,12 @@ from schemas.requests import (
     Kind,
     Message,
     Options,
+    Priority,
     Request,
     ToolCall,
     ToolCallFunction,
 )
-from schemas.work import HostInfo, RequestEvent, Work
+from schemas.work import HostInfo, HostLoad, ModelLoad, RequestEvent, Work
 
 __all__ = [
     "REQUEST_TYPES",
@@ -51,9 +55,14 @@ __all__ = [
     "GenerateRequest",
     "GenerateResult",
     "HostInfo",
+    "HostLoad",
     "Kind",
     "Message",
+    "ModelLoad",
     "Options",
+    "Priority",
+    "QueueDepth",
+    "QueueStats",
     "Reply",
     "Request",
     "RequestEvent",
@@ -65,6 +74,7 @@ __all__ = [
     "Work",
     "decode_event",
     "decode_host",
+    "decode_load",
     "decode_reply",
     "decode_request",
     "decode_stream",

@@ -8,12 +8,13 @@ import msgspec
 
 from schemas.replies import Reply, StreamMessage
 from schemas.requests import ChatRequest, EmbedRequest, GenerateRequest, Kind
-from schemas.work import HostInfo, RequestEvent, Work
+from schemas.work import HostInfo, HostLoad, RequestEvent, Work
 
 __all__ = [
     "REQUEST_TYPES",
     "decode_event",
     "decode_host",
+    "decode_load",
     "decode_reply",
     "decode_request",
     "decode_stream",
@@ -34,6 +35,7 @@ _reply_decoder = msgspec.json.Decoder(Reply)
 _work_decoder = msgspec.json.Decoder(Work)
 _host_decoder = msgspec.json.Decoder(HostInfo)
 _event_decoder = msgspec.json.Decoder(RequestEvent)
+_load_decoder = msgspec.json.Decoder(HostLoad)
 
 
 def encode(message: Any) -> bytes:
@@ -71,3 +73,8 @@ def decode_host(data: bytes) -> HostInfo:
 def decode_event(data: bytes) -> RequestEvent:
     """Decode a request lifecycle event."""
     return _event_decoder.decode(data)
+
+
+def decode_load(data: bytes) -> HostLoad:
+    """Decode a load board entry."""
+    return _load_decoder.decode(data)

@@ -15,6 +15,8 @@ __all__ = [
     "EmbedResult",
     "Error",
     "GenerateResult",
+    "QueueDepth",
+    "QueueStats",
     "Reply",
     "Result",
     "Stats",
@@ -94,6 +96,25 @@ class Error(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="err
     retry_after_ms: int | None = None
     request_id: str | None = None
     seq: int | None = None
+
+
+class QueueDepth(Struct, kw_only=True):
+    """One model's queue: waiting work per priority, work running, how fast it drains."""
+
+    model: str
+    interactive: int = 0
+    batch: int = 0
+    running: int = 0
+    slots: int = 0
+    # Requests finished per second over the last minute, on every host together.
+    drain_per_s: float = 0.0
+
+
+class QueueStats(Struct, kw_only=True, tag_field="type", tag="queues"):
+    """The answer on `<prefix>.v1.stats.queues`."""
+
+    models: list[QueueDepth]
+    at: float
 
 
 Result = GenerateResult | ChatResult | EmbedResult

@@ -15,6 +15,7 @@ __all__ = [
     "Kind",
     "Message",
     "Options",
+    "Priority",
     "Request",
     "ToolCall",
     "ToolCallFunction",
@@ -27,6 +28,13 @@ class Kind(enum.StrEnum):
     GENERATE = "generate"
     CHAT = "chat"
     EMBED = "embed"
+
+
+class Priority(enum.StrEnum):
+    """Interactive work goes first; batch work never holds more than all slots but one."""
+
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
 
 
 NonNegInt = Annotated[int, Meta(ge=0)]
@@ -108,6 +116,7 @@ class _Routed(Struct, kw_only=True, omit_defaults=True, tag_field="type"):
     deadline_ms: DeadlineMs | None = None
     # False: fail rather than run on the model's fallback chain.
     fallback: bool = True
+    priority: Priority = Priority.INTERACTIVE
     options: Options | None = None
     keep_alive: KeepAlive | None = None
     stream: bool = True

@@ -5,9 +5,9 @@ from __future__ import annotations
 import msgspec
 from msgspec import Struct
 
-from schemas.requests import Kind
+from schemas.requests import Kind, Priority
 
-__all__ = ["HostInfo", "RequestEvent", "Work"]
+__all__ = ["HostInfo", "HostLoad", "ModelLoad", "RequestEvent", "Work"]
 
 
 class Work(Struct, kw_only=True, tag_field="type", tag="work"):
@@ -23,6 +23,7 @@ class Work(Struct, kw_only=True, tag_field="type", tag="work"):
     body: msgspec.Raw
     stream: bool = True
     reply: str | None = None
+    priority: Priority = Priority.INTERACTIVE
     accepted_at: float = 0.0
     deadline_at: float | None = None
     # The model the client asked for, when this work runs on a fallback of it.
@@ -57,4 +58,29 @@ class HostInfo(Struct, kw_only=True, tag_field="type", tag="host"):
     blocked: list[str] = []
     version: str = ""
     up: bool = True
+    at: float = 0.0
+
+
+class ModelLoad(Struct, kw_only=True, omit_defaults=True):
+    """One host's state for one model, as its executor last published it."""
+
+    # Slots taking work now: 0 while the circuit is open or the host is down.
+    slots: int = 0
+    in_flight: int = 0
+    # Loaded in the host's memory (`/api/ps`), so a request starts without a load.
+    warm: bool = False
+    # Work items taken since the executor started (round-robin keeps these even).
+    taken: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    # Moving average of the time a successful request took on this host, in ms.
+    service_ms: float | None = None
+
+
+class HostLoad(Struct, kw_only=True, tag_field="type", tag="load"):
+    """What an executor publishes on the load board whenever its load changes."""
+
+    executor: str
+    host: str
+    models: dict[str, ModelLoad] = {}
     at: float = 0.0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
+import httpx
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.api import DeliverPolicy
@@ -46,3 +48,19 @@ def assert_well_formed(messages: list[StreamMessage]) -> None:
     assert [c.seq for c in chunks] == list(range(1, len(chunks) + 1))  # type: ignore[union-attr]
     assert isinstance(last, Done | Error), last
     assert last.seq == len(chunks) + 1
+
+
+async def warm(url: str, *models: str) -> None:
+    """Load `models` on an Ollama host the way Ollama documents: an empty generate."""
+    async with httpx.AsyncClient(base_url=url, timeout=10.0) as http:
+        for model in models:
+            resp = await http.post("/api/generate", json={"model": model, "keep_alive": "1h"})
+            resp.raise_for_status()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    """Ask `check` again until it holds (the state it reads changes on its own, with no
+    event to wait on); fail after `timeout`."""
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.05)  # noqa: ASYNC110 - nothing to wait on but the state

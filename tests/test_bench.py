@@ -51,3 +51,24 @@ def test_bench_prints_one_json_report() -> None:
     assert all(_positive(v) for v in streams["ollamesh"].values()), streams
     assert set(report["targets"]["met"]) == {"added_ttft_p50", "added_ttft_p99", "requests_per_s"}
     assert report["machine"]["cpus"] >= 1
+
+
+def test_fleet_bench_compares_every_host_strategy() -> None:
+    """A tiny skewed-fleet run exits 0 with latency, throughput and shares per strategy."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "actors", "bench", "--fleet", "--fleet-requests", "12",
+         "--fleet-tokens", "4", "--fleet-streams", "8"],
+        capture_output=True, timeout=120, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    runs = report["strategies"]
+    assert set(runs) == {"round-robin", "least-loaded", "adaptive"}
+    for run in runs.values():
+        assert run["errors"] == 0 and sum(run["share"].values()) == 12
+        assert (
+            _positive(run["requests_per_s"])
+            and run["latency_ms"]["p99"] >= run["latency_ms"]["p50"] > 0
+        )
+    assert set(report["p99_cut_vs_round_robin"]) == {"least-loaded", "adaptive"}
+    assert isinstance(report["target"]["met"], bool)

@@ -15,7 +15,7 @@ class Clock:
 
 def test_opens_after_threshold_failures_in_a_row() -> None:
     """Two failures leave it closed; the third opens it; a success in between resets."""
-    c = Circuit(3, 5.0, Clock())
+    c = Circuit(3, 5.0, clock=Clock())
     assert not c.failure() and not c.failure()
     c.success()
     assert not c.failure() and not c.failure()
@@ -25,7 +25,7 @@ def test_opens_after_threshold_failures_in_a_row() -> None:
 def test_one_probe_after_the_cooldown_decides() -> None:
     """No probe before the cooldown, exactly one after; success closes, failure reopens."""
     clock = Clock()
-    c = Circuit(1, 5.0, clock)
+    c = Circuit(1, 5.0, clock=clock)
     c.failure()
     assert not c.try_probe()
     clock.now += 5.0
@@ -35,3 +35,20 @@ def test_one_probe_after_the_cooldown_decides() -> None:
     clock.now += 5.0
     assert c.try_probe()
     assert c.success() and c.state is CircuitState.CLOSED and c.failures == 0
+
+
+def test_opens_when_failures_go_on_for_the_window() -> None:
+    """Slow failures open it after the window even below the threshold; a success resets."""
+    clock = Clock()
+    c = Circuit(3, 5.0, window_s=5.0, clock=clock)
+    assert not c.failure()
+    clock.now += 4.9
+    assert not c.expired() and not c.failure()
+    c.success()
+    clock.now += 1.0
+    assert not c.failure()  # a new streak starts here
+    clock.now += 4.9
+    assert not c.expired()
+    clock.now += 0.1
+    assert c.expired() and c.state is CircuitState.OPEN and c.failures == 1
+    assert not c.expired()  # already open

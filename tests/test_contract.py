@@ -30,9 +30,10 @@ def test_schemas_exports_are_the_contract() -> None:
         [
             "REQUEST_TYPES", "Accepted", "ChatRequest", "ChatResult", "Chunk", "Done",
             "EmbedRequest", "EmbedResult", "Error", "ErrorCode", "GenerateRequest",
-            "GenerateResult", "HostInfo", "Kind", "Message", "Options", "Reply", "Request",
-            "RequestEvent", "Result", "Stats", "StreamMessage", "ToolCall", "ToolCallFunction",
-            "Work", "decode_event", "decode_host", "decode_reply", "decode_request",
+            "GenerateResult", "HostInfo", "HostLoad", "Kind", "Message", "ModelLoad", "Options",
+            "Priority", "QueueDepth", "QueueStats", "Reply", "Request", "RequestEvent", "Result",
+            "Stats", "StreamMessage", "ToolCall", "ToolCallFunction", "Work", "decode_event",
+            "decode_host", "decode_load", "decode_reply", "decode_request",
             "decode_stream", "decode_work", "encode", "http_status", "is_retryable",
         ]
     )  # fmt: skip
@@ -73,7 +74,8 @@ def test_subjects_follow_the_prefix() -> None:
     s = Subjects("acme")
     assert s.generate == "acme.v1.generate"
     assert s.stream("r1") == "acme.v1.stream.r1"
-    assert s.work("llama3.3:70b") == "acme.v1.work.llama3_2e3_3a70b"
+    assert s.work("llama3.3:70b") == "acme.v1.work.llama3_2e3_3a70b.interactive"
+    assert s.work("llama3.3:70b", "batch") == "acme.v1.work.llama3_2e3_3a70b.batch"
     assert s.chunk_stream == "ACME_CHUNKS"
     with pytest.raises(ValueError, match="prefix"):
         Subjects("bad.prefix")

@@ -18,19 +18,24 @@ class CircuitState(enum.StrEnum):
 
 
 class Circuit:
-    """Opens after `threshold` failures in a row; after `cooldown_s` one probe decides."""
+    """Opens after `threshold` failures in a row, or when failures went on for `window_s`
+    without a success; after `cooldown_s` one probe decides."""
 
     def __init__(
         self,
         threshold: int,
         cooldown_s: float,
+        *,
+        window_s: float = float("inf"),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.threshold = threshold
         self.cooldown_s = cooldown_s
+        self.window_s = window_s
         self._clock = clock
         self.state = CircuitState.CLOSED
         self.failures = 0
+        self.failing_since: float | None = None
         self.opened_at = 0.0
 
     @property
@@ -50,15 +55,28 @@ class Circuit:
         closed_now = self.state is not CircuitState.CLOSED
         self.state = CircuitState.CLOSED
         self.failures = 0
+        self.failing_since = None
         return closed_now
 
     def failure(self) -> bool:
         """Record a failure; return True if it opened the circuit."""
         self.failures += 1
+        if self.failing_since is None:
+            self.failing_since = self._clock()
         if self.state is CircuitState.OPEN:
             return False
         if self.state is CircuitState.HALF_OPEN or self.failures >= self.threshold:
-            self.state = CircuitState.OPEN
-            self.opened_at = self._clock()
-            return True
-        return False
+            return self._open()
+        return self.expired()
+
+    def expired(self) -> bool:
+        """Open the circuit if failures have gone on for the window; True if it opened."""
+        since = self.failing_since
+        if self.state is not CircuitState.CLOSED or since is None:
+            return False
+        return self._clock() - since >= self.window_s and self._open()
+
+    def _open(self) -> bool:
+        self.state = CircuitState.OPEN
+        self.opened_at = self._clock()
+        return True

@@ -11,17 +11,17 @@ import time
 from typing import Any
 
 import msgspec
-import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from actors.executor.circuit import Circuit, CircuitState
 from actors.executor.emit import Emitter
 from actors.executor.ollama import HostUnavailable, Line, OllamaHost, StreamTimeouts
+from actors.executor.puller import FETCH_EXPIRY_S, Puller, Tally
 from bus.actor import Actor, reply_error
+from bus.board import HEARTBEAT_S, Board
 from bus.config import Config
 from bus.errors import (
     Cancelled,
@@ -31,6 +31,7 @@ from bus.errors import (
     Timeout,
     UpstreamError,
 )
+from bus.queue import enqueue
 from bus.registry import HostRegistry
 from bus.subjects import Subjects, model_token
 from schemas import (
@@ -39,6 +40,7 @@ from schemas import (
     EmbedResult,
     GenerateResult,
     HostInfo,
+    HostLoad,
     Kind,
     Message,
     RequestEvent,
@@ -53,10 +55,8 @@ __all__ = ["Executor"]
 _PATHS = {Kind.GENERATE: "/api/generate", Kind.CHAT: "/api/chat", Kind.EMBED: "/api/embed"}
 # Cancels are remembered this long, so work cancelled while queued is dropped when taken.
 _CANCEL_MEMORY_S = 600.0
-# A pull request lives this long at the server. Stopping a slot waits for it to expire
-# rather than cancelling it: the server would still deliver work to a cancelled pull,
-# and that work would sit unacknowledged until ack_wait.
-_FETCH_EXPIRY_S = 1.0
+# Load changes are published at most this often (the first at once).
+_BOARD_MIN_INTERVAL_S = 0.002
 _STAT_FIELDS = (
     "done_reason",
     "total_duration",
@@ -98,17 +98,29 @@ class Executor(Actor):
     name = "executor"
 
     def __init__(
-        self, nc: NATS, subjects: Subjects, config: Config, host_url: str, registry: HostRegistry
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        config: Config,
+        host_url: str,
+        registry: HostRegistry,
+        board: Board,
     ) -> None:
         super().__init__(nc, subjects)
         self.cfg = config.executor
+        self._routing = config.routing
+        self._board = board
         self.host_url = host_url.rstrip("/")
+        per_host = {url.rstrip("/"): n for url, n in self.cfg.host_slots.items()}
+        self._slots = per_host.get(self.host_url, self.cfg.max_inflight_per_model)
         self.host = OllamaHost(self.host_url, connect_timeout=self.cfg.connect_timeout_s)
         self.executor_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.log = self.log.bind(host=self.host_url)
         self._registry = registry
         self._key = model_token(self.executor_id)
-        self._models: dict[str, list[asyncio.Task[None]]] = {}
+        self._pullers: dict[str, Puller] = {}
+        self._tallies: dict[str, Tally] = {}
+        self._dirty = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancelled: dict[str, float] = {}
         self._accepting = True
@@ -124,7 +136,7 @@ class Executor(Actor):
     @property
     def models(self) -> list[str]:
         """Models this executor currently pulls work for."""
-        return sorted(self._models)
+        return sorted(self._pullers)
 
     @property
     def up(self) -> bool:
@@ -135,6 +147,7 @@ class Executor(Actor):
         await self.serve(self.subjects.cancels, self._on_cancel)
         await self.refresh()
         self.spawn(self._maintain())
+        self.spawn(self._publish_loads())
 
     # -- host state -------------------------------------------------------------------
 
@@ -144,13 +157,14 @@ class Executor(Actor):
         try:
             self._version = await self.host.version(timeout)
             models = await self.host.models(timeout)
+            loaded = set(await self.host.loaded(timeout))
         except HostUnavailable as exc:
             if self._up or not self._checked:
                 self.log.warning("host_down", error=exc.message)
             self._up = False
             self._checked = True
             # Stop pulling so the work goes to hosts that are up at once.
-            for model in list(self._models):
+            for model in list(self._pullers):
                 self._stop_model(model)
             await self._announce()
             return
@@ -159,11 +173,14 @@ class Executor(Actor):
         self._up = self._checked = True
         self._failures = 0
         self._known = sorted(models)
-        for model in set(self._models) - set(models):
+        for model in set(self._pullers) - set(models):
             self._stop_model(model)
-        for model in set(models) - set(self._models):
+        for model in set(models) - set(self._pullers):
             if self.circuit(model).state is CircuitState.CLOSED:
                 await self._start_model(model)
+        for model, tally in self._tallies.items():
+            tally.warm = model in loaded
+        self._load_changed()
         await self._announce()
 
     async def _announce(self) -> None:
@@ -205,23 +222,42 @@ class Executor(Actor):
     def circuit(self, model: str) -> Circuit:
         """This host's circuit for `model`."""
         if model not in self._circuits:
-            self._circuits[model] = Circuit(self.cfg.circuit_failures, self.cfg.circuit_cooldown_s)
+            self._circuits[model] = Circuit(
+                self.cfg.circuit_failures,
+                self.cfg.circuit_cooldown_s,
+                window_s=self.cfg.circuit_window_s,
+            )
         return self._circuits[model]
 
     def _host_failed(self, model: str) -> None:
         """Count a failure of the host on `model`; stop pulling its work if the circuit opens."""
+        self._tallies[model].finished(ok=False)
         circuit = self.circuit(model)
+        first = circuit.failures == 0
         if circuit.failure():
-            self.log.warning("circuit_open", model=model, cooldown_s=circuit.cooldown_s)
-            self._stop_model(model)
-            self.spawn(self._probe_later(model, circuit))
-            self.spawn(self._announce())
+            self._open(model, circuit)
+        elif first:
+            self.spawn(self._expire_later(model, circuit))
 
-    async def _host_served(self, model: str) -> None:
+    def _open(self, model: str, circuit: Circuit) -> None:
+        self.log.warning(
+            "circuit_open", model=model, failures=circuit.failures, cooldown_s=circuit.cooldown_s
+        )
+        self._stop_model(model)
+        self.spawn(self._probe_later(model, circuit))
+        self.spawn(self._announce())
+
+    async def _expire_later(self, model: str, circuit: Circuit) -> None:
+        """Open the circuit if the failures that began now go on for the whole window."""
+        await asyncio.sleep(circuit.window_s)
+        if self._accepting and circuit.expired():
+            self._open(model, circuit)
+
+    async def _host_served(self, model: str, service_ms: float) -> None:
         """Count a success; a successful probe closes the circuit and reopens every slot."""
+        self._tallies[model].finished(ok=True, service_ms=service_ms)
         if self.circuit(model).success() and self._accepting:
             self.log.info("circuit_closed", model=model)
-            self._stop_model(model)
             await self._start_model(model)
             await self._announce()
 
@@ -234,66 +270,69 @@ class Executor(Actor):
             await self._announce()
 
     async def _start_model(self, model: str, slots: int | None = None) -> None:
-        consumer = self.subjects.work_consumer(model)
-        config = ConsumerConfig(
-            durable_name=consumer,
-            filter_subject=self.subjects.work(model),
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self.cfg.ack_wait_s,
-            max_deliver=-1,
-            max_ack_pending=-1,
+        if model not in self._tallies:
+            # A host joining late starts level with its peers, or round-robin would send
+            # it everything until it caught up.
+            level = min((p.taken for p in self._board.loads(model).values()), default=0)
+            self._tallies[model] = Tally(taken=level)
+        puller = Puller(
+            js=self.js,
+            subjects=self.subjects,
+            model=model,
+            slots=slots or self._slots,
+            tally=self._tallies[model],
+            me=self.executor_id,
+            board=self._board,
+            strategy=self._routing.host_strategy,
+            cold_after_s=self._routing.cold_after_ms / 1000,
+            serve=self._take,
+            spawn=self.spawn,
+            paused=self._pause_left,
+            changed=self._load_changed,
+            ack_wait_s=self.cfg.ack_wait_s,
+            log=self.log,
         )
-        try:
-            await self.js.add_consumer(self.subjects.work_stream, config)
-        except BadRequestError as exc:
-            # Another executor created it with other settings; share it as it is.
-            self.log.info("consumer_exists", consumer=consumer, note=exc.description)
-        slots = slots or self.cfg.max_inflight_per_model
-        self._models[model] = [self.spawn(self._pull(model, consumer)) for _ in range(slots)]
-        self.log.info("model_serving", model=model, slots=slots)
+        if old := self._pullers.get(model):  # a closed circuit reopens every slot
+            old.stop()
+        self._pullers[model] = puller
+        await puller.start()
+        self._load_changed()
+        self.log.info("model_serving", model=model, slots=puller.slots)
 
     def _stop_model(self, model: str) -> None:
         """Withdraw the model's slots: each ends after its pull expires, handing back work."""
-        self._models.pop(model, None)
-        self.log.info("model_withdrawn", model=model)
+        if puller := self._pullers.pop(model, None):
+            puller.stop()
+            self._load_changed()
+            self.log.info("model_withdrawn", model=model)
 
-    async def _pull(self, model: str, consumer: str) -> None:
-        """One slot for `model`: take one work item at a time and serve it."""
-        me = asyncio.current_task()
-        assert me is not None
-        psub = await self.js.pull_subscribe_bind(durable=consumer, stream=self.subjects.work_stream)
-        loop = asyncio.get_running_loop()
+    def _pause_left(self) -> float:
+        return self._paused_until - asyncio.get_running_loop().time()
 
-        def serving() -> bool:
-            return self._accepting and me in self._models.get(model, ())
+    def _load_changed(self) -> None:
+        self._dirty.set()
 
-        try:
-            while serving():
-                if (pause := self._paused_until - loop.time()) > 0:
-                    await asyncio.sleep(pause)
-                    continue
-                try:
-                    msgs = await psub.fetch(1, timeout=_FETCH_EXPIRY_S)
-                except nats.errors.TimeoutError:
-                    continue
-                except (nats.errors.Error, OSError) as exc:
-                    self.log.warning("fetch_failed", model=model, error=repr(exc))
-                    await asyncio.sleep(0.5)
-                    continue
-                for msg in msgs:
-                    if serving():
-                        await self._take(msg)
-                    else:
-                        await msg.nak()  # withdrawn meanwhile: another slot or host takes it
-        finally:
-            # Work that landed after we stopped is handed straight back.
-            while not psub._sub._pending_queue.empty():  # type: ignore[union-attr]
-                msg = psub._sub._pending_queue.get_nowait()  # type: ignore[union-attr]
-                if msg.reply:
-                    with contextlib.suppress(Exception):
-                        await msg.nak()
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
+    def _load(self) -> HostLoad:
+        return HostLoad(
+            executor=self.executor_id,
+            host=self.host_url,
+            models={m: p.load() for m, p in self._pullers.items()},
+            at=time.time(),
+        )
+
+    async def _publish_loads(self) -> None:
+        """Put this host's load on the board on every change (coalesced) and as a heartbeat."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), HEARTBEAT_S)
+            self._dirty.clear()
+            try:
+                await self._board.publish(self._load())
+            except Exception as exc:
+                self.log.warning("board_publish_failed", error=repr(exc))
+            if not self._accepting and not self._pullers:
+                return
+            await asyncio.sleep(_BOARD_MIN_INTERVAL_S)
 
     async def _take(self, msg: Msg) -> None:
         try:
@@ -332,7 +371,7 @@ class Executor(Actor):
             body = _ollama_body(work)
             timeouts = self._timeouts(work)
             path = _PATHS[work.kind]
-            calling = True
+            calling, called = True, loop.time()
             if work.kind is Kind.EMBED:
                 last = await self.host.call(path, body, work.model, timeouts.total)
             else:
@@ -341,7 +380,9 @@ class Executor(Actor):
                     last = lines[-1]
             calling = False
             self._failures = 0
-            await self._host_served(work.model)
+            # The host's own speed: a model load is the warm-up's cost, not the host's.
+            service_ms = (loop.time() - called) * 1000 - (last.load_duration or 0) / 1e6
+            await self._host_served(work.model, max(service_ms, 0.0))
             await self._deliver(work, emitter, last)
         except asyncio.CancelledError:
             if rid not in self._cancelled:
@@ -361,10 +402,11 @@ class Executor(Actor):
         except OllameshError as exc:
             if calling and isinstance(exc, UpstreamError | Timeout):
                 self._host_failed(work.model)
-            if calling and isinstance(exc, Timeout) and not emitter.started and work.fallbacks:
-                await self._fall_back(work, msg, log)
-                return
             failure = exc
+            if calling and isinstance(exc, Timeout) and not emitter.started and work.fallbacks:
+                failure = await self._fall_back(work, msg, log)
+                if failure is None:
+                    return
         except Exception as exc:
             log.exception("serve_crashed")
             failure = Internal(f"executor failed: {exc!r}")
@@ -458,20 +500,31 @@ class Executor(Actor):
         elif work.reply:
             await reply_error(self.nc, work.reply, failure, work.request_id)
 
-    async def _fall_back(self, work: Work, msg: Msg, log: structlog.BoundLogger) -> None:
-        """The model gave no first token in time: queue the work for its next fallback."""
+    async def _fall_back(
+        self, work: Work, msg: Msg, log: structlog.BoundLogger
+    ) -> OllameshError | None:
+        """The model gave no first token in time: queue the work for its next fallback.
+
+        Returns the error to end the request with if the fallback's queue refused it.
+        """
         model, rest = work.fallbacks[0], work.fallbacks[1:]
         moved = msgspec.structs.replace(
             work, model=model, fallbacks=rest, fallback_from=work.fallback_from or work.model
         )
-        await self.js.publish(
-            self.subjects.work(model),
-            encode(moved),
-            timeout=5.0,
-            headers={"Nats-Msg-Id": f"{work.request_id}.{model_token(model)}"},
-        )
+        try:
+            await enqueue(
+                self.js,
+                self.subjects,
+                moved,
+                max_payload=self.nc.max_payload,
+                msg_id=f"{work.request_id}.{model_token(model)}",
+            )
+        except OllameshError as exc:
+            log.warning("request_fallback_failed", to=model, error=exc.message)
+            return exc
         log.warning("request_fallback", to=model)
         await msg.ack()
+        return None
 
     async def _retry(
         self, msg: Msg, exc: OllameshError, attempt: int, log: structlog.BoundLogger
@@ -543,10 +596,12 @@ class Executor(Actor):
         any work delivered to it waiting for ack_wait; given the expiry, each slot ends
         by itself and hands such work back.
         """
-        await super().stop(max(grace, _FETCH_EXPIRY_S + 0.5))
+        await super().stop(max(grace, FETCH_EXPIRY_S + 0.5))
 
     async def before_drain(self) -> None:
         self._accepting = False
+        for model in list(self._pullers):
+            self._stop_model(model)
         self._wake.set()
 
     async def teardown(self) -> None:

@@ -142,7 +142,14 @@ class OllamaHost:
 
     async def models(self, timeout: float) -> list[str]:
         """Names of the models the host has (`/api/tags`)."""
-        body = await self._get("/api/tags", timeout)
+        return await self._names("/api/tags", timeout)
+
+    async def loaded(self, timeout: float) -> list[str]:
+        """Names of the models in the host's memory now (`/api/ps`)."""
+        return await self._names("/api/ps", timeout)
+
+    async def _names(self, path: str, timeout: float) -> list[str]:
+        body = await self._get(path, timeout)
         return [m["name"] for m in _tags_decoder.decode(body).models if "name" in m]
 
     async def _get(self, path: str, timeout: float) -> bytes:

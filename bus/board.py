@@ -1,0 +1,92 @@
+"""The load board: every executor publishes its per-model load; everyone reads all of it.
+
+Core NATS, not stored: an entry is a snapshot, republished on every change (at most
+every few milliseconds) and as a heartbeat, and forgotten when it stops coming. Executors
+read it to decide which host takes the next request; routers read it to balance models
+on the whole fleet's load rather than their own requests only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import msgspec
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from bus.subjects import Subjects
+from schemas import HostLoad, ModelLoad, decode_load, encode
+
+__all__ = ["Board"]
+
+log = structlog.get_logger("bus.board")
+
+# An executor republishes at least this often; an entry older than the TTL is gone.
+HEARTBEAT_S = 1.0
+_TTL_S = 3.5 * HEARTBEAT_S
+
+
+class Board:
+    """One process's view of the load board, shared by its router and executors."""
+
+    def __init__(self, nc: NATS, subjects: Subjects) -> None:
+        self._nc = nc
+        self._subjects = subjects
+        self._entries: dict[str, HostLoad] = {}
+        self._seen: dict[str, float] = {}
+        self._sub: Subscription | None = None
+        self._changed = asyncio.Event()
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(self._subjects.boards, cb=self._on_entry)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    async def _on_entry(self, msg: Msg) -> None:
+        try:
+            load = decode_load(msg.data)
+        except msgspec.DecodeError:
+            log.warning("board_entry_unreadable", subject=msg.subject)
+            return
+        self.put(load)
+
+    def put(self, load: HostLoad) -> None:
+        """Take an entry (the own executor's at once, without waiting for the echo)."""
+        if load.models or load.executor in self._entries:
+            self._entries[load.executor] = load
+            self._seen[load.executor] = time.monotonic()
+        if not load.models:  # an executor that serves nothing any more
+            self._entries.pop(load.executor, None)
+        self._changed.set()
+
+    async def publish(self, load: HostLoad) -> None:
+        """Publish an executor's entry to every board (this one included, at once)."""
+        self.put(load)
+        await self._nc.publish(self._subjects.board(load.executor), encode(load))
+
+    def loads(self, model: str) -> dict[str, ModelLoad]:
+        """Fresh entries for `model`: executor id -> its load."""
+        stale = time.monotonic() - _TTL_S
+        return {
+            key: entry.models[model]
+            for key, entry in self._entries.items()
+            if self._seen[key] >= stale and model in entry.models
+        }
+
+    def models(self) -> set[str]:
+        """Every model some fresh entry lists."""
+        stale = time.monotonic() - _TTL_S
+        return {m for k, e in self._entries.items() if self._seen[k] >= stale for m in e.models}
+
+    async def changed(self, timeout: float) -> None:
+        """Return when an entry arrives, or after `timeout` seconds."""
+        self._changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
