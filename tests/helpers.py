@@ -62,5 +62,5 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0)
     """Ask `check` again until it holds (the state it reads changes on its own, with no
     event to wait on); fail after `timeout`."""
     async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.05)  # noqa: ASYNC110 - nothing to wait on but the state
+        while not await check():  # noqa: ASYNC110 - no event exists for what `check` reads
+            await asyncio.sleep(0.05)
