@@ -100,7 +100,7 @@ class Subjects:
 
     def board(self, executor: str) -> str:
         """Where one executor publishes its load (core NATS, not stored)."""
-        return f"{self._base}.board.{executor}"
+        return f"{self._base}.board.{model_token(executor)}"
 
     @property
     def boards(self) -> str:

@@ -34,7 +34,9 @@ async def settled(stack: Stack, url: str) -> None:
     puller = executor._pullers[MODEL]
 
     async def check() -> bool:
-        return len(stack.board.loads(MODEL)) == len(stack.executors) and not puller._listening
+        return len(stack.board.loads(MODEL)) == len(stack.executors) and not any(
+            puller._pulling.values()
+        )
 
     await eventually(check)
 

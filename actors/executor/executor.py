@@ -8,6 +8,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -132,6 +133,7 @@ class Executor(Actor):
         self._paused_until = 0.0
         self._wake = asyncio.Event()
         self._circuits: dict[str, Circuit] = {}
+        self._timers: set[asyncio.TimerHandle] = set()
 
     @property
     def models(self) -> list[str]:
@@ -157,7 +159,7 @@ class Executor(Actor):
         try:
             self._version = await self.host.version(timeout)
             models = await self.host.models(timeout)
-            loaded = set(await self.host.loaded(timeout))
+            loaded = await self._loaded(timeout)
         except HostUnavailable as exc:
             if self._up or not self._checked:
                 self.log.warning("host_down", error=exc.message)
@@ -178,10 +180,21 @@ class Executor(Actor):
         for model in set(models) - set(self._pullers):
             if self.circuit(model).state is CircuitState.CLOSED:
                 await self._start_model(model)
-        for model, tally in self._tallies.items():
-            tally.warm = model in loaded
+        if loaded is not None:
+            for model, tally in self._tallies.items():
+                tally.warm = model in loaded
         self._load_changed()
         await self._announce()
+
+    async def _loaded(self, timeout: float) -> set[str] | None:
+        """The models in the host's memory; None (warmth unchanged) if `/api/ps` fails."""
+        try:
+            return set(await self.host.loaded(timeout))
+        except HostUnavailable:
+            raise
+        except OllameshError as exc:
+            self.log.warning("ps_failed", error=exc.message)
+            return None
 
     async def _announce(self) -> None:
         info = HostInfo(
@@ -204,8 +217,12 @@ class Executor(Actor):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.cfg.tags_refresh_s)
             self._wake.clear()
-            if self._accepting:
+            if not self._accepting:
+                return
+            try:
                 await self.refresh()
+            except Exception as exc:  # a host answering nonsense must not stop the checks
+                self.log.warning("refresh_failed", error=repr(exc))
 
     def _note_failure(self) -> float:
         """Back off this host after a failure before the first token; return the pause."""
@@ -236,22 +253,28 @@ class Executor(Actor):
         first = circuit.failures == 0
         if circuit.failure():
             self._open(model, circuit)
-        elif first:
-            self.spawn(self._expire_later(model, circuit))
+        elif first:  # open it if the failures that began now go on for the whole window
+            self._later(circuit.window_s, lambda: circuit.expired() and self._open(model, circuit))
 
     def _open(self, model: str, circuit: Circuit) -> None:
         self.log.warning(
             "circuit_open", model=model, failures=circuit.failures, cooldown_s=circuit.cooldown_s
         )
         self._stop_model(model)
-        self.spawn(self._probe_later(model, circuit))
+        delay = max(0.0, circuit.probe_at - time.monotonic())
+        self._later(delay, lambda: self.spawn(self._probe(model, circuit)))
         self.spawn(self._announce())
 
-    async def _expire_later(self, model: str, circuit: Circuit) -> None:
-        """Open the circuit if the failures that began now go on for the whole window."""
-        await asyncio.sleep(circuit.window_s)
-        if self._accepting and circuit.expired():
-            self._open(model, circuit)
+    def _later(self, delay: float, callback: Callable[[], object]) -> None:
+        """Run `callback` after `delay` seconds unless the executor stops first."""
+
+        def fire() -> None:
+            self._timers.discard(timer)
+            if self._accepting:
+                callback()
+
+        timer = asyncio.get_running_loop().call_later(delay, fire)
+        self._timers.add(timer)
 
     async def _host_served(self, model: str, service_ms: float) -> None:
         """Count a success; a successful probe closes the circuit and reopens every slot."""
@@ -261,9 +284,8 @@ class Executor(Actor):
             await self._start_model(model)
             await self._announce()
 
-    async def _probe_later(self, model: str, circuit: Circuit) -> None:
-        """After the cooldown, pull exactly one request for `model` as the probe."""
-        await asyncio.sleep(max(0.0, circuit.probe_at - time.monotonic()))
+    async def _probe(self, model: str, circuit: Circuit) -> None:
+        """The cooldown is over: pull exactly one request for `model` as the probe."""
         if self._accepting and circuit.try_probe():
             self.log.info("circuit_probe", model=model)
             await self._start_model(model, slots=1)
@@ -600,6 +622,8 @@ class Executor(Actor):
 
     async def before_drain(self) -> None:
         self._accepting = False
+        for timer in self._timers:
+            timer.cancel()
         for model in list(self._pullers):
             self._stop_model(model)
         self._wake.set()

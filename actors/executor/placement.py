@@ -42,14 +42,15 @@ def should_take(strategy: str, me: str, loads: Mapping[str, ModelLoad]) -> bool:
     if mine.slots <= 0:
         return True  # not on the board yet: nothing to weigh against
     serving = {k: v for k, v in loads.items() if v.slots > 0}
-    if mine.warm is False and any(v.warm and _free(v) for v in serving.values()):
+    if not mine.warm and any(v.warm and _free(v) for k, v in serving.items() if k != me):
         return False
     # Compare only with hosts of the same warmth: a cold host past this point knows that
     # no warm host has a free slot.
     peers = {k: v for k, v in serving.items() if v.warm == mine.warm}
     if strategy == "round-robin":
         return mine.taken <= min(v.taken for v in peers.values())
-    free = [v for v in peers.values() if _free(v)]
+    # This host asks with a free slot of its own, whatever its pulls in flight claim.
+    free = [v for k, v in peers.items() if k == me or _free(v)]
     if strategy == "least-loaded":
         return mine.in_flight / mine.slots <= min(v.in_flight / v.slots for v in free)
     known = [v.service_ms for v in free if v.service_ms is not None]

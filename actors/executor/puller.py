@@ -1,11 +1,11 @@
 """Taking work for one model on one host: slots, priorities and the host-choice gate.
 
-Two pull loops share the model's slots, one per priority queue:
+One pull worker per slot and priority queue shares the model's slots:
 
 - interactive work may take any free slot;
-- batch work needs two free slots (one, on a one-slot host) and only pulls while the
-  interactive queue is empty, so a flood of batch work leaves a slot for the next
-  interactive request and never delays it by more than one slot;
+- batch work never takes the last free slot (unless the host has only one) and pulls
+  only while no interactive work waits, so a flood of batch work never delays an
+  interactive request by more than one slot;
 - before each pull, the host asks the placement policy whether it is the right host for
   the next request (warm first, then the host strategy); when it is not, it waits for
   the board to change, unless work has been waiting too long for the better host.
@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import nats.errors
@@ -53,13 +53,17 @@ Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
 
 @dataclass
 class Tally:
-    """What a host has done with a model; outlives the pullers (a circuit replaces them)."""
+    """A host's state for one model, shared by its successive pullers (a circuit closing
+    replaces the probe's puller while the probe request is still finishing)."""
 
     warm: bool = False
+    in_flight: int = 0
     taken: int = 0
     succeeded: int = 0
     failed: int = 0
     service_ms: float | None = None
+    # Notified whenever a slot frees, a pull starts waiting, or a puller stops.
+    state: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     def finished(self, ok: bool, service_ms: float | None = None) -> None:
         """Count how a request ended; a success also means the model is now loaded."""
@@ -101,7 +105,6 @@ class Puller:
         self.model = model
         self.slots = slots
         self.tally = tally
-        self.in_flight = 0
         self.active = True
         self._js = js
         self._subjects = subjects
@@ -115,36 +118,43 @@ class Puller:
         self._changed = changed
         self._ack_wait_s = ack_wait_s
         self._log = log.bind(model=model)
-        self._state = asyncio.Condition()
-        self._listening = False  # an interactive pull is waiting at the server
+        # Pull requests waiting at the server, and whether work is queued behind the
+        # last item taken, per priority.
+        self._pulling = dict.fromkeys(Priority, 0)
+        self._backlog = dict.fromkeys(Priority, False)
+        # When work was first seen waiting while this host declined to pull.
+        self._backlog_since: dict[Priority, float | None] = dict.fromkeys(Priority)
+        self._checked_at = dict.fromkeys(Priority, 0.0)
 
-    def load(self) -> ModelLoad:
-        """This host's entry for the model on the load board."""
+    def load(self, pulling: int = 0) -> ModelLoad:
+        """This host's entry for the model on the load board; with `pulling`, as it will
+        be if that many pull requests in flight bring work."""
         t = self.tally
         return ModelLoad(
             slots=self.slots if self.active else 0,
-            in_flight=self.in_flight,
+            in_flight=t.in_flight + pulling,
             warm=t.warm,
-            taken=t.taken,
+            taken=t.taken + pulling,
             succeeded=t.succeeded,
             failed=t.failed,
             service_ms=t.service_ms,
         )
 
     async def start(self) -> None:
-        """Create the consumers if needed and start both pull loops."""
+        """Create the consumers if needed; start one pull worker per slot and priority."""
         for priority in Priority:
             consumer = await self._consumer(priority)
-            self._spawn(self._loop(priority, consumer))
+            for _ in range(self.slots):
+                self._spawn(self._worker(priority, consumer))
 
     def stop(self) -> None:
-        """Stop pulling; each loop ends once its pull request expired."""
+        """Stop pulling; each worker ends once its pull request expired."""
         self.active = False
         self._spawn(self._notify())
 
     async def _notify(self) -> None:
-        async with self._state:
-            self._state.notify_all()
+        async with self.tally.state:
+            self.tally.state.notify_all()
 
     async def _consumer(self, priority: Priority) -> str:
         name = self._subjects.work_consumer(self.model, priority)
@@ -163,50 +173,56 @@ class Puller:
             self._log.info("consumer_exists", consumer=name, note=exc.description)
         return name
 
-    def _may_pull(self, priority: Priority) -> bool:
-        free = self.slots - self.in_flight
-        if priority is Priority.INTERACTIVE:
-            return free >= 1
-        return free >= min(2, self.slots) and self._listening
+    def _room(self, priority: Priority) -> int:
+        """How many requests of `priority` may run at once: batch never the last slot."""
+        return self.slots if priority is Priority.INTERACTIVE else max(1, self.slots - 1)
 
-    async def _slot(self, priority: Priority) -> None:
-        """Wait for a slot this priority may use (or for the puller to stop)."""
-        async with self._state:
-            await self._state.wait_for(lambda: not self.active or self._may_pull(priority))
-        if priority is Priority.BATCH and self.active:
-            await asyncio.sleep(_BATCH_HOLD_S)
+    def _slot_free(self, priority: Priority) -> bool:
+        """Whether one more pull of `priority` may start now.
 
-    async def _loop(self, priority: Priority, consumer: str) -> None:
+        A pull waiting at the server claims a slot of its priority. Each priority keeps
+        one pull waiting, and more only while its queue has a backlog (the last item
+        said more were pending), so an idle host pulls one item at a time and places it
+        well, and a busy one drains its queue in parallel. Batch pulls only while the
+        interactive pull is waiting (no interactive work waits); its claims do not hold
+        interactive work back, and an item that arrives when its slot is gone goes back.
+        """
+        t, pulling = self.tally, self._pulling
+        if t.in_flight + pulling[priority] >= self._room(priority):
+            return False
+        if pulling[priority] and not self._backlog[priority]:
+            return False
+        interactive = Priority.INTERACTIVE
+        return priority is interactive or (
+            pulling[interactive] > 0 and not self._backlog[interactive]
+        )
+
+    async def _worker(self, priority: Priority, consumer: str) -> None:
+        """One slot's pull loop: wait for its turn, pull one item, take it."""
         psub = await self._js.pull_subscribe_bind(
             durable=consumer, stream=self._subjects.work_stream
         )
-        interactive = priority is Priority.INTERACTIVE
         try:
             while self.active:
-                await self._slot(priority)
-                if not self.active or not self._may_pull(priority):
+                if not await self._ready(priority, consumer):
                     continue
-                if (pause := self._paused()) > 0:
-                    await asyncio.sleep(pause)
-                    continue
-                if not await self._my_turn(priority, consumer):
-                    continue
-                if interactive:
-                    self._listening = True
-                    await self._notify()
+                # No await since `_ready` said yes: the count is exact for the next check.
+                self._pulling[priority] += 1
                 try:
                     msgs = await psub.fetch(1, timeout=FETCH_EXPIRY_S)
                 except nats.errors.TimeoutError:
+                    self._backlog[priority] = False
                     continue
                 except (nats.errors.Error, OSError) as exc:
                     self._log.warning("fetch_failed", error=repr(exc))
                     await asyncio.sleep(0.5)
                     continue
                 finally:
-                    if interactive:
-                        self._listening = False
+                    self._pulling[priority] -= 1
+                    await self._notify()
                 for msg in msgs:
-                    await self._take(msg)
+                    self._backlog[priority] = msg.metadata.num_pending > 0
+                    await self._take(msg, priority)
         finally:
             # Work that landed after we stopped is handed straight back.
             while not psub._sub._pending_queue.empty():  # type: ignore[union-attr]
@@ -217,11 +233,58 @@ class Puller:
             with contextlib.suppress(Exception):
                 await psub.unsubscribe()
 
-    async def _take(self, msg: Msg) -> None:
-        if not self.active or self.in_flight >= self.slots:
+    async def _ready(self, priority: Priority, consumer: str) -> bool:
+        """Wait until this worker may pull: a free slot, no pause, and this host's turn.
+
+        Returns False when the puller stopped. The turn is judged with this host's pulls
+        in flight counted as work taken, so an idle host keeps one pull waiting while its
+        peers are idle too, and a lone host keeps one per free slot.
+        """
+        while self.active:
+            if not self._slot_free(priority):
+                async with self.tally.state:
+                    await self.tally.state.wait_for(
+                        lambda: not self.active or self._slot_free(priority)
+                    )
+                continue
+            if (pause := self._paused()) > 0:
+                await asyncio.sleep(pause)
+                continue
+            if priority is Priority.BATCH:
+                await asyncio.sleep(_BATCH_HOLD_S)  # interactive work that just came first
+                if not self._slot_free(priority):
+                    continue
+            loads = self._board.loads(self.model)
+            loads[self._me] = self.load(pulling=sum(self._pulling.values()))
+            if should_take(self._strategy, self._me, loads):
+                return True
+            await self._board.changed(_RECHECK_S)
+            if await self._waited_too_long(priority, consumer):
+                return True
+        return False
+
+    async def _waited_too_long(self, priority: Priority, consumer: str) -> bool:
+        """Whether work has waited past the limit while this host declined to pull.
+
+        One worker per priority asks the server at most every `_RECHECK_S`; the others
+        read its answer.
+        """
+        now = time.monotonic()
+        if now - self._checked_at[priority] >= _RECHECK_S:
+            self._checked_at[priority] = now
+            if await self._pending(consumer):
+                self._backlog_since[priority] = self._backlog_since[priority] or now
+            else:
+                self._backlog_since[priority] = None
+        since = self._backlog_since[priority]
+        limit = _DEFER_LIMIT_S if self.tally.warm else self._cold_after_s
+        return since is not None and now - since >= limit
+
+    async def _take(self, msg: Msg, priority: Priority) -> None:
+        if not self.active or self.tally.in_flight >= self._room(priority):
             await msg.nak()  # withdrawn, or the other priority took the slot meanwhile
             return
-        self.in_flight += 1
+        self.tally.in_flight += 1
         self.tally.taken += 1
         self._changed()
         self._spawn(self._run(msg))
@@ -230,33 +293,9 @@ class Puller:
         try:
             await self._serve(msg)
         finally:
-            self.in_flight -= 1
+            self.tally.in_flight -= 1
             self._changed()
             await self._notify()
-
-    async def _my_turn(self, priority: Priority, consumer: str) -> bool:
-        """Wait until this host is the right one for the next request, or work waited."""
-        waiting_since: float | None = None
-        checked = time.monotonic()
-        while self.active:
-            loads = self._board.loads(self.model)
-            loads[self._me] = self.load()
-            if should_take(self._strategy, self._me, loads):
-                return True
-            await self._board.changed(_RECHECK_S)
-            now = time.monotonic()
-            if now - checked < _RECHECK_S:
-                continue
-            checked = now
-            if await self._pending(consumer):
-                waiting_since = waiting_since or now
-                limit = _DEFER_LIMIT_S if self.tally.warm else self._cold_after_s
-                if now - waiting_since >= limit:
-                    self._log.debug("taking_waiting_work", priority=priority, warm=self.tally.warm)
-                    return True
-            else:
-                waiting_since = None
-        return False
 
     async def _pending(self, consumer: str) -> int:
         try:
