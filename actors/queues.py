@@ -12,6 +12,7 @@ import time
 from collections import defaultdict, deque
 
 import nats.errors
+import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -20,6 +21,8 @@ from bus.subjects import Subjects
 from schemas import Priority, QueueDepth
 
 __all__ = ["QueueWatch"]
+
+log = structlog.get_logger("actors.queues")
 
 # The drain rate is measured over this window.
 _WINDOW_S = 60.0
@@ -91,6 +94,9 @@ class QueueWatch:
     async def poll(self) -> None:
         """Refresh the waiting counts of every model on the board, forever."""
         while True:
-            for model in sorted(self._board.models()):
-                await self.depth(model)
+            try:
+                for model in sorted(self._board.models()):
+                    await self.depth(model)
+            except Exception as exc:  # keep polling: the counts only go stale meanwhile
+                log.warning("queue_poll_failed", error=repr(exc))
             await asyncio.sleep(_POLL_S)

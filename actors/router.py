@@ -103,9 +103,10 @@ class Router(Actor):
     async def _finished(self, msg: Msg) -> None:
         """Learn how a request ended, whichever router took it (for balancing and limits)."""
         event = decode_event(msg.data)
-        self.stats.setdefault(event.model, ModelStats()).finished(
-            event.outcome == "ok", event.latency_ms
-        )
+        if event.outcome != "cancelled":  # the client's choice says nothing of the model
+            self.stats.setdefault(event.model, ModelStats()).finished(
+                event.outcome == "ok", event.latency_ms
+            )
         self.queues.finished(event.model)
         if charged := self._charged.pop(event.request_id, None):
             model, tokens = charged

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from actors.simulator import Fault
+from actors.simulator import Fault, SimulatorServer
 from actors.supervisor import Stack
 from bus.client import Client
 from bus.errors import Overloaded, RateLimited
@@ -26,6 +26,14 @@ async def answer(client: Client, prompt: str, tokens: int = 2, **fields: object)
         await stream.text()
     assert stream.done is not None
     return stream.done
+
+
+async def warm_hosts(sim_factory, *speeds: float) -> list[SimulatorServer]:
+    """Simulated hosts answering at `speeds` tokens/s (0: full speed), the model loaded."""
+    sims = [await sim_factory(models=MODELS, tokens_per_second=tps) for tps in speeds]
+    for sim in sims:
+        await warm(sim.url, MODEL)
+    return sims
 
 
 async def settled(stack: Stack, url: str) -> None:
@@ -86,10 +94,7 @@ async def test_least_loaded_goes_by_in_flight_over_slots(
 ) -> None:
     """Four long requests on idle warm hosts of six and two slots: three and one (a
     host taking turns, or the first to pull, would give two and two)."""
-    big = await sim_factory(models=MODELS, tokens_per_second=40)
-    small = await sim_factory(models=MODELS, tokens_per_second=40)
-    for sim in (big, small):
-        await warm(sim.url, MODEL)
+    big, small = await warm_hosts(sim_factory, 40, 40)
     await stack_factory(
         [big.url, small.url],
         executor={"host_slots": {big.url: 6, small.url: 2}},
@@ -104,10 +109,7 @@ async def test_round_robin_gives_each_host_the_same_share(
 ) -> None:
     """Six requests at once on a fast and a slow host: three each, although the fast one
     could have served most of them while the slow one worked."""
-    fast = await sim_factory(models=MODELS)
-    slow = await sim_factory(models=MODELS, tokens_per_second=100)
-    for sim in (fast, slow):
-        await warm(sim.url, MODEL)
+    fast, slow = await warm_hosts(sim_factory, 0, 100)
     await stack_factory(
         [fast.url, slow.url],
         executor={"max_inflight_per_model": 2},
@@ -121,10 +123,7 @@ async def test_adaptive_sends_most_work_to_the_faster_host(
     sim_factory, stack_factory, client: Client
 ) -> None:
     """Sequential requests: once each host has a measured speed, the faster one wins."""
-    slow = await sim_factory(models=MODELS, tokens_per_second=40)
-    fast = await sim_factory(models=MODELS, tokens_per_second=400)
-    for sim in (slow, fast):
-        await warm(sim.url, MODEL)
+    slow, fast = await warm_hosts(sim_factory, 40, 400)
     await stack_factory([slow.url, fast.url], routing={"host_strategy": "adaptive"})
     done = [await answer(client, f"q{i}", tokens=8) for i in range(12)]
     hosts = Counter(d.host for d in done)
@@ -136,8 +135,7 @@ async def test_batch_work_leaves_a_slot_for_interactive_work(
 ) -> None:
     """A flood of batch work holds at most all slots but one: an interactive request
     arriving during it starts at once and ends before the second batch request."""
-    sim = await sim_factory(models=MODELS, tokens_per_second=40)
-    await warm(sim.url, MODEL)
+    (sim,) = await warm_hosts(sim_factory, 40)
     await stack_factory([sim.url], executor={"max_inflight_per_model": 2})
     order: list[str] = []
 
@@ -191,10 +189,7 @@ async def test_a_host_failing_slowly_leaves_rotation_within_the_window(
 ) -> None:
     """Failures below the threshold still open the circuit once they went on for
     `circuit_window_s` without a success; the requests themselves are served elsewhere."""
-    bad = await sim_factory(models=MODELS)
-    good = await sim_factory(models=MODELS)
-    for sim in (bad, good):
-        await warm(sim.url, MODEL)
+    bad, good = await warm_hosts(sim_factory, 0, 0)
     bad.engine.set_fault(Fault(kind="error"))
     stack = await stack_factory(
         [bad.url, good.url],

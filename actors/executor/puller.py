@@ -264,7 +264,8 @@ class Puller:
         return False
 
     async def _waited_too_long(self, priority: Priority, consumer: str) -> bool:
-        """Whether work has waited past the limit while this host declined to pull.
+        """Whether work has waited past the limit while this host declined to pull; if
+        so, one worker may pull one item.
 
         One worker per priority asks the server at most every `_RECHECK_S`; the others
         read its answer.
@@ -278,7 +279,11 @@ class Puller:
                 self._backlog_since[priority] = None
         since = self._backlog_since[priority]
         limit = _DEFER_LIMIT_S if self.tally.warm else self._cold_after_s
-        return since is not None and now - since >= limit
+        if since is None or now - since < limit:
+            return False
+        # One item goes; the next needs work to wait the whole limit again.
+        self._backlog_since[priority] = None
+        return True
 
     async def _take(self, msg: Msg, priority: Priority) -> None:
         if not self.active or self.tally.in_flight >= self._room(priority):
