@@ -20,13 +20,26 @@ from bus.board import Board
 from bus.subjects import Subjects
 from schemas import Priority, QueueDepth
 
-__all__ = ["QueueWatch"]
+__all__ = ["QueueWatch", "retry_after_ms"]
 
 log = structlog.get_logger("actors.queues")
 
 # The drain rate is measured over this window.
 _WINDOW_S = 60.0
 _POLL_S = 0.5
+# `overloaded` asks clients to come back once a tenth of the queue has drained ...
+_RETRY_SHARE = 0.1
+# ... within these bounds (and after a second when nothing has drained yet).
+_RETRY_MIN_MS, _RETRY_MAX_MS, _RETRY_IDLE_MS = 100, 60_000, 1000
+
+
+def retry_after_ms(queue_max: int, drain_per_s: float) -> int:
+    """When a request refused by a full queue should come back: the time the measured
+    drain rate needs to clear a tenth of the queue, within 0.1 s and 60 s."""
+    if drain_per_s <= 0:
+        return _RETRY_IDLE_MS
+    ms = 1000 * _RETRY_SHARE * queue_max / drain_per_s
+    return int(min(_RETRY_MAX_MS, max(_RETRY_MIN_MS, ms)))
 
 
 class QueueWatch:

@@ -16,7 +16,7 @@ from nats.js.kv import KeyValue
 
 from actors.admission import canonical_model, resolve_model, validate
 from actors.limits import RateLimiter
-from actors.queues import QueueWatch
+from actors.queues import QueueWatch, retry_after_ms
 from actors.selection import ModelStats, Selector, task_role
 from bus.actor import Actor
 from bus.board import Board
@@ -49,10 +49,6 @@ __all__ = ["Router"]
 _QUEUE = "router"
 _ENQUEUE_TIMEOUT_S = 5.0
 _TRACKED_MAX = 100_000
-# `overloaded` asks clients to come back once a tenth of the queue has drained ...
-_RETRY_SHARE = 0.1
-# ... within these bounds (and after a second when nothing drains yet).
-_RETRY_MIN_MS, _RETRY_MAX_MS, _RETRY_IDLE_MS = 100, 60_000, 1000
 
 
 class Router(Actor):
@@ -163,14 +159,6 @@ class Router(Actor):
             await asyncio.sleep(wait)
         return tokens
 
-    def _retry_after_ms(self, model: str) -> int:
-        """When a refused request should come back, from the measured drain rate."""
-        rate = self.queues.drain_per_s(model)
-        if rate <= 0:
-            return _RETRY_IDLE_MS
-        ms = 1000 * _RETRY_SHARE * self.config.routing.queue_max / rate
-        return int(min(_RETRY_MAX_MS, max(_RETRY_MIN_MS, ms)))
-
     async def admit(self, kind: Kind, msg: Msg) -> bytes | None:
         """Turn one request into queued work; return the reply (None: the executor replies)."""
         limit = min(self.config.router.max_request_bytes, self.nc.max_payload)
@@ -236,7 +224,8 @@ class Router(Actor):
                 timeout=_ENQUEUE_TIMEOUT_S,
             )
         except QueueFull as exc:
-            exc.retry_after_ms = self._retry_after_ms(model)
+            drain = self.queues.drain_per_s(model)
+            exc.retry_after_ms = retry_after_ms(self.config.routing.queue_max, drain)
             raise
         if duplicate and not stream:
             raise BadRequest(f"request_id {request_id} is already in use")

@@ -256,3 +256,18 @@ async def test_a_request_within_its_deadline_waits_for_the_token_limit(
     assert done.model == MODEL
     await first.cancel()
     await first.aclose()
+
+
+async def test_a_mixed_fleet_with_a_failing_host_serves_everything_elsewhere(
+    sim_factory, stack_factory, client: Client
+) -> None:
+    """Three hosts of different speeds, one failing: every request succeeds, no `done`
+    names the failing host, and its circuit opens after its few failures."""
+    bad, slow, fast = await warm_hosts(sim_factory, 0, 100, 400)
+    bad.engine.set_fault(Fault(kind="error"))
+    stack = await stack_factory([bad.url, slow.url, fast.url], executor={"max_attempts": 10})
+    done = await asyncio.gather(*(answer(client, f"q{i}", tokens=8) for i in range(24)))
+    hosts = Counter(d.host for d in done)
+    assert set(hosts) <= {slow.url, fast.url} and sum(hosts.values()) == 24
+    assert hosts[fast.url] > hosts[slow.url], hosts
+    assert bad.engine.stats.faults["error"] <= stack.config.executor.circuit_failures

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from actors.queues import retry_after_ms
 from actors.selection import ModelStats, Selector, task_role
 from bus.config import RoutingConfig
 from schemas import ChatRequest, GenerateRequest, Message, Options
@@ -89,3 +90,15 @@ def test_model_stats_track_load_and_latency() -> None:
     s.finished(True, 200.0)
     assert s.in_flight == 0 and s.latency_ms == pytest.approx(120.0)
     assert s.success_rate == pytest.approx(3 / 4)
+
+
+@pytest.mark.parametrize(
+    ("queue_max", "drain", "expected"),
+    [(1000, 50.0, 2000), (1000, 0.0, 1000), (1000, 10_000.0, 100), (1000, 0.5, 60_000)],
+    ids=["a-tenth-of-the-queue", "nothing-drained-yet", "at-least-0.1s", "at-most-60s"],
+)
+def test_overloaded_retry_after_follows_the_drain_rate(
+    queue_max: int, drain: float, expected: int
+) -> None:
+    """A full queue's hint is the time to drain a tenth of it, within 0.1 s and 60 s."""
+    assert retry_after_ms(queue_max, drain) == expected
