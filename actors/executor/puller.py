@@ -208,21 +208,20 @@ class Puller:
                     continue
                 # No await since `_ready` said yes: the count is exact for the next check.
                 self._pulling[priority] += 1
+                msgs: list[Msg] = []
                 try:
                     msgs = await psub.fetch(1, timeout=FETCH_EXPIRY_S)
                 except nats.errors.TimeoutError:
                     self._backlog[priority] = False
-                    continue
                 except (nats.errors.Error, OSError) as exc:
                     self._log.warning("fetch_failed", error=repr(exc))
                     await asyncio.sleep(0.5)
-                    continue
                 finally:
                     self._pulling[priority] -= 1
-                    await self._notify()
                 for msg in msgs:
                     self._backlog[priority] = msg.metadata.num_pending > 0
                     await self._take(msg, priority)
+                await self._notify()  # a claim ended, maybe with a backlog behind it
         finally:
             # Work that landed after we stopped is handed straight back.
             while not psub._sub._pending_queue.empty():  # type: ignore[union-attr]
@@ -259,7 +258,7 @@ class Puller:
             if should_take(self._strategy, self._me, loads):
                 return True
             await self._board.changed(_RECHECK_S)
-            if await self._waited_too_long(priority, consumer):
+            if await self._waited_too_long(priority, consumer) and self._slot_free(priority):
                 return True
         return False
 
