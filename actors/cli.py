@@ -1,4 +1,4 @@
-"""The `ollamesh` command: up, demo, sim, bench, generate, chat, queues."""
+"""The `ollamesh` command: up, demo, sim, bench, generate, chat, queues, stats."""
 
 from __future__ import annotations
 
@@ -84,6 +84,13 @@ def _chat(args: argparse.Namespace) -> int:
     return run_async(lambda: chat(args, _options(args)))
 
 
+def _stats(args: argparse.Namespace) -> int:
+    from actors.terminal import stats
+
+    configure_logging("warning")
+    return run_async(lambda: stats(args))
+
+
 def _queues(args: argparse.Namespace) -> int:
     from actors.terminal import queues
 
@@ -108,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="run the actors (router + one executor per Ollama host)")
     up.add_argument("--config", help="TOML config file (default: $OLLAMESH_CONFIG)")
-    up.add_argument("--actors", default="router,executor", help="comma-separated actors to run")
+    up.add_argument(
+        "--actors", default="router,executor,recorder", help="comma-separated actors to run"
+    )
     up.add_argument("--log-format", choices=["auto", "json", "console"])
     up.set_defaults(func=_up)
 
@@ -130,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     queues = sub.add_parser("queues", help="waiting and running work per model")
     _bus_args(queues)
     queues.set_defaults(func=_queues)
+
+    stats = sub.add_parser("stats", help="requests, latency and tokens/s per model and host")
+    _bus_args(stats)
+    stats.add_argument("--window", choices=["1m", "1h", "1d"], default="1h")
+    stats.set_defaults(func=_stats)
 
     register_sim(sub)
     register_bench(sub)

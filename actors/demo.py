@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import msgspec
 
@@ -15,7 +17,7 @@ from actors.supervisor import Stack
 from bus.client import Client
 from bus.config import Config
 from bus.errors import Cancelled
-from schemas import RequestEvent, decode_event
+from schemas import RequestEvent, StatsRow, decode_event
 
 __all__ = ["demo"]
 
@@ -35,6 +37,24 @@ async def _fleet(tokens_per_second: float) -> AsyncIterator[list[SimulatorServer
         yield [a, b]
 
 
+@contextlib.asynccontextmanager
+async def _scratch() -> AsyncIterator[Path]:
+    """A directory for the demo's Postgres, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="ollamesh-demo-") as tmp:
+        yield Path(tmp)
+
+
+async def _recorded(client: Client, expected: int, timeout: float = 10.0) -> list[StatsRow]:
+    """The last minute's rows per model, once the recorder has written `expected`."""
+    rows: list[StatsRow] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            while sum(r.requests for r in rows) < expected:
+                await asyncio.sleep(0.2)  # the recorder writes in batches, about each second
+                rows = [r for r in (await client.stats()).windows["1m"] if r.model]
+    return rows
+
+
 async def demo(tokens_per_second: float = 150.0) -> int:
     """Run the tour; return 0 when every step behaved as it should."""
     async with _fleet(tokens_per_second) as (gpu_a, gpu_b):
@@ -47,7 +67,11 @@ async def demo(tokens_per_second: float = 150.0) -> int:
             },
             Config,
         )
-        async with Stack(config) as stack, Client(stack.url, timeout=30.0) as client:
+        async with (
+            _scratch() as db_dir,
+            Stack(config, db_dir=db_dir) as stack,
+            Client(stack.url, timeout=30.0) as client,
+        ):
             names = {gpu_a.url: "gpu-a", gpu_b.url: "gpu-b"}
             events: list[RequestEvent] = []
 
@@ -123,10 +147,21 @@ async def demo(tokens_per_second: float = 150.0) -> int:
             _say(f"   -> {outcome}")
             summary.append(("cancel", outcome))
 
+            _say("\n5. Every request was recorded in Postgres; `llm.v1.stats` reads it back:")
+            expected = len(events)
+            recorded = await _recorded(client, expected)
+            for row in recorded:
+                _say(
+                    f"   {row.model:<12} {row.requests} requests, {row.success_rate:.0%} ok,"
+                    f" p50 {row.latency_ms_p50:.1f} ms"
+                )
+            total = sum(r.requests for r in recorded)
+            summary.append(("stats", f"{total} requests recorded"))
+
             _say("\nSummary")
             for step, what in summary:
                 _say(f"  {step:<22} {what}")
-            passed = ok and outcome.startswith("cancelled")
+            passed = ok and outcome.startswith("cancelled") and total >= expected
             _say("\ndemo " + ("passed" if passed else "FAILED"))
             await asyncio.sleep(0)
             return 0 if passed else 1

@@ -9,11 +9,14 @@ import signal
 from pathlib import Path
 from types import TracebackType
 
+import asyncpg
 import structlog
 from nats.aio.client import Client as NATS
 
 from actors.executor import Executor
+from actors.recorder import Recorder
 from actors.router import Router
+from actors.store import EmbeddedPostgres, open_pool
 from bus.actor import Actor
 from bus.board import Board
 from bus.config import Config, ConfigError
@@ -27,15 +30,19 @@ __all__ = ["ACTORS", "Stack", "default_data_dir", "run_until_signalled"]
 
 log = structlog.get_logger("actors.supervisor")
 
-ACTORS = ("router", "executor")
+ACTORS = ("router", "executor", "recorder")
+# Actors that keep state in Postgres.
+_DATABASE_ACTORS = {"recorder"}
+# A pool whose connections are not released by then is closed by force.
+_POOL_CLOSE_S = 10.0
 # Executors announce their models before `start` returns, within this bound.
 _READY_TIMEOUT_S = 10.0
 
 
-def default_data_dir() -> Path:
-    """Where `ollamesh up` keeps JetStream data when the config names no place."""
+def default_data_dir(what: str = "nats") -> Path:
+    """Where `ollamesh up` keeps JetStream (or Postgres) data when the config names none."""
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "ollamesh" / "nats"
+    return Path(base) / "ollamesh" / what
 
 
 class Stack:
@@ -51,6 +58,7 @@ class Stack:
         *,
         actors: tuple[str, ...] = ACTORS,
         data_dir: Path | None = None,
+        db_dir: Path | None = None,
     ) -> None:
         unknown = set(actors) - set(ACTORS)
         if unknown:
@@ -59,7 +67,11 @@ class Stack:
         self.subjects = Subjects(config.prefix)
         self._wanted = actors
         self._data_dir = data_dir
+        self._db_dir = db_dir
         self.server: EmbeddedNats | None = None
+        self.postgres: EmbeddedPostgres | None = None
+        self.pool: asyncpg.Pool | None = None
+        self.recorder: Recorder | None = None
         self.nc: NATS | None = None
         self.registry: HostRegistry | None = None
         self.board: Board | None = None
@@ -70,7 +82,8 @@ class Stack:
     @property
     def actors(self) -> list[Actor]:
         """Every running actor, router first."""
-        return ([self.router] if self.router else []) + list(self.executors)
+        others = [a for a in (self.recorder,) if a is not None]
+        return ([self.router] if self.router else []) + list(self.executors) + others
 
     async def start(self) -> None:
         """Start everything; return once the router knows what the executors serve."""
@@ -101,6 +114,12 @@ class Stack:
                 self.nc, self.subjects, self.config, self.registry, self.board, buckets.limits
             )
             await self.router.start()
+        if _DATABASE_ACTORS & set(self._wanted):
+            self.pool = await self._open_database()
+        if "recorder" in self._wanted:
+            assert self.pool is not None
+            self.recorder = Recorder(self.nc, self.subjects, self.config, self.pool)
+            await self.recorder.start()
         await self.wait_for_executors()
         log.info(
             "stack_started",
@@ -108,6 +127,18 @@ class Stack:
             actors=[a.name for a in self.actors],
             hosts=[(e.host_url, "up" if e.up else "down", e.models) for e in self.executors],
         )
+
+    async def _open_database(self) -> asyncpg.Pool:
+        """Connect to `database.url`, or start the embedded Postgres first."""
+        db = self.config.database
+        url = db.url
+        if not url:
+            data_dir = self._db_dir or (
+                Path(db.data_dir) if db.data_dir else default_data_dir("postgres")
+            )
+            self.postgres = EmbeddedPostgres(data_dir)
+            url = await self.postgres.start()
+        return await open_pool(url, max_size=db.pool_max, timeout=db.connect_timeout_s)
 
     async def wait_for_executors(self, timeout: float = _READY_TIMEOUT_S) -> None:
         """Wait until this process's registry view lists every model its executors serve."""
@@ -121,6 +152,15 @@ class Stack:
         if self.router:
             await self.router.stop(grace)
         await asyncio.gather(*(e.stop(grace) for e in self.executors))
+        if self.recorder:
+            await self.recorder.stop(grace)
+        if self.pool:
+            try:
+                await asyncio.wait_for(self.pool.close(), _POOL_CLOSE_S)
+            except TimeoutError:
+                self.pool.terminate()
+        if self.postgres:
+            await self.postgres.stop()
         if self.registry:
             await self.registry.stop()
         if self.board:

@@ -92,28 +92,46 @@ async def chat(args: argparse.Namespace, options: dict[str, Any]) -> int:
                 return 0
 
 
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """Print rows in aligned columns: the first left-aligned, the others right."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        cells = zip(row, widths, strict=True)
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(cells)))
+
+
+def _fig(value: float | None, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
 async def queues(args: argparse.Namespace) -> int:
     """Print waiting and running work per model, one row each."""
     async with Client(args.nats, prefix=args.prefix, timeout=args.timeout) as client:
         stats = await client.queues()
     header = ("model", "interactive", "batch", "running", "slots", "drained/s")
+    _table(
+        header,
+        [
+            (q.model, str(q.interactive), str(q.batch), str(q.running), str(q.slots),
+             f"{q.drain_per_s:.2f}")
+            for q in stats.models
+        ],
+    )  # fmt: skip
+    return 0
+
+
+async def stats(args: argparse.Namespace) -> int:
+    """Print request figures per model and per host over one window."""
+    async with Client(args.nats, prefix=args.prefix, timeout=args.timeout) as client:
+        fleet = await client.stats()
+    header = ("model / host", "requests", "ok", "p50 ms", "p99 ms", "ttft p50", "ttft p99",
+              "tokens/s", "cache hits")  # fmt: skip
     rows = [
-        (
-            q.model,
-            str(q.interactive),
-            str(q.batch),
-            str(q.running),
-            str(q.slots),
-            f"{q.drain_per_s:.2f}",
-        )
-        for q in stats.models
-    ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print(
-            "  ".join(
-                cell.ljust(w) if i == 0 else cell.rjust(w)
-                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
+        (r.model or r.host or "?", str(r.requests), _fig(r.success_rate, ".1%"),
+         _fig(r.latency_ms_p50), _fig(r.latency_ms_p99), _fig(r.ttft_ms_p50),
+         _fig(r.ttft_ms_p99), _fig(r.tokens_per_s), _fig(r.cache_hit_rate, ".1%"))
+        for r in fleet.windows.get(args.window, [])
+    ]  # fmt: skip
+    print(f"last {args.window}:")
+    _table(header, rows)
     return 0

@@ -32,6 +32,7 @@ from schemas import (
     EmbedRequest,
     EmbedResult,
     Error,
+    FleetStats,
     GenerateRequest,
     GenerateResult,
     Kind,
@@ -49,6 +50,7 @@ __all__ = ["ChunkStream", "Client"]
 
 T = TypeVar("T")
 _decode_queue_stats = msgspec.json.Decoder(QueueStats | Error).decode
+_decode_stats = msgspec.json.Decoder(FleetStats | Error).decode
 
 OptionsLike = Options | Mapping[str, Any] | None
 MessageLike = Message | Mapping[str, Any]
@@ -360,6 +362,10 @@ class Client:
         if isinstance(reply, Error):
             raise error_from_wire(reply)
         return reply
+
+    async def stats(self) -> FleetStats:
+        """Request figures per model and per host over the last minute, hour and day."""
+        return await self._call(self.subjects.stats, b"", _decode_stats, min(self.timeout, 30.0))
 
     async def queues(self) -> QueueStats:
         """Waiting and running work per model, as the server counts it now."""

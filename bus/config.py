@@ -14,9 +14,11 @@ from msgspec import Meta, Struct
 __all__ = [
     "Config",
     "ConfigError",
+    "DatabaseConfig",
     "ExecutorConfig",
     "ModelLimits",
     "NatsConfig",
+    "RecorderConfig",
     "RouterConfig",
     "RoutingConfig",
     "load_config",
@@ -52,6 +54,28 @@ class NatsConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     chunk_max_age_s: Positive = 600.0
     event_max_age_s: Positive = 7 * 24 * 3600.0
     connect_timeout_s: Positive = 5.0
+
+
+class DatabaseConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Where durable state lives; without `url` ollamesh starts an embedded Postgres."""
+
+    url: str | None = None
+    # The embedded server's data directory (default: $XDG_DATA_HOME/ollamesh/postgres).
+    data_dir: str | None = None
+    pool_max: PositiveInt = 10
+    connect_timeout_s: Positive = 10.0
+
+
+class RecorderConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """How the stats recorder writes request events to Postgres."""
+
+    # Rows per insert at most ...
+    batch_max: PositiveInt = 500
+    # ... and the longest a finished request waits to be written.
+    flush_s: Positive = 1.0
+    # After a failed write, the batch is retried after this long, doubling up to the max.
+    retry_s: Positive = 0.5
+    retry_max_s: Positive = 10.0
 
 
 class RouterConfig(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -132,6 +156,8 @@ class Config(Struct, forbid_unknown_fields=True, kw_only=True):
     ollama_hosts: list[str] = msgspec.field(default_factory=lambda: ["http://127.0.0.1:11434"])
     roles: dict[str, str] = msgspec.field(default_factory=lambda: dict(DEFAULT_ROLES))
     nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
+    database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
+    recorder: RecorderConfig = msgspec.field(default_factory=RecorderConfig)
     router: RouterConfig = msgspec.field(default_factory=RouterConfig)
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     executor: ExecutorConfig = msgspec.field(default_factory=ExecutorConfig)
@@ -144,6 +170,8 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if url := env.get("NATS_URL"):
         out["nats"] = {"url": url}
+    if url := env.get("DATABASE_URL"):
+        out["database"] = {"url": url}
     if hosts := env.get("OLLAMA_HOSTS"):
         out["ollama_hosts"] = [h.strip() for h in hosts.split(",") if h.strip()]
     if prefix := env.get("OLLAMESH_PREFIX"):

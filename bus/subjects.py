@@ -107,6 +107,11 @@ class Subjects:
         return f"{self._base}.board.*"
 
     @property
+    def stats(self) -> str:
+        """Request/reply: request figures per model and host over recent windows."""
+        return f"{self._base}.stats"
+
+    @property
     def queue_stats(self) -> str:
         """Request/reply: waiting and running work per model."""
         return f"{self._base}.stats.queues"

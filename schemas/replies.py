@@ -14,12 +14,14 @@ __all__ = [
     "Done",
     "EmbedResult",
     "Error",
+    "FleetStats",
     "GenerateResult",
     "QueueDepth",
     "QueueStats",
     "Reply",
     "Result",
     "Stats",
+    "StatsRow",
     "StreamMessage",
 ]
 
@@ -114,6 +116,30 @@ class QueueStats(Struct, kw_only=True, tag_field="type", tag="queues"):
     """The answer on `<prefix>.v1.stats.queues`."""
 
     models: list[QueueDepth]
+    at: float
+
+
+class StatsRow(Struct, kw_only=True, omit_defaults=True):
+    """One model's (or one host's) figures over a window; latencies in milliseconds."""
+
+    model: str | None = None
+    host: str | None = None
+    requests: int = 0
+    success_rate: float | None = None
+    latency_ms_p50: float | None = None
+    latency_ms_p99: float | None = None
+    ttft_ms_p50: float | None = None
+    ttft_ms_p99: float | None = None
+    # Output tokens per second of generation (after the first token), successes only.
+    tokens_per_s: float | None = None
+    cache_hit_rate: float | None = None
+
+
+class FleetStats(Struct, kw_only=True, tag_field="type", tag="stats"):
+    """The answer on `<prefix>.v1.stats`: per model and per host, for each window
+    (`1m`, `1h`, `1d`)."""
+
+    windows: dict[str, list[StatsRow]]
     at: float
 
 

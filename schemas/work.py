@@ -45,6 +45,9 @@ class RequestEvent(Struct, kw_only=True, omit_defaults=True, tag_field="type", t
     prompt_tokens: int = 0
     output_tokens: int = 0
     attempt: int = 1
+    cached: bool = False
+    # The model asked for, when a fallback served the request.
+    fallback_from: str | None = None
     at: float = 0.0
 
 

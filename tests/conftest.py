@@ -6,10 +6,12 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import msgspec
 import pytest
 import pytest_asyncio
 
+from actors.store import EmbeddedPostgres
 from actors.supervisor import Stack
 from bus.client import Client
 from bus.config import Config
@@ -26,6 +28,29 @@ async def nats_server() -> AsyncIterator[EmbeddedNats]:
     """One real nats-server with JetStream for the whole session."""
     async with EmbeddedNats() as server:
         yield server
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def postgres(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedPostgres]:
+    """One real Postgres (from the `pgserver` wheel) for the whole session."""
+    async with EmbeddedPostgres(tmp_path_factory.mktemp("postgres")) as server:
+        yield server
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def database_url(postgres: EmbeddedPostgres, prefix: str) -> AsyncIterator[str]:
+    """A database of this test's own on the session's Postgres."""
+    admin = await asyncpg.connect(postgres.url())
+    try:
+        await admin.execute(f'CREATE DATABASE "{prefix}"')
+    finally:
+        await admin.close()
+    yield postgres.url(prefix)
+    admin = await asyncpg.connect(postgres.url())
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{prefix}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 @pytest.fixture
@@ -60,7 +85,11 @@ def make_config(url: str, prefix: str, hosts: list[str], **sections: Any) -> Con
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def stack_factory(nats_server: EmbeddedNats, prefix: str) -> AsyncIterator[StackFactory]:
-    """Start router + executor stacks against the session's server; stop them after."""
+    """Start router + executor stacks against the session's server; stop them after.
+
+    A stack with a recorder needs `database={"url": database_url}` from the test, which
+    names `database_url` before `stack_factory` so the database outlives the stacks.
+    """
     stacks: list[Stack] = []
 
     async def make(

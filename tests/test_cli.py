@@ -9,6 +9,7 @@ import signal
 import sys
 
 from bus.client import Client
+from tests.helpers import eventually
 
 MODELS = ["llama3.2:3b", "qwen2.5:7b"]
 
@@ -70,14 +71,18 @@ async def test_a_typed_error_is_one_line_not_a_traceback(
     assert err.startswith("error: model_not_found:") and "Traceback" not in err
 
 
-async def test_up_serves_and_stops_cleanly_on_sigterm(sim_factory, nats_server, prefix) -> None:
-    """`ollamesh up` serves requests, and on SIGTERM drains and exits 0 with JSON logs."""
+async def test_up_serves_and_stops_cleanly_on_sigterm(
+    sim_factory, nats_server, prefix, tmp_path
+) -> None:
+    """`ollamesh up` (with its embedded Postgres) serves requests, records them for
+    `ollamesh stats`, and on SIGTERM drains and exits 0 with JSON logs."""
     sim = await sim_factory(models=MODELS)
     env = {
         **os.environ,
         "NATS_URL": nats_server.url,
         "OLLAMA_HOSTS": sim.url,
         "OLLAMESH_PREFIX": prefix,
+        "XDG_DATA_HOME": str(tmp_path),  # the embedded Postgres goes here
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "actors", "up", "--log-format", "json",
@@ -90,7 +95,16 @@ async def test_up_serves_and_stops_cleanly_on_sigterm(sim_factory, nats_server, 
                 pass
         async with Client(nats_server.url, prefix=prefix, timeout=10) as client:
             result = await client.generate("llama3.2:3b", "hi", options={"num_predict": 3})
-        assert result.eval_count == 3
+            assert result.eval_count == 3
+
+            async def recorded() -> bool:
+                return any(r.model == "llama3.2:3b" for r in (await client.stats()).windows["1m"])
+
+            await eventually(recorded)
+        code, out, _ = await run(
+            "stats", "--window", "1m", "--nats", nats_server.url, "--prefix", prefix
+        )
+        assert code == 0 and "llama3.2:3b" in out and "100.0%" in out, out
         proc.send_signal(signal.SIGTERM)
         rest = await asyncio.wait_for(proc.stderr.read(), 30)
         assert await proc.wait() == 0

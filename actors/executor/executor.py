@@ -593,6 +593,7 @@ class Executor(Actor):
             prompt_tokens=last.prompt_eval_count,
             output_tokens=last.eval_count,
             attempt=attempt,
+            fallback_from=work.fallback_from,
             at=time.time(),
         )
         await self.nc.publish(self.subjects.event("request"), encode(event))
