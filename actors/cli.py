@@ -1,4 +1,4 @@
-"""The `ollamesh` command: up, demo, sim, bench, generate, chat, queues, stats."""
+"""The `ollamesh` command: up, demo, sim, bench, generate, chat, queues, stats, cache."""
 
 from __future__ import annotations
 
@@ -91,6 +91,13 @@ def _stats(args: argparse.Namespace) -> int:
     return run_async(lambda: stats(args))
 
 
+def _invalidate(args: argparse.Namespace) -> int:
+    from actors.terminal import invalidate
+
+    configure_logging("warning")
+    return run_async(lambda: invalidate(args))
+
+
 def _queues(args: argparse.Namespace) -> int:
     from actors.terminal import queues
 
@@ -116,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the actors (router + one executor per Ollama host)")
     up.add_argument("--config", help="TOML config file (default: $OLLAMESH_CONFIG)")
     up.add_argument(
-        "--actors", default="router,executor,recorder", help="comma-separated actors to run"
+        "--actors", default="router,executor,recorder,cache", help="comma-separated actors to run"
     )
     up.add_argument("--log-format", choices=["auto", "json", "console"])
     up.set_defaults(func=_up)
@@ -144,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     _bus_args(stats)
     stats.add_argument("--window", choices=["1m", "1h", "1d"], default="1h")
     stats.set_defaults(func=_stats)
+
+    cache = sub.add_parser("cache", help="manage the answer cache")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
+    inv = cache_sub.add_parser("invalidate", help="drop cached answers of one model, or all")
+    _bus_args(inv)
+    inv.add_argument("-m", "--model", help="only this model's answers (default: all)")
+    inv.set_defaults(func=_invalidate)
 
     register_sim(sub)
     register_bench(sub)

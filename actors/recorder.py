@@ -8,19 +8,15 @@ answers `<prefix>.v1.stats` from the table.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import time
 
 import asyncpg
 import msgspec
-import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import BadRequestError
 
+from actors.store.sink import DOWN, EventSink
 from bus.actor import Actor
 from bus.config import Config
 from bus.errors import Unavailable
@@ -32,11 +28,6 @@ __all__ = ["WINDOWS", "Recorder"]
 _CONSUMER = "recorder"
 # Windows `llm.v1.stats` reports, by name.
 WINDOWS = {"1m": dt.timedelta(minutes=1), "1h": dt.timedelta(hours=1), "1d": dt.timedelta(days=1)}
-# Failures that keep a batch waiting for the next try: Postgres unreachable, restarting,
-# or missing the schema. Rows come from validated events, so a server error is an outage
-# to wait out (and log), never a reason to drop them.
-_DOWN = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError)
-
 _INSERT = """
 INSERT INTO ollama_performance (
     request_id, at, kind, model, host, outcome, error_code, latency_ms, ttft_ms,
@@ -89,83 +80,43 @@ class Recorder(Actor):
 
     def __init__(self, nc: NATS, subjects: Subjects, config: Config, pool: asyncpg.Pool) -> None:
         super().__init__(nc, subjects)
-        self.cfg = config.recorder
         self.pool = pool
-        self._running = True
-        self.written = 0
+        self.sink = EventSink(
+            nc.jetstream(),
+            subjects,
+            durable=_CONSUMER,
+            subject=subjects.event("request"),
+            config=config.recorder,
+            log=self.log,
+        )
+
+    @property
+    def written(self) -> int:
+        """Events written since start."""
+        return self.sink.written
 
     async def setup(self) -> None:
-        js = self.nc.jetstream()
-        config = ConsumerConfig(
-            durable_name=_CONSUMER,
-            filter_subject=self.subjects.event("request"),
-            deliver_policy=DeliverPolicy.ALL,
-            ack_policy=AckPolicy.EXPLICIT,
-            # A batch is acknowledged after its commit; redelivery waits well past that.
-            ack_wait=max(30.0, 10 * self.cfg.flush_s),
-            max_deliver=-1,
-            max_ack_pending=-1,
-        )
-        try:
-            await js.add_consumer(self.subjects.event_stream, config)
-        except BadRequestError as exc:
-            self.log.info("consumer_exists", consumer=_CONSUMER, note=exc.description)
-        self._psub = await js.pull_subscribe_bind(
-            durable=_CONSUMER, stream=self.subjects.event_stream
-        )
+        await self.sink.open()
         await self.serve(self.subjects.stats, self._stats, queue=_CONSUMER)
-        self.spawn(self._record())
+        self.spawn(self.sink.run(self._write))
 
     async def before_drain(self) -> None:
-        self._running = False
+        self.sink.stop()
 
     async def teardown(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._psub.unsubscribe()
+        await self.sink.close()
 
-    async def _record(self) -> None:
-        """Fetch a batch, write it, acknowledge it; on failure keep it and retry."""
-        while self._running:
+    async def _write(self, msgs: list[Msg]) -> None:
+        rows = []
+        for msg in msgs:
             try:
-                msgs = await self._psub.fetch(self.cfg.batch_max, timeout=self.cfg.flush_s)
-            except nats.errors.TimeoutError:
-                continue
-            except nats.errors.Error as exc:
-                self.log.warning("events_fetch_failed", error=repr(exc))
-                await asyncio.sleep(self.cfg.retry_s)
-                continue
-            rows, good = [], []
-            for msg in msgs:
-                try:
-                    rows.append(_row(decode_event(msg.data)))
-                    good.append(msg)
-                except msgspec.DecodeError as exc:
-                    self.log.error("event_unreadable", error=str(exc))
-                    await msg.term()
-            if rows and not await self._write(rows, good):
-                return  # stopping: unacknowledged, so the next recorder writes them
-            for msg in good:
-                await msg.ack()
-            self.written += len(rows)
+                rows.append(_row(decode_event(msg.data)))
+            except msgspec.DecodeError as exc:
+                self.log.error("event_unreadable", error=str(exc))
+        if rows:
+            async with self.pool.acquire() as conn:
+                await conn.executemany(_INSERT, rows)
             self.log.debug("events_recorded", rows=len(rows))
-
-    async def _write(self, rows: list[tuple[object, ...]], msgs: list[Msg]) -> bool:
-        """Insert `rows`, retrying while Postgres is unreachable; False if stopped first."""
-        backoff = self.cfg.retry_s
-        while True:
-            try:
-                async with self.pool.acquire() as conn:
-                    await conn.executemany(_INSERT, rows)
-                return True
-            except _DOWN as exc:
-                self.log.warning("recording_delayed", rows=len(rows), error=repr(exc))
-            if not self._running:
-                return False
-            for msg in msgs:  # keep them from being redelivered meanwhile
-                with contextlib.suppress(Exception):
-                    await msg.in_progress()
-            await asyncio.sleep(backoff)
-            backoff = min(self.cfg.retry_max_s, backoff * 2)
 
     async def _stats(self, msg: Msg) -> bytes:
         """Figures per model and per host for each window, from the table."""
@@ -177,6 +128,6 @@ class Recorder(Actor):
                     windows[name] = [
                         StatsRow(**{k: v for k, v in r.items() if v is not None}) for r in records
                     ]
-        except _DOWN as exc:
+        except DOWN as exc:
             raise Unavailable(f"the stats database is unreachable: {exc}") from exc
         return encode(FleetStats(windows=windows, at=time.time()))

@@ -15,6 +15,8 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from actors.admission import canonical_model, resolve_model, validate
+from actors.answers import done_of, result_of
+from actors.cache import AnswerCache, cache_key
 from actors.limits import RateLimiter
 from actors.queues import QueueWatch, retry_after_ms
 from actors.selection import ModelStats, Selector, task_role
@@ -33,11 +35,14 @@ from bus.registry import HostRegistry
 from bus.subjects import Subjects
 from schemas import (
     Accepted,
+    Answer,
     ChatRequest,
+    Chunk,
     GenerateRequest,
     Kind,
     QueueStats,
     Request,
+    RequestEvent,
     Work,
     decode_event,
     decode_request,
@@ -64,6 +69,7 @@ class Router(Actor):
         registry: HostRegistry,
         board: Board,
         limits: KeyValue,
+        cache: KeyValue,
     ) -> None:
         super().__init__(nc, subjects, max_concurrent=config.router.max_concurrent)
         self.config = config
@@ -79,6 +85,9 @@ class Router(Actor):
             limits,
             {canonical_model(roles.get(k, k)): v for k, v in routing.limits.items()},
         )
+        self.cache = AnswerCache(
+            cache, memory_entries=config.cache.memory_entries, ttl_s=config.cache.ttl_s
+        )
         # Outcomes and latencies of every request in the fleet, from the events.
         self.stats: dict[str, ModelStats] = {}
         # This router's rate-limited requests not yet finished: id -> (model, tokens charged).
@@ -91,6 +100,7 @@ class Router(Actor):
             await self.serve(self.subjects.request(kind), partial(self.admit, kind), queue=_QUEUE)
         await self.serve(self.subjects.event("request"), self._finished)
         await self.serve(self.subjects.queue_stats, self._queue_stats, queue=_QUEUE)
+        await self.serve(self.subjects.cache_invalidated, self._forget)
         self._poll = asyncio.get_running_loop().create_task(self.queues.poll())
 
     async def before_drain(self) -> None:
@@ -199,6 +209,9 @@ class Router(Actor):
         if not stream and not msg.reply:
             raise BadRequest("a non-streamed request needs a reply subject (use request/reply)")
         now = time.time()
+        key = cache_key(kind, model, request)  # type: ignore[arg-type]
+        if key is not None and (answer := await self.cache.get(key)) is not None:
+            return await self._from_cache(kind, request_id, answer, stream, now)
         deadline_ms: int | None = request.deadline_ms  # type: ignore[attr-defined]
         charged = await self._within_limits(request, model)  # type: ignore[arg-type]
         work = Work(
@@ -213,6 +226,7 @@ class Router(Actor):
             deadline_at=now + deadline_ms / 1000 if deadline_ms else None,
             fallback_from=None if model == asked else asked,
             fallbacks=[m for m in chain if self.registry.serves(m)],
+            cache_key=key,
         )
         try:
             duplicate = await enqueue(
@@ -243,6 +257,52 @@ class Router(Actor):
                 )
             )
         return None
+
+    async def _from_cache(
+        self, kind: Kind, request_id: str, answer: Answer, stream: bool, started: float
+    ) -> bytes:
+        """Serve a cached answer the way a host's would arrive: chunks then `done`."""
+        if stream:
+            subject = self.subjects.stream(request_id)
+            seq = 0
+            if answer.text or answer.thinking or answer.tool_calls:
+                seq = 1
+                chunk = Chunk(
+                    request_id=request_id,
+                    seq=seq,
+                    text=answer.text,
+                    thinking=answer.thinking,
+                    tool_calls=answer.tool_calls,
+                )
+                await self.nc.publish(subject, encode(chunk))
+            done = done_of(answer, request_id, cached=True)
+            done.seq = seq + 1
+            await self.nc.publish(subject, encode(done))
+            reply = encode(Accepted(request_id=request_id, model=answer.model, stream=subject))
+        else:
+            reply = encode(result_of(answer, request_id, cached=True))
+        latency_ms = round((time.time() - started) * 1000, 3)
+        event = RequestEvent(
+            request_id=request_id,
+            kind=kind,
+            model=answer.model,
+            host=answer.host,
+            latency_ms=latency_ms,
+            ttft_ms=latency_ms,
+            prompt_tokens=answer.prompt_eval_count,
+            output_tokens=answer.eval_count,
+            cached=True,
+            fallback_from=answer.fallback_from,
+            at=time.time(),
+        )
+        await self.nc.publish(self.subjects.event("request"), encode(event))
+        self.log.debug("request_cached", model=answer.model, kind=kind)
+        return reply
+
+    async def _forget(self, msg: Msg) -> None:
+        """Another process invalidated cached answers: drop them from memory too."""
+        model = msg.data.decode() or None
+        self.log.info("cache_forgotten", model=model, entries=self.cache.forget(model))
 
     def _check_served(self, model: str) -> None:
         if self.registry.serves(model):

@@ -13,6 +13,7 @@ import asyncpg
 import structlog
 from nats.aio.client import Client as NATS
 
+from actors.cache_keeper import CacheKeeper
 from actors.executor import Executor
 from actors.recorder import Recorder
 from actors.router import Router
@@ -30,9 +31,9 @@ __all__ = ["ACTORS", "Stack", "default_data_dir", "run_until_signalled"]
 
 log = structlog.get_logger("actors.supervisor")
 
-ACTORS = ("router", "executor", "recorder")
+ACTORS = ("router", "executor", "recorder", "cache")
 # Actors that keep state in Postgres.
-_DATABASE_ACTORS = {"recorder"}
+_DATABASE_ACTORS = {"recorder", "cache"}
 # A pool whose connections are not released by then is closed by force.
 _POOL_CLOSE_S = 10.0
 # Executors announce their models before `start` returns, within this bound.
@@ -72,6 +73,7 @@ class Stack:
         self.postgres: EmbeddedPostgres | None = None
         self.pool: asyncpg.Pool | None = None
         self.recorder: Recorder | None = None
+        self.cache: CacheKeeper | None = None
         self.nc: NATS | None = None
         self.registry: HostRegistry | None = None
         self.board: Board | None = None
@@ -82,7 +84,7 @@ class Stack:
     @property
     def actors(self) -> list[Actor]:
         """Every running actor, router first."""
-        others = [a for a in (self.recorder,) if a is not None]
+        others = [a for a in (self.recorder, self.cache) if a is not None]
         return ([self.router] if self.router else []) + list(self.executors) + others
 
     async def start(self) -> None:
@@ -111,7 +113,13 @@ class Stack:
                 self.executors.append(executor)
         if "router" in self._wanted:
             self.router = Router(
-                self.nc, self.subjects, self.config, self.registry, self.board, buckets.limits
+                self.nc,
+                self.subjects,
+                self.config,
+                self.registry,
+                self.board,
+                buckets.limits,
+                buckets.cache,
             )
             await self.router.start()
         if _DATABASE_ACTORS & set(self._wanted):
@@ -120,6 +128,10 @@ class Stack:
             assert self.pool is not None
             self.recorder = Recorder(self.nc, self.subjects, self.config, self.pool)
             await self.recorder.start()
+        if "cache" in self._wanted:
+            assert self.pool is not None
+            self.cache = CacheKeeper(self.nc, self.subjects, self.config, self.pool, buckets.cache)
+            await self.cache.start()
         await self.wait_for_executors()
         log.info(
             "stack_started",
@@ -152,8 +164,9 @@ class Stack:
         if self.router:
             await self.router.stop(grace)
         await asyncio.gather(*(e.stop(grace) for e in self.executors))
-        if self.recorder:
-            await self.recorder.stop(grace)
+        for store in (self.recorder, self.cache):
+            if store:
+                await store.stop(grace)
         if self.pool:
             try:
                 await asyncio.wait_for(self.pool.close(), _POOL_CLOSE_S)

@@ -135,3 +135,11 @@ async def stats(args: argparse.Namespace) -> int:
     print(f"last {args.window}:")
     _table(header, rows)
     return 0
+
+
+async def invalidate(args: argparse.Namespace) -> int:
+    """Drop cached answers of one model, or all."""
+    async with Client(args.nats, prefix=args.prefix, timeout=args.timeout) as client:
+        removed = await client.invalidate_cache(args.model)
+    print(f"removed {removed} cached answers" + (f" of {args.model}" if args.model else ""))
+    return 0

@@ -52,6 +52,13 @@ T = TypeVar("T")
 _decode_queue_stats = msgspec.json.Decoder(QueueStats | Error).decode
 _decode_stats = msgspec.json.Decoder(FleetStats | Error).decode
 
+
+class _Invalidated(msgspec.Struct, tag_field="type", tag="invalidated"):
+    removed: int = 0
+
+
+_decode_invalidated = msgspec.json.Decoder(_Invalidated | Error).decode
+
 OptionsLike = Options | Mapping[str, Any] | None
 MessageLike = Message | Mapping[str, Any]
 
@@ -366,6 +373,14 @@ class Client:
     async def stats(self) -> FleetStats:
         """Request figures per model and per host over the last minute, hour and day."""
         return await self._call(self.subjects.stats, b"", _decode_stats, min(self.timeout, 30.0))
+
+    async def invalidate_cache(self, model: str | None = None) -> int:
+        """Drop cached answers of `model` (None: all) from every tier; return the rows."""
+        body = msgspec.json.encode({"model": model})
+        reply: _Invalidated = await self._call(
+            self.subjects.cache_invalidate, body, _decode_invalidated, min(self.timeout, 30.0)
+        )
+        return reply.removed
 
     async def queues(self) -> QueueStats:
         """Waiting and running work per model, as the server counts it now."""

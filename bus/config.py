@@ -12,6 +12,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 __all__ = [
+    "CacheConfig",
     "Config",
     "ConfigError",
     "DatabaseConfig",
@@ -64,6 +65,17 @@ class DatabaseConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     data_dir: str | None = None
     pool_max: PositiveInt = 10
     connect_timeout_s: Positive = 10.0
+
+
+class CacheConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """The answer cache: each router's memory, the shared tier in NATS, Postgres."""
+
+    ttl_s: Positive = 3600.0
+    # Hottest answers each router keeps in memory.
+    memory_entries: Annotated[int, Meta(ge=0)] = 10_000
+    # Size bound of the shared tier and of the table; the oldest answers go first.
+    max_bytes: PositiveInt = 256 * 1024 * 1024
+    purge_every_s: Positive = 60.0
 
 
 class RecorderConfig(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -158,6 +170,7 @@ class Config(Struct, forbid_unknown_fields=True, kw_only=True):
     nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
     recorder: RecorderConfig = msgspec.field(default_factory=RecorderConfig)
+    cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
     router: RouterConfig = msgspec.field(default_factory=RouterConfig)
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     executor: ExecutorConfig = msgspec.field(default_factory=ExecutorConfig)

@@ -87,6 +87,7 @@ class Buckets(NamedTuple):
 
     hosts: KeyValue
     limits: KeyValue
+    cache: KeyValue
 
 
 async def _bucket(js: JetStreamContext, cfg: KeyValueConfig) -> KeyValue:
@@ -115,4 +116,18 @@ async def provision(js: JetStreamContext, subjects: Subjects, config: Config) ->
         # and there is one key per limited model and limit.
         storage=StorageType.MEMORY,
     )
-    return Buckets(await _bucket(js, hosts), await _bucket(js, limits))
+    cache = KeyValueConfig(
+        bucket=subjects.cache_bucket,
+        description="Cached answers shared by every router; Postgres keeps them durably",
+        history=1,
+        ttl=config.cache.ttl_s,
+        max_bytes=config.cache.max_bytes,
+        storage=StorageType.FILE,
+    )
+    cache_kv = await _bucket(js, cache)
+    # A full cache drops its oldest answers rather than refusing new ones.
+    stream = await js.stream_info(f"KV_{subjects.cache_bucket}")
+    if stream.config.discard is not DiscardPolicy.OLD:
+        stream.config.discard = DiscardPolicy.OLD
+        await js.update_stream(stream.config)
+    return Buckets(await _bucket(js, hosts), await _bucket(js, limits), cache_kv)

@@ -141,6 +141,20 @@ class Subjects:
         return f"{self.prefix}_hosts"
 
     @property
+    def cache_bucket(self) -> str:
+        return f"{self.prefix}_cache"
+
+    @property
+    def cache_invalidate(self) -> str:
+        """Request/reply: drop cached answers of one model, or all."""
+        return f"{self._base}.cache.invalidate"
+
+    @property
+    def cache_invalidated(self) -> str:
+        """Broadcast to routers: forget what they hold in memory."""
+        return f"{self._base}.cache.invalidated"
+
+    @property
     def limit_bucket(self) -> str:
         return f"{self.prefix}_limits"
 

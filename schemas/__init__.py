@@ -2,6 +2,8 @@
 
 from schemas.codec import (
     REQUEST_TYPES,
+    decode_answer,
+    decode_cache_store,
     decode_event,
     decode_host,
     decode_load,
@@ -30,6 +32,7 @@ from schemas.replies import (
     StreamMessage,
 )
 from schemas.requests import (
+    CacheMode,
     ChatRequest,
     EmbedRequest,
     GenerateRequest,
@@ -41,11 +44,14 @@ from schemas.requests import (
     ToolCall,
     ToolCallFunction,
 )
-from schemas.work import HostInfo, HostLoad, ModelLoad, RequestEvent, Work
+from schemas.work import Answer, CacheStore, HostInfo, HostLoad, ModelLoad, RequestEvent, Work
 
 __all__ = [
     "REQUEST_TYPES",
     "Accepted",
+    "Answer",
+    "CacheMode",
+    "CacheStore",
     "ChatRequest",
     "ChatResult",
     "Chunk",
@@ -76,6 +82,8 @@ __all__ = [
     "ToolCall",
     "ToolCallFunction",
     "Work",
+    "decode_answer",
+    "decode_cache_store",
     "decode_event",
     "decode_host",
     "decode_load",

@@ -8,10 +8,12 @@ import msgspec
 
 from schemas.replies import Reply, StreamMessage
 from schemas.requests import ChatRequest, EmbedRequest, GenerateRequest, Kind
-from schemas.work import HostInfo, HostLoad, RequestEvent, Work
+from schemas.work import Answer, CacheStore, HostInfo, HostLoad, RequestEvent, Work
 
 __all__ = [
     "REQUEST_TYPES",
+    "decode_answer",
+    "decode_cache_store",
     "decode_event",
     "decode_host",
     "decode_load",
@@ -36,6 +38,8 @@ _work_decoder = msgspec.json.Decoder(Work)
 _host_decoder = msgspec.json.Decoder(HostInfo)
 _event_decoder = msgspec.json.Decoder(RequestEvent)
 _load_decoder = msgspec.json.Decoder(HostLoad)
+_answer_decoder = msgspec.json.Decoder(Answer)
+_cache_store_decoder = msgspec.json.Decoder(CacheStore)
 
 
 def encode(message: Any) -> bytes:
@@ -78,3 +82,13 @@ def decode_event(data: bytes) -> RequestEvent:
 def decode_load(data: bytes) -> HostLoad:
     """Decode a load board entry."""
     return _load_decoder.decode(data)
+
+
+def decode_answer(data: bytes) -> Answer:
+    """Decode a cached answer."""
+    return _answer_decoder.decode(data)
+
+
+def decode_cache_store(data: bytes) -> CacheStore:
+    """Decode an answer handed to the cache."""
+    return _cache_store_decoder.decode(data)

@@ -59,6 +59,8 @@ class Stats(Struct, kw_only=True, omit_defaults=True, tag_field="type"):
     eval_duration: int = 0
     # Set when the model asked for could not serve and a fallback did.
     fallback_from: str | None = None
+    # The answer came from the cache (host is then the host that first produced it).
+    cached: bool = False
 
 
 class Done(Stats, tag="done"):

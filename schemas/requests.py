@@ -9,6 +9,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 __all__ = [
+    "CacheMode",
     "ChatRequest",
     "EmbedRequest",
     "GenerateRequest",
@@ -28,6 +29,18 @@ class Kind(enum.StrEnum):
     GENERATE = "generate"
     CHAT = "chat"
     EMBED = "embed"
+
+
+class CacheMode(enum.StrEnum):
+    """Whether an answer may come from (and go to) the cache.
+
+    `auto` caches deterministic requests only (`temperature` 0 or a fixed `seed`);
+    `force` caches any; `off` neither reads nor writes the cache.
+    """
+
+    OFF = "off"
+    AUTO = "auto"
+    FORCE = "force"
 
 
 class Priority(enum.StrEnum):
@@ -117,6 +130,7 @@ class _Routed(Struct, kw_only=True, omit_defaults=True, tag_field="type"):
     # False: fail rather than run on the model's fallback chain.
     fallback: bool = True
     priority: Priority = Priority.INTERACTIVE
+    cache: CacheMode = CacheMode.AUTO
     options: Options | None = None
     keep_alive: KeepAlive | None = None
     stream: bool = True

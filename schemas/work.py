@@ -5,9 +5,9 @@ from __future__ import annotations
 import msgspec
 from msgspec import Struct
 
-from schemas.requests import Kind, Priority
+from schemas.requests import Kind, Priority, ToolCall
 
-__all__ = ["HostInfo", "HostLoad", "ModelLoad", "RequestEvent", "Work"]
+__all__ = ["Answer", "CacheStore", "HostInfo", "HostLoad", "ModelLoad", "RequestEvent", "Work"]
 
 
 class Work(Struct, kw_only=True, tag_field="type", tag="work"):
@@ -30,6 +30,8 @@ class Work(Struct, kw_only=True, tag_field="type", tag="work"):
     fallback_from: str | None = None
     # Models still to try, in order, if this one times out before its first token.
     fallbacks: list[str] = []
+    # Set when the answer may be cached: the executor hands it to the cache under this key.
+    cache_key: str | None = None
 
 
 class RequestEvent(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="request"):
@@ -86,4 +88,32 @@ class HostLoad(Struct, kw_only=True, tag_field="type", tag="load"):
     executor: str
     host: str
     models: dict[str, ModelLoad] = {}
+    at: float = 0.0
+
+
+class Answer(Struct, kw_only=True, omit_defaults=True):
+    """A whole answer and Ollama's figures for it: what the cache keeps and replays."""
+
+    kind: Kind
+    model: str
+    host: str = ""
+    text: str = ""
+    thinking: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    embeddings: list[list[float]] | None = None
+    done_reason: str | None = None
+    total_duration: int = 0
+    load_duration: int = 0
+    prompt_eval_count: int = 0
+    prompt_eval_duration: int = 0
+    eval_count: int = 0
+    eval_duration: int = 0
+    fallback_from: str | None = None
+
+
+class CacheStore(Struct, kw_only=True, tag_field="type", tag="cache_store"):
+    """An executor's finished cacheable answer, for the cache actor to keep."""
+
+    key: str
+    answer: Answer
     at: float = 0.0

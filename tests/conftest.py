@@ -74,6 +74,8 @@ def make_config(url: str, prefix: str, hosts: list[str], **sections: Any) -> Con
         "roles": {"primary": "qwen2.5:7b", "fast": "llama3.2:3b", "backup": "llama3.2:3b"},
         "nats": {"url": url},
         "executor": {"retry_backoff_ms": 20, "retry_backoff_max_ms": 200, "tags_refresh_s": 1.0},
+        # JetStream reserves a bucket's whole bound: hundreds of tests share one server.
+        "cache": {"max_bytes": 1024 * 1024},
     }
     for name, values in sections.items():
         if isinstance(values, dict) and isinstance(raw.get(name), dict):

@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
+from actors.answers import STAT_FIELDS, done_of, result_of
 from actors.executor.circuit import Circuit, CircuitState
 from actors.executor.emit import Emitter
 from actors.executor.ollama import HostUnavailable, Line, OllamaHost, StreamTimeouts
@@ -36,14 +37,13 @@ from bus.queue import enqueue
 from bus.registry import HostRegistry
 from bus.subjects import Subjects, model_token
 from schemas import (
-    ChatResult,
-    Done,
-    EmbedResult,
-    GenerateResult,
+    Answer,
+    CacheMode,
+    CacheStore,
     HostInfo,
     HostLoad,
     Kind,
-    Message,
+    Priority,
     RequestEvent,
     Work,
     decode_request,
@@ -58,20 +58,11 @@ _PATHS = {Kind.GENERATE: "/api/generate", Kind.CHAT: "/api/chat", Kind.EMBED: "/
 _CANCEL_MEMORY_S = 600.0
 # Load changes are published at most this often (the first at once).
 _BOARD_MIN_INTERVAL_S = 0.002
-_STAT_FIELDS = (
-    "done_reason",
-    "total_duration",
-    "load_duration",
-    "prompt_eval_count",
-    "prompt_eval_duration",
-    "eval_count",
-    "eval_duration",
-)
 
 
 def _stats(line: Line) -> dict[str, Any]:
     """Ollama's figures from its final line, under Ollama's names."""
-    return {name: getattr(line, name) for name in _STAT_FIELDS}
+    return {name: getattr(line, name) for name in STAT_FIELDS}
 
 
 def _ollama_body(work: Work) -> bytes:
@@ -87,7 +78,11 @@ def _ollama_body(work: Work) -> bytes:
             model=work.model,
             request_id=None,
             role=None,
+            task=None,
             deadline_ms=None,
+            fallback=True,
+            priority=Priority.INTERACTIVE,
+            cache=CacheMode.AUTO,
             stream=work.kind is not Kind.EMBED,
         )
     )
@@ -476,45 +471,29 @@ class Executor(Actor):
             await asyncio.sleep(self.cfg.ack_wait_s / 3)
             await msg.in_progress()
 
+    def _answer(self, work: Work, emitter: Emitter, last: Line) -> Answer:
+        return Answer(
+            kind=work.kind,
+            model=work.model,
+            host=self.host_url,
+            text="".join(emitter.text),
+            thinking="".join(emitter.thinking) or None,
+            tool_calls=emitter.tool_calls or None,
+            embeddings=last.embeddings,
+            fallback_from=work.fallback_from,
+            **_stats(last),
+        )
+
     async def _deliver(self, work: Work, emitter: Emitter, last: Line) -> None:
-        rid = work.request_id
-        served = {
-            "request_id": rid,
-            "model": work.model,
-            "host": self.host_url,
-            "fallback_from": work.fallback_from,
-        }
+        answer = self._answer(work, emitter, last)
         if work.stream:
-            await emitter.finish(Done(**served, **_stats(last)))
-            return
-        if work.reply is None:
-            return
-        result: GenerateResult | ChatResult | EmbedResult
-        if work.kind is Kind.EMBED:
-            result = EmbedResult(
-                **served,
-                embeddings=last.embeddings or [],
-                total_duration=last.total_duration,
-                load_duration=last.load_duration,
-                prompt_eval_count=last.prompt_eval_count,
-            )
-        elif work.kind is Kind.CHAT:
-            message = Message(
-                role="assistant",
-                content="".join(emitter.text),
-                thinking="".join(emitter.thinking) or None,
-                tool_calls=emitter.tool_calls or None,
-            )
-            result = ChatResult(**served, **_stats(last), message=message, done=True)
-        else:
-            result = GenerateResult(
-                **served,
-                **_stats(last),
-                response="".join(emitter.text),
-                thinking="".join(emitter.thinking) or None,
-                done=True,
-            )
-        await self.nc.publish(work.reply, encode(result))
+            await emitter.finish(done_of(answer, work.request_id))
+        elif work.reply is not None:
+            await self.nc.publish(work.reply, encode(result_of(answer, work.request_id)))
+        if work.cache_key is not None:
+            # Captured by the event stream: the cache actor keeps it, even if it is down now.
+            store = CacheStore(key=work.cache_key, answer=answer, at=time.time())
+            await self.nc.publish(self.subjects.event("cache"), encode(store))
 
     async def _fail(self, work: Work, emitter: Emitter, failure: OllameshError) -> None:
         if work.stream:

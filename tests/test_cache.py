@@ -1,0 +1,164 @@
+"""The answer cache: key and policy, hits served as streams, tiers, restore, invalidation."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from actors.cache import cache_key
+from bus.client import Client
+from schemas import ChatRequest, EmbedRequest, GenerateRequest, Kind, Message, Options
+from tests.helpers import eventually
+
+MODEL = "llama3.2:3b"
+MODELS = [MODEL, "qwen2.5:7b"]
+CACHED = ("router", "executor", "recorder", "cache")
+DETERMINISTIC = {"temperature": 0, "num_predict": 6}
+
+
+def gen(**fields: object) -> GenerateRequest:
+    return GenerateRequest(model=MODEL, prompt="hi", **fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("request_", "cached"),
+    [
+        (gen(), False),
+        (gen(options=Options(temperature=0.7)), False),
+        (gen(options=Options(temperature=0)), True),
+        (gen(options=Options(seed=7, temperature=0.9)), True),
+        (gen(cache="force"), True),
+        (gen(options=Options(temperature=0), cache="off"), False),
+        (EmbedRequest(model=MODEL, input="x"), True),
+    ],
+    ids=["default", "warm", "temperature-0", "seed", "force", "off", "embed"],
+)
+def test_only_deterministic_requests_are_cached_by_default(request_, cached: bool) -> None:
+    kind = Kind(str(request_.__struct_config__.tag))
+    assert (cache_key(kind, MODEL, request_) is not None) is cached
+
+
+def test_the_key_follows_what_shapes_the_answer() -> None:
+    """Routing fields and speed-only options leave the key alone; content changes it."""
+    base = gen(options=Options(temperature=0, num_predict=5))
+    key = cache_key(Kind.GENERATE, MODEL, base)
+    same = [
+        gen(options=Options(temperature=0, num_predict=5, num_thread=8), request_id="r1"),
+        gen(options=Options(temperature=0, num_predict=5), stream=False, priority="batch"),
+        gen(options=Options(temperature=0, num_predict=5), keep_alive="1h", deadline_ms=5),
+    ]
+    for other in same:
+        assert cache_key(Kind.GENERATE, MODEL, other) == key
+    different = [
+        gen(options=Options(temperature=0, num_predict=6)),
+        gen(options=Options(temperature=0, num_predict=5), system="be brief"),
+        gen(options=Options(temperature=0, num_predict=5), format="json"),
+    ]
+    keys = {cache_key(Kind.GENERATE, MODEL, other) for other in different}
+    assert key not in keys and len(keys) == len(different)
+    assert cache_key(Kind.GENERATE, "qwen2.5:7b", base) != key
+    chat = ChatRequest(model=MODEL, messages=[Message(role="user", content="hi")])
+    assert cache_key(Kind.CHAT, MODEL, chat) is None
+
+
+async def test_a_repeated_request_is_served_from_the_cache(
+    database_url: str, sim_factory, stack_factory, client: Client
+) -> None:
+    """The second identical request never reaches the host and arrives as chunks then
+    `done` with `cached: true`; non-streamed too; stats count the hits."""
+    sim = await sim_factory(models=MODELS)
+    stack = await stack_factory(
+        [sim.url], actors=CACHED, database={"url": database_url}, recorder={"flush_s": 0.2}
+    )
+    first = await client.generate(MODEL, "tell me", stream=True, options=DETERMINISTIC)
+    text = await first.text()
+    assert first.done is not None and not first.done.cached
+
+    async def stored() -> bool:
+        return stack.cache is not None and stack.cache.sink.written == 1
+
+    await eventually(stored)
+    again = await client.generate(MODEL, "tell me", stream=True, options=DETERMINISTIC)
+    assert await again.text() == text
+    assert again.done is not None and again.done.cached
+    assert again.done.eval_count == first.done.eval_count and again.done.host == sim.url
+    whole = await client.generate(MODEL, "tell me", options=DETERMINISTIC)
+    assert whole.cached and whole.response == text
+    assert sim.engine.stats.requests["/api/generate"] == 1
+
+    async def counted() -> bool:
+        rows = (await client.stats()).windows["1m"]
+        row = next((r for r in rows if r.model == MODEL), None)
+        return row is not None and row.requests == 3 and row.cache_hit_rate == pytest.approx(2 / 3)
+
+    await eventually(counted)
+
+
+async def test_the_cache_survives_a_restart_of_everything(
+    database_url: str, sim_factory, stack_factory, client: Client
+) -> None:
+    """With the shared tier emptied and every actor restarted, Postgres brings the answer
+    back: the host is not asked again."""
+    sim = await sim_factory(models=MODELS)
+    sections = {"actors": CACHED, "database": {"url": database_url}}
+    stack = await stack_factory([sim.url], **sections)
+    await client.generate(MODEL, "remember me", options=DETERMINISTIC)
+    await eventually(lambda: _rows(database_url, 1))
+    assert stack.cache is not None
+    for key in await stack.cache.kv.keys():
+        await stack.cache.kv.purge(key)  # as if the bus had lost its data
+    await stack.stop(grace=1.0)
+    await stack_factory([sim.url], **sections)
+    result = await client.generate(MODEL, "remember me", options=DETERMINISTIC)
+    assert result.cached
+    assert sim.engine.stats.requests["/api/generate"] == 1
+
+
+async def test_invalidating_a_model_drops_its_answers_everywhere(
+    database_url: str, sim_factory, stack_factory, client: Client
+) -> None:
+    """After invalidation the same request goes to the host again; other models keep theirs."""
+    sim = await sim_factory(models=MODELS)
+    await stack_factory([sim.url], actors=CACHED, database={"url": database_url})
+    for model in MODELS:
+        await client.generate(model, "x", options=DETERMINISTIC)
+    await eventually(lambda: _rows(database_url, 2))
+    assert (await client.generate(MODEL, "x", options=DETERMINISTIC)).cached  # in memory now
+    assert await client.invalidate_cache(MODEL) == 1
+    assert not (await client.generate(MODEL, "x", options=DETERMINISTIC)).cached
+    assert (await client.generate("qwen2.5:7b", "x", options=DETERMINISTIC)).cached
+    assert sim.engine.stats.requests["/api/generate"] == 3
+
+
+async def test_purge_drops_expired_answers_and_keeps_the_size_bound(
+    database_url: str, sim_factory, stack_factory, client: Client
+) -> None:
+    """Expired rows go; beyond `max_bytes` the oldest go first."""
+    sim = await sim_factory(models=MODELS)
+    stack = await stack_factory([sim.url], actors=CACHED, database={"url": database_url})
+    for i in range(3):
+        await client.generate(MODEL, f"q{i}", options=DETERMINISTIC)
+    await eventually(lambda: _rows(database_url, 3))
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "UPDATE ollama_cache SET expires_at = now() - interval '1 s',"
+            " created_at = now() - interval '1 h' WHERE key = ("
+            " SELECT key FROM ollama_cache ORDER BY created_at LIMIT 1)"
+        )
+        sizes = [r["size"] for r in await conn.fetch("SELECT size FROM ollama_cache")]
+        assert stack.cache is not None
+        stack.cache.cfg.max_bytes = max(sizes)  # room for the newest answer only
+        assert await stack.cache.purge() == 2
+        left = await conn.fetchval("SELECT count(*) FROM ollama_cache")
+    finally:
+        await conn.close()
+    assert left == 1
+
+
+async def _rows(url: str, n: int) -> bool:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM ollama_cache") == n
+    finally:
+        await conn.close()
