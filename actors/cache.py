@@ -8,20 +8,22 @@ the durable copy.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections import OrderedDict
 
 import msgspec
 import nats.errors
+import nats.js.errors
 import structlog
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from bus.subjects import model_token
 from schemas import Answer, CacheMode, Kind, Options, Priority, Request, decode_answer, encode
 
-__all__ = ["AnswerCache", "cache_key"]
+__all__ = ["AnswerCache", "cache_key", "flight_key"]
 
 log = structlog.get_logger("actors.cache")
 
@@ -66,11 +68,19 @@ def cache_key(kind: Kind, model: str, request: Request) -> str | None:
     return f"{model_token(model)}.{digest}"
 
 
+def flight_key(key: str) -> str:
+    """Where the request generating the answer of `key` is named while it runs."""
+    return f"{key}.flight"
+
+
 class AnswerCache:
     """A router's reads of the cache: memory first, then the shared tier."""
 
-    def __init__(self, kv: KeyValue, *, memory_entries: int, ttl_s: float) -> None:
+    def __init__(
+        self, kv: KeyValue, *, memory_entries: int, ttl_s: float, stale_s: float = 600.0
+    ) -> None:
         self._kv = kv
+        self._stale_s = stale_s
         self._max = memory_entries
         self._ttl = ttl_s
         self._memory: OrderedDict[str, tuple[float, Answer]] = OrderedDict()
@@ -105,6 +115,40 @@ class AnswerCache:
         self.hits += 1
         self._remember(key, answer)
         return answer
+
+    async def lead(self, key: str, request_id: str) -> str | None:
+        """Claim the generation of `key` for `request_id`: None if this request leads it,
+        else the id of the request already generating the same answer (single-flight).
+
+        The claim is a key-value `create`, atomic across every router. A claim older than
+        `stale_s` (its leader died before finishing) is taken over.
+        """
+        flight = flight_key(key)
+        value = f"{request_id} {time.time()}".encode()
+        for _ in range(3):
+            try:
+                await self._kv.create(flight, value)
+                return None
+            except (KeyWrongLastSequenceError, nats.js.errors.BadRequestError):
+                pass  # someone leads already
+            except (nats.errors.Error, OSError) as exc:
+                log.warning("single_flight_unavailable", error=repr(exc))
+                return None  # generate independently rather than fail
+            try:
+                entry = await self._kv.get(flight)
+            except KeyNotFoundError:
+                continue  # the leader finished meanwhile: try to lead
+            leader, _, since = (entry.value or b"").decode().partition(" ")
+            if leader and time.time() - float(since or 0) < self._stale_s:
+                return leader
+            with contextlib.suppress(nats.errors.Error, KeyWrongLastSequenceError):
+                await self._kv.delete(flight, last=entry.revision)
+        return None
+
+    async def step_down(self, key: str) -> None:
+        """Release the claim on `key` (its leader failed or its answer is stored)."""
+        with contextlib.suppress(nats.errors.Error, OSError):
+            await self._kv.delete(flight_key(key))
 
     def _remember(self, key: str, answer: Answer) -> None:
         if self._max <= 0:

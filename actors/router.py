@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 import uuid
@@ -12,10 +13,11 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 from nats.js.kv import KeyValue
 
 from actors.admission import canonical_model, resolve_model, validate
-from actors.answers import done_of, result_of
+from actors.answers import STAT_FIELDS, done_of, result_of
 from actors.cache import AnswerCache, cache_key
 from actors.limits import RateLimiter
 from actors.queues import QueueWatch, retry_after_ms
@@ -29,6 +31,8 @@ from bus.errors import (
     NoHealthyHost,
     OllameshError,
     PayloadTooLarge,
+    Timeout,
+    error_from_wire,
 )
 from bus.queue import QueueFull, enqueue
 from bus.registry import HostRegistry
@@ -38,6 +42,8 @@ from schemas import (
     Answer,
     ChatRequest,
     Chunk,
+    Done,
+    Error,
     GenerateRequest,
     Kind,
     QueueStats,
@@ -46,6 +52,7 @@ from schemas import (
     Work,
     decode_event,
     decode_request,
+    decode_stream,
     encode,
 )
 
@@ -86,7 +93,10 @@ class Router(Actor):
             {canonical_model(roles.get(k, k)): v for k, v in routing.limits.items()},
         )
         self.cache = AnswerCache(
-            cache, memory_entries=config.cache.memory_entries, ttl_s=config.cache.ttl_s
+            cache,
+            memory_entries=config.cache.memory_entries,
+            ttl_s=config.cache.ttl_s,
+            stale_s=config.executor.total_timeout_s,
         )
         # Outcomes and latencies of every request in the fleet, from the events.
         self.stats: dict[str, ModelStats] = {}
@@ -210,8 +220,19 @@ class Router(Actor):
             raise BadRequest("a non-streamed request needs a reply subject (use request/reply)")
         now = time.time()
         key = cache_key(kind, model, request)  # type: ignore[arg-type]
-        if key is not None and (answer := await self.cache.get(key)) is not None:
-            return await self._from_cache(kind, request_id, answer, stream, now)
+        if key is not None:
+            if (answer := await self.cache.get(key)) is not None:
+                return await self._from_cache(kind, request_id, answer, stream, now)
+            if (leader := await self.cache.lead(key, request_id)) is not None:
+                relay = self._relay(kind, request_id, leader, key, stream, now)
+                if not stream:
+                    return await relay
+                self.spawn(relay)
+                return encode(
+                    Accepted(
+                        request_id=request_id, model=model, stream=self.subjects.stream(request_id)
+                    )
+                )
         deadline_ms: int | None = request.deadline_ms  # type: ignore[attr-defined]
         charged = await self._within_limits(request, model)  # type: ignore[arg-type]
         work = Work(
@@ -281,6 +302,13 @@ class Router(Actor):
             reply = encode(Accepted(request_id=request_id, model=answer.model, stream=subject))
         else:
             reply = encode(result_of(answer, request_id, cached=True))
+        await self._emit_cached(kind, request_id, answer, started)
+        return reply
+
+    async def _emit_cached(
+        self, kind: Kind, request_id: str, answer: Answer, started: float
+    ) -> None:
+        """The request event of an answer no host had to generate for this request."""
         latency_ms = round((time.time() - started) * 1000, 3)
         event = RequestEvent(
             request_id=request_id,
@@ -297,7 +325,61 @@ class Router(Actor):
         )
         await self.nc.publish(self.subjects.event("request"), encode(event))
         self.log.debug("request_cached", model=answer.model, kind=kind)
-        return reply
+
+    async def _relay(
+        self, kind: Kind, request_id: str, leader: str, key: str, stream: bool, started: float
+    ) -> bytes:
+        """Share the answer request `leader` is generating (single-flight): replay its
+        stream under this request's id, as a stream or into one result."""
+        own = self.subjects.stream(request_id)
+        sub = await self.js.subscribe(
+            self.subjects.stream(leader),
+            stream=self.subjects.chunk_stream,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+        parts: list[Chunk] = []
+        last: Done | Error
+        limit = self.config.executor.total_timeout_s
+        try:
+            async with asyncio.timeout(limit):
+                while True:
+                    message = decode_stream((await sub.next_msg(timeout=limit)).data)
+                    message.request_id = request_id
+                    if isinstance(message, Done):
+                        message.cached = True  # no host generated it for this request
+                    if stream:
+                        await self.nc.publish(own, encode(message))
+                    if not isinstance(message, Chunk):
+                        last = message
+                        break
+                    parts.append(message)
+        except TimeoutError:
+            last = Timeout("the request this one follows did not finish in time").to_wire(
+                request_id
+            )
+            if stream:
+                await self.nc.publish(own, encode(last))
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if isinstance(last, Error):
+            await self.cache.step_down(key)  # the next identical request generates anew
+            if not stream:
+                raise error_from_wire(last)
+            return b""
+        answer = Answer(
+            kind=kind,
+            model=last.model,
+            host=last.host,
+            text="".join(c.text for c in parts),
+            thinking="".join(c.thinking or "" for c in parts) or None,
+            tool_calls=[t for c in parts for t in c.tool_calls or []] or None,
+            **{name: getattr(last, name) for name in STAT_FIELDS},
+            fallback_from=last.fallback_from,
+        )
+        await self._emit_cached(kind, request_id, answer, started)
+        return encode(result_of(answer, request_id, cached=True))
 
     async def _forget(self, msg: Msg) -> None:
         """Another process invalidated cached answers: drop them from memory too."""

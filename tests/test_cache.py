@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 
 from actors.cache import cache_key
+from actors.simulator import Fault
 from bus.client import Client
+from bus.errors import UpstreamError
 from schemas import ChatRequest, EmbedRequest, GenerateRequest, Kind, Message, Options
 from tests.helpers import eventually
 
@@ -162,3 +166,44 @@ async def _rows(url: str, n: int) -> bool:
         return await conn.fetchval("SELECT count(*) FROM ollama_cache") == n
     finally:
         await conn.close()
+
+
+async def test_identical_requests_in_flight_reach_the_host_once(
+    database_url: str, sim_factory, stack_factory, client: Client
+) -> None:
+    """Twenty identical deterministic requests at once, streamed and not, across two
+    routers: one generation upstream, and every requester gets the whole answer."""
+    sim = await sim_factory(models=MODELS, tokens_per_second=100)
+    await stack_factory([sim.url], actors=CACHED, database={"url": database_url})
+    await stack_factory([sim.url], actors=("router",))
+    options = {"temperature": 0, "num_predict": 20}
+
+    async def streamed() -> str:
+        async with await client.generate(MODEL, "same", stream=True, options=options) as s:
+            return await s.text()
+
+    async def whole() -> str:
+        return (await client.generate(MODEL, "same", options=options)).response
+
+    texts = await asyncio.gather(*(streamed() if i % 2 else whole() for i in range(20)))
+    assert len(set(texts)) == 1 and texts[0]
+    assert sim.engine.stats.requests["/api/generate"] == 1
+
+
+async def test_followers_of_a_failed_generation_get_its_error_then_retry_afresh(
+    database_url: str, sim_factory, stack_factory, client: Client
+) -> None:
+    """When the one generation fails, those sharing it get the error; the next identical
+    request generates anew instead of following the failed one."""
+    sim = await sim_factory(models=MODELS, tokens_per_second=100)
+    sim.engine.set_fault(Fault(kind="error_after", tokens=5, count=1))
+    await stack_factory([sim.url], actors=CACHED, database={"url": database_url})
+    options = {"temperature": 0, "num_predict": 20}
+    outcomes = await asyncio.gather(
+        *(client.generate(MODEL, "fragile", options=options) for _ in range(5)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(o, UpstreamError) for o in outcomes), outcomes
+    result = await client.generate(MODEL, "fragile", options=options)
+    assert result.response and not result.cached
+    assert sim.engine.stats.requests["/api/generate"] == 2

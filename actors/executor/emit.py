@@ -45,6 +45,11 @@ class Emitter:
         self._sending: asyncio.Task[None] | None = None
 
     @property
+    def publishing(self) -> bool:
+        """Whether the request's stream subject carries this answer."""
+        return self._publish
+
+    @property
     def started(self) -> bool:
         """Whether any token has reached the client (so the work can no longer move)."""
         return self.seq > 0

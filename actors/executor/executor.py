@@ -377,7 +377,9 @@ class Executor(Actor):
             self.subjects.stream(rid),
             rid,
             window_s=self.cfg.coalesce_ms / 1000,
-            publish=work.stream,
+            # A cacheable answer is streamed even to a non-streamed client: identical
+            # requests that arrive meanwhile follow it (single-flight).
+            publish=work.stream or work.cache_key is not None,
         )
         keepalive = loop.create_task(self._keep_alive(msg))
         failure: OllameshError | None = None
@@ -443,7 +445,8 @@ class Executor(Actor):
             raise Cancelled("cancelled while queued", request_id=work.request_id)
         if work.deadline_at is not None and time.time() >= work.deadline_at:
             raise Timeout("the deadline passed while the request was queued")
-        if attempt > 1 and work.stream and await self._already_streamed(work.request_id):
+        published = work.stream or work.cache_key is not None
+        if attempt > 1 and published and await self._already_streamed(work.request_id):
             # Tokens already reached the client from a host that died: never restart the
             # answer under the same seq numbers.
             raise UpstreamError("the host serving this request stopped mid-stream")
@@ -486,9 +489,9 @@ class Executor(Actor):
 
     async def _deliver(self, work: Work, emitter: Emitter, last: Line) -> None:
         answer = self._answer(work, emitter, last)
-        if work.stream:
+        if emitter.publishing:
             await emitter.finish(done_of(answer, work.request_id))
-        elif work.reply is not None:
+        if not work.stream and work.reply is not None:
             await self.nc.publish(work.reply, encode(result_of(answer, work.request_id)))
         if work.cache_key is not None:
             # Captured by the event stream: the cache actor keeps it, even if it is down now.
@@ -496,9 +499,9 @@ class Executor(Actor):
             await self.nc.publish(self.subjects.event("cache"), encode(store))
 
     async def _fail(self, work: Work, emitter: Emitter, failure: OllameshError) -> None:
-        if work.stream:
+        if emitter.publishing:
             await emitter.finish(failure.to_wire(work.request_id))
-        elif work.reply:
+        if not work.stream and work.reply:
             await reply_error(self.nc, work.reply, failure, work.request_id)
 
     async def _fall_back(
