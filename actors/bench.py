@@ -33,9 +33,9 @@ from bus.client import Client
 from bus.errors import OllameshError
 from bus.server import EmbeddedNats, NatsServerError, find_nats_server
 
-__all__ = ["bench", "percentile", "progress", "register"]
+__all__ = ["MODEL", "bench", "fleet", "percentile", "progress", "register", "wait_for"]
 
-_MODEL = "bench:1b"
+MODEL = "bench:1b"
 _SEED = 42
 _STREAMS = 64
 _SIM_READY_S = 15.0
@@ -97,6 +97,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     f.add_argument("--fleet-requests", type=int, default=256, help="requests per strategy")
     f.add_argument("--fleet-tokens", type=int, default=32, help="num_predict of each request")
     f.add_argument("--fleet-streams", type=int, default=64, help="concurrent streams")
+    c = p.add_argument_group("the answer cache (instead of the above)")
+    c.add_argument("--cache", action="store_true", help="cache hits and single-flight")
+    c.add_argument("--cache-requests", type=int, default=400, help="requests per figure")
     p.set_defaults(func=run)
 
 
@@ -156,7 +159,7 @@ async def _stop(procs: list[asyncio.subprocess.Process]) -> None:
             await proc.wait()
 
 
-async def _wait_for(
+async def wait_for(
     what: str, probe: Callable[[], Awaitable[object]], timeout: float, procs: Procs
 ) -> None:
     """Retry `probe` until it succeeds; fail after `timeout` or as soon as a child exits."""
@@ -176,8 +179,11 @@ async def _wait_for(
 
 
 @contextlib.asynccontextmanager
-async def _fleet(nats_url: str, prefix: str) -> AsyncIterator[tuple[str, Procs]]:
-    """Run the simulator, one executor and one router; yield the simulator's URL."""
+async def fleet(
+    nats_url: str, prefix: str, *, stores: str = "", env_extra: dict[str, str] | None = None
+) -> AsyncIterator[tuple[str, Procs]]:
+    """Run the simulator, one executor and one router (and, with `stores`, a process of
+    those actors, e.g. "cache"); yield the simulator's URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -191,10 +197,11 @@ async def _fleet(nats_url: str, prefix: str) -> AsyncIterator[tuple[str, Procs]]
             "OLLAMA_HOSTS": sim_url,
             "OLLAMESH_PREFIX": prefix,
             "OLLAMESH_CONFIG": str(config),
+            **(env_extra or {}),
         }
         try:
             procs["simulator"] = await _spawn(
-                ["sim", "--port", str(port), "--models", _MODEL, "--tokens-per-second", "0",
+                ["sim", "--port", str(port), "--models", MODEL, "--tokens-per-second", "0",
                  "--num-parallel", "256", "--max-queue", "8192"], env,
             )  # fmt: skip
             async with httpx.AsyncClient(base_url=sim_url, timeout=1.0) as http:
@@ -202,9 +209,11 @@ async def _fleet(nats_url: str, prefix: str) -> AsyncIterator[tuple[str, Procs]]
                 async def version() -> None:
                     (await http.get("/api/version")).raise_for_status()
 
-                await _wait_for("the simulator", version, _SIM_READY_S, procs)
+                await wait_for("the simulator", version, _SIM_READY_S, procs)
             procs["executor"] = await _spawn(["up", "--actors", "executor"], env)
             procs["router"] = await _spawn(["up", "--actors", "router"], env)
+            if stores:
+                procs[stores] = await _spawn(["up", "--actors", stores], env)
             yield sim_url, procs
         finally:
             await _stop(list(procs.values()))
@@ -232,7 +241,7 @@ def _direct(clients: list[httpx.AsyncClient]) -> Call:
 
 async def _stream_direct(http: httpx.AsyncClient, prompt: str, tokens: int) -> Outcome:
     options = {"seed": _SEED, "num_predict": tokens}
-    body = msgspec.json.encode({"model": _MODEL, "prompt": prompt, "options": options})
+    body = msgspec.json.encode({"model": MODEL, "prompt": prompt, "options": options})
     t0 = time.perf_counter()
     first, count, reads, done, pending = 0.0, 0, 0, False, b""
     async with http.stream("POST", "/api/generate", content=body) as resp:
@@ -262,7 +271,7 @@ def _through(client: Client) -> Call:
         options = {"seed": _SEED, "num_predict": tokens}
         t0 = time.perf_counter()
         first, chunks = 0.0, 0
-        async with await client.generate(_MODEL, prompt, stream=True, options=options) as stream:
+        async with await client.generate(MODEL, prompt, stream=True, options=options) as stream:
             async for chunk in stream:
                 chunks += 1
                 if chunk.text and not first:
@@ -402,7 +411,7 @@ async def _measure(paths: dict[str, Call], args: argparse.Namespace) -> dict[str
 
 async def bench(args: argparse.Namespace) -> int:
     """Start the fleet, run every scenario, print one JSON object on stdout."""
-    sizes = (args.fleet_requests, args.fleet_tokens, args.fleet_streams)
+    sizes = (args.fleet_requests, args.fleet_tokens, args.fleet_streams, args.cache_requests)
     if min(args.requests, args.tokens, args.stream_tokens, *sizes) < 1 or args.warmup < 0:
         print("error: request counts, token counts and streams must be positive", file=sys.stderr)
         return 2
@@ -416,6 +425,12 @@ async def bench(args: argparse.Namespace) -> int:
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
     try:
+        if args.cache:
+            from actors.bench_cache import cache_bench
+
+            figures = await cache_bench(args.cache_requests)
+            print(json.dumps({"machine": _machine(), **figures}, indent=2))
+            return 0
         if args.fleet:
             from actors.bench_fleet import fleet_bench
 
@@ -433,7 +448,7 @@ async def bench(args: argparse.Namespace) -> int:
         print("error: terminated", file=sys.stderr)
         return 143
     params = {k: getattr(args, k) for k in ("requests", "tokens", "stream_tokens", "warmup")}
-    report = {"params": params | {"model": _MODEL, "seed": _SEED}, "machine": _machine(), **figures}
+    report = {"params": params | {"model": MODEL, "seed": _SEED}, "machine": _machine(), **figures}
     print(json.dumps(report, indent=2))
     return 0
 
@@ -444,7 +459,7 @@ async def _session(args: argparse.Namespace) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     async with (
         EmbeddedNats() as server,
-        _fleet(server.url, prefix) as (sim_url, procs),
+        fleet(server.url, prefix) as (sim_url, procs),
         contextlib.AsyncExitStack() as stack,
         Client(server.url, prefix=prefix, timeout=_CALL_TIMEOUT_S, name="bench") as client,
     ):
@@ -457,9 +472,9 @@ async def _session(args: argparse.Namespace) -> dict[str, Any]:
         ]
 
         async def one() -> None:
-            await client.generate(_MODEL, "ready?", options={"num_predict": 1, "seed": _SEED})
+            await client.generate(MODEL, "ready?", options={"num_predict": 1, "seed": _SEED})
 
-        await _wait_for("ollamesh", one, _OLLAMESH_READY_S, procs)
+        await wait_for("ollamesh", one, _OLLAMESH_READY_S, procs)
         measure = _measure({"direct": _direct(http), "ollamesh": _through(client)}, args)
         return await _unless_one_dies(measure, procs)
 

@@ -72,3 +72,17 @@ def test_fleet_bench_compares_every_host_strategy() -> None:
         )
     assert set(report["p99_cut_vs_round_robin"]) == {"least-loaded", "adaptive"}
     assert isinstance(report["target"]["met"], bool)
+
+
+def test_cache_bench_reports_hits_and_single_flight() -> None:
+    """A tiny cache run exits 0 with hit figures and the upstream count of 50 requests."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "actors", "bench", "--cache", "--cache-requests", "20"],
+        capture_output=True, timeout=120, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    ttft = report["ttft_ms"]
+    assert ttft["cache_hit"]["p99"] >= ttft["cache_hit"]["p50"] > 0
+    assert _positive(ttft["direct_uncached"]["p50"]) and _positive(report["hits_per_s"]["rate"])
+    assert report["single_flight"]["upstream_calls"] == 1

@@ -1,0 +1,132 @@
+"""`ollamesh bench --cache`: answers from the cache through NATS, and single-flight.
+
+Runs nats-server, an embedded Postgres, the simulator at full speed, and an executor, a
+router and a cache keeper in their own processes. Measures, in the same run: time to
+first token of a direct (uncached) call to the simulator; time to first token of a cache
+hit through NATS at concurrency 1; cache hits per second from the one router at
+concurrency 32; and how many upstream calls 50 identical concurrent requests make.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from actors.bench import MODEL, fleet, percentile, progress, wait_for
+from actors.store import EmbeddedPostgres
+from bus.client import Client
+from bus.server import EmbeddedNats
+
+__all__ = ["cache_bench"]
+
+_OPTIONS = {"temperature": 0, "num_predict": 16}
+_TARGETS = {"hit_ttft_p50_ms_max": 1.0, "hits_per_s_min": 3000, "single_flight_upstream": 1}
+_CONCURRENCY = 32
+_SINGLE_FLIGHT = 50
+
+
+async def cache_bench(requests: int) -> dict[str, Any]:
+    """Measure the cache; return the figures."""
+    prefix = f"cache{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory(prefix="ollamesh-bench-pg-") as tmp:
+        async with (
+            EmbeddedNats() as server,
+            EmbeddedPostgres(Path(tmp)) as pg,
+            fleet(server.url, prefix, stores="cache", env_extra={"DATABASE_URL": pg.url()}) as (
+                sim_url,
+                procs,
+            ),
+            Client(server.url, prefix=prefix, timeout=60.0, name="bench-cache") as client,
+            httpx.AsyncClient(base_url=sim_url, timeout=60.0) as http,
+        ):
+            progress(f"nats {server.url}, simulator {sim_url}, prefix {prefix}")
+
+            async def cached() -> None:
+                result = await client.generate(MODEL, "the cached question", options=_OPTIONS)
+                if not result.cached:
+                    raise TimeoutError("not cached yet")
+
+            await wait_for("the cache", cached, 30.0, procs)
+            direct = [await _direct_ttft(http, f"direct {i}") for i in range(requests)]
+            hits = [await _hit_ttft(client) for _ in range(requests)]
+            rate = await _hits_per_s(client, requests * 4)
+            upstream = await _single_flight(client, http)
+    d50, h50 = percentile(direct, 50), percentile(hits, 50)
+    return {
+        "requests": requests,
+        "ttft_ms": {
+            "direct_uncached": {"p50": round(d50, 3), "p99": round(percentile(direct, 99), 3)},
+            "cache_hit": {"p50": round(h50, 3), "p99": round(percentile(hits, 99), 3)},
+            "hit_over_direct_p50": round(h50 / d50, 2),
+        },
+        "hits_per_s": {"concurrency": _CONCURRENCY, "rate": round(rate, 1)},
+        "single_flight": {"identical_requests": _SINGLE_FLIGHT, "upstream_calls": upstream},
+        "targets": _TARGETS
+        | {
+            "met": {
+                "hit_ttft_p50": h50 <= _TARGETS["hit_ttft_p50_ms_max"],
+                "hits_per_s": rate >= _TARGETS["hits_per_s_min"],
+                "single_flight": upstream == _TARGETS["single_flight_upstream"],
+            }
+        },
+    }
+
+
+async def _direct_ttft(http: httpx.AsyncClient, prompt: str) -> float:
+    body = {"model": MODEL, "prompt": prompt, "options": _OPTIONS}
+    t0 = time.perf_counter()
+    first = 0.0
+    async with http.stream("POST", "/api/generate", json=body) as resp:
+        async for _ in resp.aiter_raw():
+            first = first or time.perf_counter() - t0
+    return first * 1000
+
+
+async def _hit_ttft(client: Client) -> float:
+    t0 = time.perf_counter()
+    async with await client.generate(
+        MODEL, "the cached question", stream=True, options=_OPTIONS
+    ) as stream:
+        first = 0.0
+        async for _ in stream:
+            first = first or time.perf_counter() - t0
+    assert stream.done is not None and stream.done.cached
+    return first * 1000
+
+
+async def _hits_per_s(client: Client, n: int) -> float:
+    todo = iter(range(n))
+
+    async def worker() -> None:
+        for _ in todo:
+            result = await client.generate(MODEL, "the cached question", options=_OPTIONS)
+            assert result.cached
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(_CONCURRENCY)))
+    return n / (time.perf_counter() - t0)
+
+
+async def _single_flight(client: Client, http: httpx.AsyncClient) -> int:
+    """Upstream generate calls made by 50 identical concurrent requests."""
+
+    async def generated() -> int:
+        stats = (await http.get("/_sim/stats")).json()
+        return int(stats["requests"].get("/api/generate", 0))
+
+    before = await generated()
+    options = {"temperature": 0, "num_predict": 64}
+    answers = await asyncio.gather(
+        *(
+            client.generate(MODEL, "one question for fifty", options=options)
+            for _ in range(_SINGLE_FLIGHT)
+        )
+    )
+    assert len({a.response for a in answers}) == 1
+    return await generated() - before
