@@ -223,7 +223,12 @@ class Router(Actor):
         if key is not None:
             if (answer := await self.cache.get(key)) is not None:
                 return await self._from_cache(kind, request_id, answer, stream, now)
-            if (leader := await self.cache.lead(key, request_id)) is not None:
+            leader = await self.cache.lead(key, request_id)
+            if leader is None and (answer := await self.cache.get(key)) is not None:
+                # Stored between the first look and the claim: nothing to generate.
+                await self.cache.step_down(key)
+                return await self._from_cache(kind, request_id, answer, stream, now)
+            if leader is not None:
                 relay = self._relay(kind, request_id, leader, key, stream, now)
                 if not stream:
                     return await relay
