@@ -21,7 +21,16 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from bus.subjects import model_token
-from schemas import Answer, CacheMode, Kind, Options, Priority, Request, decode_answer, encode
+from schemas import (
+    Answer,
+    CacheMode,
+    Kind,
+    Options,
+    Request,
+    decode_answer,
+    encode,
+    without_routing,
+)
 
 __all__ = ["AnswerCache", "cache_key", "flight_key"]
 
@@ -50,20 +59,7 @@ def cache_key(kind: Kind, model: str, request: Request) -> str | None:
     options = request.options
     if options is not None:
         options = msgspec.structs.replace(options, **dict.fromkeys(_SPEED_ONLY))
-    canonical = msgspec.structs.replace(
-        request,
-        model=model,
-        request_id=None,
-        role=None,
-        task=None,
-        deadline_ms=None,
-        fallback=True,
-        priority=Priority.INTERACTIVE,
-        cache=CacheMode.AUTO,
-        keep_alive=None,
-        stream=True,
-        options=options,
-    )
+    canonical = without_routing(request, model=model, keep_alive=None, stream=True, options=options)
     digest = hashlib.sha256(encode(canonical)).hexdigest()
     return f"{model_token(model)}.{digest}"
 

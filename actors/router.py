@@ -22,6 +22,7 @@ from actors.cache import AnswerCache, cache_key
 from actors.limits import RateLimiter
 from actors.queues import QueueWatch, retry_after_ms
 from actors.selection import ModelStats, Selector, task_role
+from actors.templating import apply_template
 from bus.actor import Actor
 from bus.board import Board
 from bus.config import Config
@@ -205,6 +206,11 @@ class Router(Actor):
         request: msgspec.Struct,
         msg: Msg,
     ) -> bytes | None:
+        template = getattr(request, "prompt_template", None)
+        body = msg.data
+        if template:
+            request = await apply_template(self.nc, self.subjects, request)  # type: ignore[arg-type]
+            body = encode(request)
         validate(request, self.config.router)  # type: ignore[arg-type]
         model = resolve_model(request, self.config.roles)  # type: ignore[arg-type]
         if model is None:
@@ -244,7 +250,7 @@ class Router(Actor):
             request_id=request_id,
             kind=kind,
             model=model,
-            body=msgspec.Raw(msg.data),
+            body=msgspec.Raw(body),
             stream=stream,
             reply=None if stream else msg.reply,
             priority=request.priority,  # type: ignore[attr-defined]
@@ -253,6 +259,7 @@ class Router(Actor):
             fallback_from=None if model == asked else asked,
             fallbacks=[m for m in chain if self.registry.serves(m)],
             cache_key=key,
+            template=template,
         )
         try:
             duplicate = await enqueue(

@@ -106,6 +106,10 @@ class Subjects:
     def boards(self) -> str:
         return f"{self._base}.board.*"
 
+    def prompts(self, verb: str) -> str:
+        """Request/reply to the prompt store: put, get, list, delete, render."""
+        return f"{self._base}.prompts.{verb}"
+
     @property
     def stats(self) -> str:
         """Request/reply: request figures per model and host over recent windows."""

@@ -32,6 +32,7 @@ from schemas.replies import (
     StreamMessage,
 )
 from schemas.requests import (
+    ROUTING_FIELDS,
     CacheMode,
     ChatRequest,
     EmbedRequest,
@@ -43,11 +44,13 @@ from schemas.requests import (
     Request,
     ToolCall,
     ToolCallFunction,
+    without_routing,
 )
 from schemas.work import Answer, CacheStore, HostInfo, HostLoad, ModelLoad, RequestEvent, Work
 
 __all__ = [
     "REQUEST_TYPES",
+    "ROUTING_FIELDS",
     "Accepted",
     "Answer",
     "CacheMode",
@@ -94,4 +97,5 @@ __all__ = [
     "encode",
     "http_status",
     "is_retryable",
+    "without_routing",
 ]

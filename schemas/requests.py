@@ -9,6 +9,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 __all__ = [
+    "ROUTING_FIELDS",
     "CacheMode",
     "ChatRequest",
     "EmbedRequest",
@@ -20,6 +21,7 @@ __all__ = [
     "Request",
     "ToolCall",
     "ToolCallFunction",
+    "without_routing",
 ]
 
 
@@ -136,7 +138,19 @@ class _Routed(Struct, kw_only=True, omit_defaults=True, tag_field="type"):
     stream: bool = True
 
 
-class GenerateRequest(_Routed, tag="generate"):
+TemplateValue = str | int | float | bool
+
+
+class _Templated(_Routed):
+    """A stored prompt template instead of (generate) or after (chat) the text itself."""
+
+    # The template's name (`<prefix>.v1.prompts.*`); its `{{variables}}` come from below.
+    prompt_template: str | None = None
+    template_version: Annotated[int, Meta(gt=0)] | None = None
+    variables: dict[str, TemplateValue] | None = None
+
+
+class GenerateRequest(_Templated, tag="generate"):
     """`/api/generate`: complete a prompt."""
 
     prompt: str = ""
@@ -149,7 +163,7 @@ class GenerateRequest(_Routed, tag="generate"):
     think: bool | str | None = None
 
 
-class ChatRequest(_Routed, tag="chat"):
+class ChatRequest(_Templated, tag="chat"):
     """`/api/chat`: continue a conversation."""
 
     messages: list[Message] = msgspec.field(default_factory=list)
@@ -168,3 +182,22 @@ class EmbedRequest(_Routed, tag="embed"):
 
 
 Request = GenerateRequest | ChatRequest | EmbedRequest
+
+
+# ollamesh's own request fields: Ollama never sees them, and they do not shape an answer.
+ROUTING_FIELDS = frozenset(
+    {
+        "request_id", "role", "task", "deadline_ms", "fallback", "priority", "cache",
+        "prompt_template", "template_version", "variables",
+    }
+)  # fmt: skip
+
+
+def without_routing(request: Request, **changes: Any) -> Request:
+    """`request` with ollamesh's own fields back at their defaults, and `changes` applied."""
+    reset = {
+        f.name: f.default if f.default is not msgspec.NODEFAULT else f.default_factory()
+        for f in msgspec.structs.fields(request)
+        if f.name in ROUTING_FIELDS
+    }
+    return msgspec.structs.replace(request, **(reset | changes))

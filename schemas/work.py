@@ -32,6 +32,8 @@ class Work(Struct, kw_only=True, tag_field="type", tag="work"):
     fallbacks: list[str] = []
     # Set when the answer may be cached: the executor hands it to the cache under this key.
     cache_key: str | None = None
+    # The prompt template the request was rendered from, for its usage figures.
+    template: str | None = None
 
 
 class RequestEvent(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="request"):
@@ -50,6 +52,7 @@ class RequestEvent(Struct, kw_only=True, omit_defaults=True, tag_field="type", t
     cached: bool = False
     # The model asked for, when a fallback served the request.
     fallback_from: str | None = None
+    template: str | None = None
     at: float = 0.0
 
 

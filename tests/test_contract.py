@@ -28,14 +28,14 @@ def test_schemas_exports_are_the_contract() -> None:
     """Changing what `schemas` exports is a visible decision."""
     assert sorted(schemas.__all__) == sorted(
         [
-            "REQUEST_TYPES", "Accepted", "Answer", "CacheMode", "CacheStore", "ChatRequest",
+            "REQUEST_TYPES", "ROUTING_FIELDS", "Accepted", "Answer", "CacheMode", "CacheStore", "ChatRequest",
             "ChatResult", "Chunk", "Done", "EmbedRequest", "EmbedResult", "Error", "ErrorCode",
             "FleetStats", "GenerateRequest", "GenerateResult", "HostInfo", "HostLoad", "Kind",
             "Message", "ModelLoad", "Options", "Priority", "QueueDepth", "QueueStats", "Reply",
             "Request", "RequestEvent", "Result", "Stats", "StatsRow", "StreamMessage", "ToolCall",
             "ToolCallFunction", "Work", "decode_answer", "decode_cache_store", "decode_event",
             "decode_host", "decode_load", "decode_reply", "decode_request", "decode_stream",
-            "decode_work", "encode", "http_status", "is_retryable",
+            "decode_work", "encode", "http_status", "is_retryable", "without_routing",
         ]
     )  # fmt: skip
 

@@ -38,17 +38,16 @@ from bus.registry import HostRegistry
 from bus.subjects import Subjects, model_token
 from schemas import (
     Answer,
-    CacheMode,
     CacheStore,
     HostInfo,
     HostLoad,
     Kind,
-    Priority,
     RequestEvent,
     Work,
     decode_request,
     decode_work,
     encode,
+    without_routing,
 )
 
 __all__ = ["Executor"]
@@ -72,20 +71,7 @@ def _ollama_body(work: Work) -> bytes:
     so the first-token and idle deadlines hold.
     """
     request = decode_request(work.kind, work.body)
-    return encode(
-        msgspec.structs.replace(
-            request,
-            model=work.model,
-            request_id=None,
-            role=None,
-            task=None,
-            deadline_ms=None,
-            fallback=True,
-            priority=Priority.INTERACTIVE,
-            cache=CacheMode.AUTO,
-            stream=work.kind is not Kind.EMBED,
-        )
-    )
+    return encode(without_routing(request, model=work.model, stream=work.kind is not Kind.EMBED))
 
 
 class Executor(Actor):
@@ -576,6 +562,7 @@ class Executor(Actor):
             output_tokens=last.eval_count,
             attempt=attempt,
             fallback_from=work.fallback_from,
+            template=work.template,
             at=time.time(),
         )
         await self.nc.publish(self.subjects.event("request"), encode(event))

@@ -1,0 +1,73 @@
+"""Requests that name a stored prompt template: render it through the prompt store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from bus.errors import BadRequest, Unavailable, error_from_wire
+from bus.subjects import Subjects
+from schemas import ChatRequest, Error, GenerateRequest, Message, Options, Request, encode
+
+__all__ = ["apply_template"]
+
+_RENDER_TIMEOUT_S = 5.0
+
+
+class _Rendered(msgspec.Struct, tag_field="type", tag="rendered"):
+    """What the prompt store answers on `prompts.render` (the fields used here)."""
+
+    text: str
+    parameters: dict[str, Any] = {}
+
+
+_decode = msgspec.json.Decoder(_Rendered | Error).decode
+
+
+def _options(parameters: dict[str, Any], asked: Options | None) -> Options | None:
+    """The template's stored parameters, overridden by what the request sets."""
+    merged = {**parameters, **(msgspec.structs.asdict(asked) if asked else {})}
+    merged = {k: v for k, v in merged.items() if v is not None}
+    if not merged:
+        return None
+    try:
+        return msgspec.convert(merged, Options)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"the template's parameters are not valid options: {exc}") from exc
+
+
+async def apply_template(nc: NATS, subjects: Subjects, request: Request) -> Request:
+    """Render the template a generate or chat request names into its text.
+
+    Generate: the rendered text is the prompt. Chat: it is appended as a user message.
+    The template's parameters (e.g. temperature) apply unless the request sets them.
+    """
+    if not isinstance(request, GenerateRequest | ChatRequest) or not request.prompt_template:
+        return request
+    body = encode(
+        {
+            "name": request.prompt_template,
+            "version": request.template_version,
+            "variables": request.variables or {},
+        }
+    )
+    try:
+        msg = await nc.request(subjects.prompts("render"), body, timeout=_RENDER_TIMEOUT_S)
+    except nats.errors.NoRespondersError as exc:
+        raise Unavailable("no prompt store is running to render the template") from exc
+    except nats.errors.TimeoutError as exc:
+        raise Unavailable("the prompt store did not answer in time") from exc
+    try:
+        reply = _decode(msg.data)
+    except msgspec.DecodeError as exc:
+        raise Unavailable(f"the prompt store's answer is unreadable: {exc}") from exc
+    if isinstance(reply, Error):
+        raise error_from_wire(reply)
+    options = _options(reply.parameters, request.options)
+    if isinstance(request, GenerateRequest):
+        return msgspec.structs.replace(request, prompt=reply.text, options=options)
+    messages = [*request.messages, Message(role="user", content=reply.text)]
+    return msgspec.structs.replace(request, messages=messages, options=options)
