@@ -3,11 +3,14 @@ API gives. The executor and the cache both deliver through here."""
 
 from __future__ import annotations
 
+import msgspec
+
 from schemas import (
     Answer,
     ChatResult,
     Done,
     EmbedResult,
+    Figures,
     GenerateResult,
     Kind,
     Message,
@@ -16,15 +19,7 @@ from schemas import (
 __all__ = ["STAT_FIELDS", "done_of", "result_of"]
 
 # Ollama's figures for an answer, under Ollama's names.
-STAT_FIELDS = (
-    "done_reason",
-    "total_duration",
-    "load_duration",
-    "prompt_eval_count",
-    "prompt_eval_duration",
-    "eval_count",
-    "eval_duration",
-)
+STAT_FIELDS = tuple(f.name for f in msgspec.structs.fields(Figures))
 
 
 def _served(answer: Answer, request_id: str, cached: bool) -> dict[str, object]:

@@ -14,6 +14,7 @@ __all__ = [
     "Done",
     "EmbedResult",
     "Error",
+    "Figures",
     "FleetStats",
     "GenerateResult",
     "QueueDepth",
@@ -44,12 +45,9 @@ class Chunk(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="chu
     tool_calls: list[ToolCall] | None = None
 
 
-class Stats(Struct, kw_only=True, omit_defaults=True, tag_field="type"):
-    """Who served a request and Ollama's own timing figures (nanoseconds)."""
+class Figures(Struct, kw_only=True, omit_defaults=True):
+    """Ollama's own figures for an answer, under Ollama's names (durations in ns)."""
 
-    request_id: str = ""
-    model: str = ""
-    host: str = ""
     done_reason: str | None = None
     total_duration: int = 0
     load_duration: int = 0
@@ -57,6 +55,14 @@ class Stats(Struct, kw_only=True, omit_defaults=True, tag_field="type"):
     prompt_eval_duration: int = 0
     eval_count: int = 0
     eval_duration: int = 0
+
+
+class Stats(Figures, kw_only=True, omit_defaults=True, tag_field="type"):
+    """Who served a request, and Ollama's figures for it."""
+
+    request_id: str = ""
+    model: str = ""
+    host: str = ""
     # Set when the model asked for could not serve and a fallback did.
     fallback_from: str | None = None
     # The answer came from the cache (host is then the host that first produced it).

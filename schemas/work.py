@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 from msgspec import Struct
 
+from schemas.replies import Figures
 from schemas.requests import Kind, Priority, ToolCall
 
 __all__ = ["Answer", "CacheStore", "HostInfo", "HostLoad", "ModelLoad", "RequestEvent", "Work"]
@@ -94,7 +95,7 @@ class HostLoad(Struct, kw_only=True, tag_field="type", tag="load"):
     at: float = 0.0
 
 
-class Answer(Struct, kw_only=True, omit_defaults=True):
+class Answer(Figures, kw_only=True, omit_defaults=True):
     """A whole answer and Ollama's figures for it: what the cache keeps and replays."""
 
     kind: Kind
@@ -104,13 +105,6 @@ class Answer(Struct, kw_only=True, omit_defaults=True):
     thinking: str | None = None
     tool_calls: list[ToolCall] | None = None
     embeddings: list[list[float]] | None = None
-    done_reason: str | None = None
-    total_duration: int = 0
-    load_duration: int = 0
-    prompt_eval_count: int = 0
-    prompt_eval_duration: int = 0
-    eval_count: int = 0
-    eval_duration: int = 0
     fallback_from: str | None = None
 
 

@@ -30,7 +30,7 @@ def test_schemas_exports_are_the_contract() -> None:
         [
             "REQUEST_TYPES", "ROUTING_FIELDS", "Accepted", "Answer", "CacheMode", "CacheStore", "ChatRequest",
             "ChatResult", "Chunk", "Done", "EmbedRequest", "EmbedResult", "Error", "ErrorCode",
-            "FleetStats", "GenerateRequest", "GenerateResult", "HostInfo", "HostLoad", "Kind",
+            "Figures", "FleetStats", "GenerateRequest", "GenerateResult", "HostInfo", "HostLoad", "Kind",
             "Message", "ModelLoad", "Options", "Priority", "QueueDepth", "QueueStats", "Reply",
             "Request", "RequestEvent", "Result", "Stats", "StatsRow", "StreamMessage", "ToolCall",
             "ToolCallFunction", "Work", "decode_answer", "decode_cache_store", "decode_event",
