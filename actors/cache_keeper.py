@@ -23,7 +23,7 @@ from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
 from actors.cache import flight_key
-from actors.store.sink import DOWN, EventSink
+from actors.store.sink import ACQUIRE_TIMEOUT_S, DOWN, EventSink
 from bus.actor import Actor
 from bus.config import Config
 from bus.errors import BadRequest, Unavailable
@@ -124,14 +124,14 @@ class CacheKeeper(Actor):
             answer = store.answer
             rows.append((answer.model, store.key, answer.kind, value, len(value), created, expires))
         if rows:
-            async with self.pool.acquire() as conn:
+            async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
                 await conn.executemany(_UPSERT, rows)
 
     async def restore(self) -> int:
         """Put the table's unexpired answers back into the shared tier; return how many."""
         restored = 0
         try:
-            async with self.pool.acquire() as conn:
+            async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
                 records = await conn.fetch(
                     "SELECT key, answer FROM ollama_cache WHERE expires_at > now()"
                     " ORDER BY created_at DESC"
@@ -148,7 +148,7 @@ class CacheKeeper(Actor):
 
     async def purge(self) -> int:
         """Delete expired rows, then the oldest beyond the size bound; return how many."""
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             expired = await conn.execute("DELETE FROM ollama_cache WHERE expires_at <= now()")
             trimmed = await conn.execute(_TRIM, self.cfg.max_bytes)
         return int(expired.split()[-1]) + int(trimmed.split()[-1])
@@ -170,7 +170,7 @@ class CacheKeeper(Actor):
             raise BadRequest(f"invalid invalidate request: {exc}") from exc
         model = request.model
         try:
-            async with self.pool.acquire() as conn:
+            async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
                 if model is None:
                     status = await conn.execute("DELETE FROM ollama_cache")
                 else:

@@ -16,7 +16,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from actors.store.sink import DOWN, EventSink
+from actors.store.sink import ACQUIRE_TIMEOUT_S, DOWN, EventSink
 from bus.actor import Actor
 from bus.config import Config
 from bus.errors import Unavailable
@@ -114,7 +114,7 @@ class Recorder(Actor):
             except msgspec.DecodeError as exc:
                 self.log.error("event_unreadable", error=str(exc))
         if rows:
-            async with self.pool.acquire() as conn:
+            async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
                 await conn.executemany(_INSERT, rows)
             self.log.debug("events_recorded", rows=len(rows))
 
@@ -122,7 +122,7 @@ class Recorder(Actor):
         """Figures per model and per host for each window, from the table."""
         windows: dict[str, list[StatsRow]] = {}
         try:
-            async with self.pool.acquire() as conn:
+            async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
                 for name, span in WINDOWS.items():
                     records = await conn.fetch(_STATS, span)
                     windows[name] = [

@@ -23,12 +23,15 @@ from nats.js.errors import BadRequestError
 from bus.config import RecorderConfig
 from bus.subjects import Subjects
 
-__all__ = ["DOWN", "EventSink"]
+__all__ = ["ACQUIRE_TIMEOUT_S", "DOWN", "EventSink"]
 
 # Failures that keep a batch waiting for the next try: Postgres unreachable, restarting,
 # or missing the schema. Rows come from validated events, so a server error is an outage
 # to wait out (and log), never a reason to drop them.
 DOWN = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError, nats.errors.Error)
+
+# The longest a write waits for a free connection before it counts as an outage.
+ACQUIRE_TIMEOUT_S = 10.0
 
 # Writes a batch; raises one of DOWN to have it retried.
 Write = Callable[[list[Msg]], Awaitable[None]]
