@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 import uuid
@@ -13,15 +12,14 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
 from nats.js.kv import KeyValue
 
 from actors.admission import canonical_model, resolve_model, validate
-from actors.answers import STAT_FIELDS, done_of, result_of
 from actors.cache import AnswerCache, cache_key
 from actors.limits import RateLimiter
 from actors.queues import QueueWatch, retry_after_ms
 from actors.selection import ModelStats, Selector, task_role
+from actors.sharing import SharedAnswers, Ticket
 from actors.templating import apply_template
 from bus.actor import Actor
 from bus.board import Board
@@ -32,28 +30,20 @@ from bus.errors import (
     NoHealthyHost,
     OllameshError,
     PayloadTooLarge,
-    Timeout,
-    error_from_wire,
 )
 from bus.queue import QueueFull, enqueue
 from bus.registry import HostRegistry
 from bus.subjects import Subjects
 from schemas import (
     Accepted,
-    Answer,
     ChatRequest,
-    Chunk,
-    Done,
-    Error,
     GenerateRequest,
     Kind,
     QueueStats,
     Request,
-    RequestEvent,
     Work,
     decode_event,
     decode_request,
-    decode_stream,
     encode,
 )
 
@@ -112,6 +102,13 @@ class Router(Actor):
         await self.serve(self.subjects.event("request"), self._finished)
         await self.serve(self.subjects.queue_stats, self._queue_stats, queue=_QUEUE)
         await self.serve(self.subjects.cache_invalidated, self._forget)
+        self.shared = SharedAnswers(
+            self.nc,
+            self.subjects,
+            self.cache,
+            limit_s=self.config.executor.total_timeout_s,
+            spawn=self.spawn,
+        )
         self._poll = asyncio.get_running_loop().create_task(self.queues.poll())
 
     async def before_drain(self) -> None:
@@ -227,23 +224,9 @@ class Router(Actor):
         now = time.time()
         key = cache_key(kind, model, request)  # type: ignore[arg-type]
         if key is not None:
-            if (answer := await self.cache.get(key)) is not None:
-                return await self._from_cache(kind, request_id, answer, stream, now)
-            leader = await self.cache.lead(key, request_id)
-            if leader is None and (answer := await self.cache.get(key)) is not None:
-                # Stored between the first look and the claim: nothing to generate.
-                await self.cache.step_down(key)
-                return await self._from_cache(kind, request_id, answer, stream, now)
-            if leader is not None:
-                relay = self._relay(kind, request_id, leader, key, stream, now)
-                if not stream:
-                    return await relay
-                self.spawn(relay)
-                return encode(
-                    Accepted(
-                        request_id=request_id, model=model, stream=self.subjects.stream(request_id)
-                    )
-                )
+            ticket = Ticket(kind, request_id, model, stream, now, template)
+            if (reply := await self.shared.answer(key, ticket)) is not None:
+                return reply
         deadline_ms: int | None = request.deadline_ms  # type: ignore[attr-defined]
         charged = await self._within_limits(request, model)  # type: ignore[arg-type]
         work = Work(
@@ -290,108 +273,6 @@ class Router(Actor):
                 )
             )
         return None
-
-    async def _from_cache(
-        self, kind: Kind, request_id: str, answer: Answer, stream: bool, started: float
-    ) -> bytes:
-        """Serve a cached answer the way a host's would arrive: chunks then `done`."""
-        if stream:
-            subject = self.subjects.stream(request_id)
-            seq = 0
-            if answer.text or answer.thinking or answer.tool_calls:
-                seq = 1
-                chunk = Chunk(
-                    request_id=request_id,
-                    seq=seq,
-                    text=answer.text,
-                    thinking=answer.thinking,
-                    tool_calls=answer.tool_calls,
-                )
-                await self.nc.publish(subject, encode(chunk))
-            done = done_of(answer, request_id, cached=True)
-            done.seq = seq + 1
-            await self.nc.publish(subject, encode(done))
-            reply = encode(Accepted(request_id=request_id, model=answer.model, stream=subject))
-        else:
-            reply = encode(result_of(answer, request_id, cached=True))
-        await self._emit_cached(kind, request_id, answer, started)
-        return reply
-
-    async def _emit_cached(
-        self, kind: Kind, request_id: str, answer: Answer, started: float
-    ) -> None:
-        """The request event of an answer no host had to generate for this request."""
-        latency_ms = round((time.time() - started) * 1000, 3)
-        event = RequestEvent(
-            request_id=request_id,
-            kind=kind,
-            model=answer.model,
-            host=answer.host,
-            latency_ms=latency_ms,
-            ttft_ms=latency_ms,
-            prompt_tokens=answer.prompt_eval_count,
-            output_tokens=answer.eval_count,
-            cached=True,
-            fallback_from=answer.fallback_from,
-            at=time.time(),
-        )
-        await self.nc.publish(self.subjects.event("request"), encode(event))
-        self.log.debug("request_cached", model=answer.model, kind=kind)
-
-    async def _relay(
-        self, kind: Kind, request_id: str, leader: str, key: str, stream: bool, started: float
-    ) -> bytes:
-        """Share the answer request `leader` is generating (single-flight): replay its
-        stream under this request's id, as a stream or into one result."""
-        own = self.subjects.stream(request_id)
-        sub = await self.js.subscribe(
-            self.subjects.stream(leader),
-            stream=self.subjects.chunk_stream,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
-        )
-        parts: list[Chunk] = []
-        last: Done | Error
-        limit = self.config.executor.total_timeout_s
-        try:
-            async with asyncio.timeout(limit):
-                while True:
-                    message = decode_stream((await sub.next_msg(timeout=limit)).data)
-                    message.request_id = request_id
-                    if isinstance(message, Done):
-                        message.cached = True  # no host generated it for this request
-                    if stream:
-                        await self.nc.publish(own, encode(message))
-                    if not isinstance(message, Chunk):
-                        last = message
-                        break
-                    parts.append(message)
-        except TimeoutError:
-            last = Timeout("the request this one follows did not finish in time").to_wire(
-                request_id
-            )
-            if stream:
-                await self.nc.publish(own, encode(last))
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        if isinstance(last, Error):
-            await self.cache.step_down(key)  # the next identical request generates anew
-            if not stream:
-                raise error_from_wire(last)
-            return b""
-        answer = Answer(
-            kind=kind,
-            model=last.model,
-            host=last.host,
-            text="".join(c.text for c in parts),
-            thinking="".join(c.thinking or "" for c in parts) or None,
-            tool_calls=[t for c in parts for t in c.tool_calls or []] or None,
-            **{name: getattr(last, name) for name in STAT_FIELDS},
-            fallback_from=last.fallback_from,
-        )
-        await self._emit_cached(kind, request_id, answer, started)
-        return encode(result_of(answer, request_id, cached=True))
 
     async def _forget(self, msg: Msg) -> None:
         """Another process invalidated cached answers: drop them from memory too."""

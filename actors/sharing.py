@@ -1,0 +1,182 @@
+"""Answers a request gets without a host generating them for it: cache hits, and the
+generation of an identical request already running (single-flight).
+
+Either way the client sees what a host's answer looks like (chunks then `done`, or one
+result), marked `cached: true`, and a request event with `cached: true` is emitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.js.api import DeliverPolicy
+
+from actors.answers import STAT_FIELDS, done_of, result_of
+from actors.cache import AnswerCache
+from bus.errors import Timeout, error_from_wire
+from bus.subjects import Subjects
+from schemas import (
+    Accepted,
+    Answer,
+    Chunk,
+    Done,
+    Error,
+    Kind,
+    RequestEvent,
+    decode_stream,
+    encode,
+)
+
+__all__ = ["SharedAnswers", "Ticket"]
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """One admitted request, as far as delivering it is concerned."""
+
+    kind: Kind
+    request_id: str
+    model: str
+    stream: bool
+    started: float
+    template: str | None = None
+
+
+class SharedAnswers:
+    """Serves a router's requests from the cache or from an identical one in flight."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        cache: AnswerCache,
+        *,
+        limit_s: float,
+        spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
+    ) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._subjects = subjects
+        self._cache = cache
+        self._limit_s = limit_s
+        self._spawn = spawn
+
+    async def answer(self, key: str, ticket: Ticket) -> bytes | None:
+        """The reply for a cacheable request answered without generating it, or None
+        when this request must generate (it then leads any identical ones that follow)."""
+        if (answer := await self._cache.get(key)) is not None:
+            return await self._from_cache(ticket, answer)
+        leader = await self._cache.lead(key, ticket.request_id)
+        if leader is None:
+            if (answer := await self._cache.get(key)) is None:
+                return None
+            # Stored between the first look and the claim: nothing to generate.
+            await self._cache.step_down(key)
+            return await self._from_cache(ticket, answer)
+        relay = self._relay(ticket, leader, key)
+        if not ticket.stream:
+            return await relay
+        self._spawn(relay)
+        subject = self._subjects.stream(ticket.request_id)
+        return encode(Accepted(request_id=ticket.request_id, model=ticket.model, stream=subject))
+
+    async def _from_cache(self, ticket: Ticket, answer: Answer) -> bytes:
+        """Serve a cached answer the way a host's would arrive: chunks then `done`."""
+        rid = ticket.request_id
+        if ticket.stream:
+            subject = self._subjects.stream(rid)
+            seq = 0
+            if answer.text or answer.thinking or answer.tool_calls:
+                seq = 1
+                chunk = Chunk(
+                    request_id=rid,
+                    seq=seq,
+                    text=answer.text,
+                    thinking=answer.thinking,
+                    tool_calls=answer.tool_calls,
+                )
+                await self._nc.publish(subject, encode(chunk))
+            done = done_of(answer, rid, cached=True)
+            done.seq = seq + 1
+            await self._nc.publish(subject, encode(done))
+            reply = encode(Accepted(request_id=rid, model=answer.model, stream=subject))
+        else:
+            reply = encode(result_of(answer, rid, cached=True))
+        await self._event(ticket, answer)
+        return reply
+
+    async def _relay(self, ticket: Ticket, leader: str, key: str) -> bytes:
+        """Replay the stream of request `leader` under this request's id, live, as a
+        stream or into one result."""
+        rid = ticket.request_id
+        own = self._subjects.stream(rid)
+        sub = await self._js.subscribe(
+            self._subjects.stream(leader),
+            stream=self._subjects.chunk_stream,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+        parts: list[Chunk] = []
+        last: Done | Error
+        try:
+            async with asyncio.timeout(self._limit_s):
+                while True:
+                    message = decode_stream((await sub.next_msg(timeout=self._limit_s)).data)
+                    message.request_id = rid
+                    if isinstance(message, Done):
+                        message.cached = True  # no host generated it for this request
+                    if ticket.stream:
+                        await self._nc.publish(own, encode(message))
+                    if not isinstance(message, Chunk):
+                        last = message
+                        break
+                    parts.append(message)
+        except TimeoutError:
+            last = Timeout("the identical request this one follows did not finish").to_wire(rid)
+            if ticket.stream:
+                await self._nc.publish(own, encode(last))
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if isinstance(last, Error):
+            await self._cache.step_down(key)  # the next identical request generates anew
+            if not ticket.stream:
+                raise error_from_wire(last)
+            return b""
+        answer = Answer(
+            kind=ticket.kind,
+            model=last.model,
+            host=last.host,
+            text="".join(c.text for c in parts),
+            thinking="".join(c.thinking or "" for c in parts) or None,
+            tool_calls=[t for c in parts for t in c.tool_calls or []] or None,
+            fallback_from=last.fallback_from,
+            **{name: getattr(last, name) for name in STAT_FIELDS},
+        )
+        await self._event(ticket, answer)
+        return encode(result_of(answer, rid, cached=True))
+
+    async def _event(self, ticket: Ticket, answer: Answer) -> None:
+        """The request event of an answer no host had to generate for this request."""
+        latency_ms = round((time.time() - ticket.started) * 1000, 3)
+        event = RequestEvent(
+            request_id=ticket.request_id,
+            kind=ticket.kind,
+            model=answer.model,
+            host=answer.host,
+            latency_ms=latency_ms,
+            ttft_ms=latency_ms,
+            prompt_tokens=answer.prompt_eval_count,
+            output_tokens=answer.eval_count,
+            cached=True,
+            fallback_from=answer.fallback_from,
+            template=ticket.template,
+            at=time.time(),
+        )
+        await self._nc.publish(self._subjects.event("request"), encode(event))
