@@ -154,14 +154,14 @@ class AnswerCache:
         while len(self._memory) > self._max:
             self._memory.popitem(last=False)
 
+    def held(self, model: str | None) -> list[str]:
+        """The keys memory holds of `model` (None: every model)."""
+        prefix = f"{model_token(model)}." if model is not None else ""
+        return [k for k in self._memory if k.startswith(prefix)]
+
     def forget(self, model: str | None) -> int:
         """Drop what memory holds of `model` (None: everything); return how many."""
-        if model is None:
-            count = len(self._memory)
-            self._memory.clear()
-            return count
-        prefix = f"{model_token(model)}."
-        keys = [k for k in self._memory if k.startswith(prefix)]
+        keys = self.held(model)
         for k in keys:
             del self._memory[k]
         return len(keys)

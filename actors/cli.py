@@ -1,4 +1,4 @@
-"""The `ollamesh` command: up, demo, sim, bench, generate, chat, queues, stats, cache."""
+"""The `ollamesh` command: up, demo, sim, bench, generate, chat, queues, stats, cache, prompts."""
 
 from __future__ import annotations
 
@@ -98,6 +98,13 @@ def _invalidate(args: argparse.Namespace) -> int:
     return run_async(lambda: invalidate(args))
 
 
+def _prompts(args: argparse.Namespace) -> int:
+    from actors.terminal import prompts
+
+    configure_logging("warning")
+    return run_async(lambda: prompts(args))
+
+
 def _queues(args: argparse.Namespace) -> int:
     from actors.terminal import queues
 
@@ -123,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the actors (router + one executor per Ollama host)")
     up.add_argument("--config", help="TOML config file (default: $OLLAMESH_CONFIG)")
     up.add_argument(
-        "--actors", default="router,executor,recorder,cache", help="comma-separated actors to run"
+        "--actors",
+        default="router,executor,recorder,cache,prompts",
+        help="comma-separated actors to run",
     )
     up.add_argument("--log-format", choices=["auto", "json", "console"])
     up.set_defaults(func=_up)
@@ -158,6 +167,24 @@ def build_parser() -> argparse.ArgumentParser:
     _bus_args(inv)
     inv.add_argument("-m", "--model", help="only this model's answers (default: all)")
     inv.set_defaults(func=_invalidate)
+
+    prompts = sub.add_parser("prompts", help="stored prompt templates: put, get, list, ...")
+    verbs = prompts.add_subparsers(dest="prompts_command", required=True)
+    put = verbs.add_parser("put", help="store a new version of a template")
+    put.add_argument("name")
+    put.add_argument("file", help="the template text, or - for stdin")
+    put.add_argument("--param", action="append", help="a stored option, e.g. temperature=0.3")
+    put.add_argument("--description", default="")
+    for verb in ("get", "delete", "render"):
+        v = verbs.add_parser(verb, help=f"{verb} a template (the latest version by default)")
+        v.add_argument("name")
+        v.add_argument("--version", type=int)
+        if verb == "render":
+            v.add_argument("--var", action="append", help="a variable, e.g. phase=3")
+    verbs.add_parser("list", help="every template's latest version and usage")
+    for v in verbs.choices.values():
+        _bus_args(v)
+    prompts.set_defaults(func=_prompts)
 
     register_sim(sub)
     register_bench(sub)

@@ -31,8 +31,8 @@ WINDOWS = {"1m": dt.timedelta(minutes=1), "1h": dt.timedelta(hours=1), "1d": dt.
 _INSERT = """
 INSERT INTO ollama_performance (
     request_id, at, kind, model, host, outcome, error_code, latency_ms, ttft_ms,
-    prompt_tokens, output_tokens, attempt, cached, fallback_from
-) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+    prompt_tokens, output_tokens, attempt, cached, fallback_from, template
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 ON CONFLICT (request_id, at) DO NOTHING
 """
 
@@ -70,6 +70,7 @@ def _row(event: RequestEvent) -> tuple[object, ...]:
         event.attempt,
         event.cached,
         event.fallback_from,
+        event.template,
     )
 
 

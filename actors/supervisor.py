@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 
 from actors.cache_keeper import CacheKeeper
 from actors.executor import Executor
+from actors.prompt_store import PromptStore
 from actors.recorder import Recorder
 from actors.router import Router
 from actors.store import EmbeddedPostgres, open_pool
@@ -31,9 +32,9 @@ __all__ = ["ACTORS", "Stack", "default_data_dir", "run_until_signalled"]
 
 log = structlog.get_logger("actors.supervisor")
 
-ACTORS = ("router", "executor", "recorder", "cache")
+ACTORS = ("router", "executor", "recorder", "cache", "prompts")
 # Actors that keep state in Postgres.
-_DATABASE_ACTORS = {"recorder", "cache"}
+_DATABASE_ACTORS = {"recorder", "cache", "prompts"}
 # A pool whose connections are not released by then is closed by force.
 _POOL_CLOSE_S = 10.0
 # Executors announce their models before `start` returns, within this bound.
@@ -74,6 +75,7 @@ class Stack:
         self.pool: asyncpg.Pool | None = None
         self.recorder: Recorder | None = None
         self.cache: CacheKeeper | None = None
+        self.prompts: PromptStore | None = None
         self.nc: NATS | None = None
         self.registry: HostRegistry | None = None
         self.board: Board | None = None
@@ -84,7 +86,7 @@ class Stack:
     @property
     def actors(self) -> list[Actor]:
         """Every running actor, router first."""
-        others = [a for a in (self.recorder, self.cache) if a is not None]
+        others = [a for a in (self.recorder, self.cache, self.prompts) if a is not None]
         return ([self.router] if self.router else []) + list(self.executors) + others
 
     async def start(self) -> None:
@@ -132,6 +134,10 @@ class Stack:
             assert self.pool is not None
             self.cache = CacheKeeper(self.nc, self.subjects, self.config, self.pool, buckets.cache)
             await self.cache.start()
+        if "prompts" in self._wanted:
+            assert self.pool is not None
+            self.prompts = PromptStore(self.nc, self.subjects, self.config, self.pool)
+            await self.prompts.start()
         await self.wait_for_executors()
         log.info(
             "stack_started",
@@ -164,7 +170,7 @@ class Stack:
         if self.router:
             await self.router.stop(grace)
         await asyncio.gather(*(e.stop(grace) for e in self.executors))
-        for store in (self.recorder, self.cache):
+        for store in (self.recorder, self.cache, self.prompts):
             if store:
                 await store.stop(grace)
         if self.pool:

@@ -12,7 +12,7 @@ from bus.errors import BadRequest, Unavailable, error_from_wire
 from bus.subjects import Subjects
 from schemas import ChatRequest, Error, GenerateRequest, Message, Options, Request, encode
 
-__all__ = ["apply_template"]
+__all__ = ["apply_template", "template_options"]
 
 _RENDER_TIMEOUT_S = 5.0
 
@@ -27,10 +27,10 @@ class _Rendered(msgspec.Struct, tag_field="type", tag="rendered"):
 _decode = msgspec.json.Decoder(_Rendered | Error).decode
 
 
-def _options(parameters: dict[str, Any], asked: Options | None) -> Options | None:
+def template_options(parameters: dict[str, Any], asked: Options | None) -> Options | None:
     """The template's stored parameters, overridden by what the request sets."""
-    merged = {**parameters, **(msgspec.structs.asdict(asked) if asked else {})}
-    merged = {k: v for k, v in merged.items() if v is not None}
+    given = msgspec.structs.asdict(asked) if asked else {}
+    merged = {**parameters, **{k: v for k, v in given.items() if v is not None}}
     if not merged:
         return None
     try:
@@ -66,7 +66,7 @@ async def apply_template(nc: NATS, subjects: Subjects, request: Request) -> Requ
         raise Unavailable(f"the prompt store's answer is unreadable: {exc}") from exc
     if isinstance(reply, Error):
         raise error_from_wire(reply)
-    options = _options(reply.parameters, request.options)
+    options = template_options(reply.parameters, request.options)
     if isinstance(request, GenerateRequest):
         return msgspec.structs.replace(request, prompt=reply.text, options=options)
     messages = [*request.messages, Message(role="user", content=reply.text)]

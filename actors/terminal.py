@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from bus.client import ChunkStream, Client
+from bus.errors import BadRequest
 from schemas import Done, Message
 
 __all__ = ["chat", "generate", "queues"]
@@ -142,4 +146,55 @@ async def invalidate(args: argparse.Namespace) -> int:
     async with Client(args.nats, prefix=args.prefix, timeout=args.timeout) as client:
         removed = await client.invalidate_cache(args.model)
     print(f"removed {removed} cached answers" + (f" of {args.model}" if args.model else ""))
+    return 0
+
+
+def _pairs(items: list[str] | None) -> dict[str, Any]:
+    """`k=v` arguments; a value that reads as JSON (a number, true) is taken as such."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BadRequest(f"expected name=value, got {item!r}")
+        try:
+            out[key] = msgspec.json.decode(value)
+        except msgspec.DecodeError:
+            out[key] = value
+    return out
+
+
+def _read(file: str) -> str:
+    return sys.stdin.read() if file == "-" else Path(file).read_text()
+
+
+async def prompts(args: argparse.Namespace) -> int:
+    """`ollamesh prompts put|get|list|delete|render`."""
+    async with Client(args.nats, prefix=args.prefix, timeout=args.timeout) as client:
+        match args.prompts_command:
+            case "put":
+                text = await asyncio.to_thread(_read, args.file)
+                prompt = await client.put_prompt(
+                    args.name, text, parameters=_pairs(args.param), description=args.description
+                )
+                names = ", ".join(prompt.variables) or "none"
+                print(f"{prompt.name} version {prompt.version}: variables {names}")
+            case "get":
+                prompt = await client.get_prompt(args.name, args.version)
+                print(f"# {prompt.name} version {prompt.version} {prompt.parameters}")
+                print(prompt.template)
+            case "list":
+                rows = [
+                    (p.name, str(p.version), str(p.usage.uses), _fig(p.usage.success_rate, ".1%"),
+                     _fig(p.usage.avg_latency_ms), ", ".join(p.variables))
+                    for p in await client.list_prompts()
+                ]  # fmt: skip
+                _table(("name", "version", "uses", "ok", "avg ms", "variables"), rows)
+            case "delete":
+                removed = await client.delete_prompt(args.name, args.version)
+                print(f"deleted {removed} version(s) of {args.name}")
+            case _:
+                rendered = await client.render_prompt(args.name, _pairs(args.var), args.version)
+                print(rendered.text)
+                if rendered.unused:
+                    print(f"unused variables: {', '.join(rendered.unused)}", file=sys.stderr)
     return 0

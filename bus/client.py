@@ -45,6 +45,16 @@ from schemas import (
     decode_stream,
     encode,
 )
+from schemas.templates import (
+    Prompt,
+    PromptDeleted,
+    PromptList,
+    PromptPut,
+    PromptRef,
+    PromptRender,
+    Prompts,
+    Rendered,
+)
 
 __all__ = ["ChunkStream", "Client"]
 
@@ -58,6 +68,10 @@ class _Invalidated(msgspec.Struct, tag_field="type", tag="invalidated"):
 
 
 _decode_invalidated = msgspec.json.Decoder(_Invalidated | Error).decode
+_decode_prompt = msgspec.json.Decoder(Prompt | Error).decode
+_decode_prompts = msgspec.json.Decoder(Prompts | Error).decode
+_decode_deleted = msgspec.json.Decoder(PromptDeleted | Error).decode
+_decode_rendered = msgspec.json.Decoder(Rendered | Error).decode
 
 OptionsLike = Options | Mapping[str, Any] | None
 MessageLike = Message | Mapping[str, Any]
@@ -381,6 +395,52 @@ class Client:
             self.subjects.cache_invalidate, body, _decode_invalidated, min(self.timeout, 30.0)
         )
         return reply.removed
+
+    # -- prompt templates -------------------------------------------------------------
+
+    async def put_prompt(
+        self,
+        name: str,
+        template: str,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        description: str = "",
+    ) -> Prompt:
+        """Store a new version of template `name`; return it (with its version)."""
+        body = PromptPut(
+            name=name, template=template, parameters=dict(parameters or {}), description=description
+        )
+        return await self._prompts("put", body, _decode_prompt)
+
+    async def get_prompt(self, name: str, version: int | None = None) -> Prompt:
+        """The latest (or the given) version of template `name`, with its usage."""
+        return await self._prompts("get", PromptRef(name=name, version=version), _decode_prompt)
+
+    async def list_prompts(self) -> list[Prompt]:
+        """Every template's latest version."""
+        reply: Prompts = await self._prompts("list", PromptList(), _decode_prompts)
+        return reply.prompts
+
+    async def delete_prompt(self, name: str, version: int | None = None) -> int:
+        """Delete one version of `name`, or (no version) all of them; return how many."""
+        reply: PromptDeleted = await self._prompts(
+            "delete", PromptRef(name=name, version=version), _decode_deleted
+        )
+        return reply.versions
+
+    async def render_prompt(
+        self, name: str, variables: Mapping[str, Any], version: int | None = None
+    ) -> Rendered:
+        """Template `name` with its `{{variables}}` filled (unused ones listed)."""
+        body = PromptRender(name=name, version=version, variables=dict(variables))
+        return await self._prompts("render", body, _decode_rendered)
+
+    async def _prompts(
+        self, verb: str, body: msgspec.Struct, decode: Callable[[bytes], T | Error]
+    ) -> T:
+        return await self._call(
+            self.subjects.prompts(verb), encode(body), decode, min(self.timeout, 30.0)
+        )
 
     async def queues(self) -> QueueStats:
         """Waiting and running work per model, as the server counts it now."""

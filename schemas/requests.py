@@ -19,6 +19,7 @@ __all__ = [
     "Options",
     "Priority",
     "Request",
+    "TemplateValue",
     "ToolCall",
     "ToolCallFunction",
     "without_routing",

@@ -123,12 +123,19 @@ async def test_invalidating_a_model_drops_its_answers_everywhere(
 ) -> None:
     """After invalidation the same request goes to the host again; other models keep theirs."""
     sim = await sim_factory(models=MODELS)
-    await stack_factory([sim.url], actors=CACHED, database={"url": database_url})
+    stack = await stack_factory([sim.url], actors=CACHED, database={"url": database_url})
     for model in MODELS:
         await client.generate(model, "x", options=DETERMINISTIC)
     await eventually(lambda: _rows(database_url, 2))
     assert (await client.generate(MODEL, "x", options=DETERMINISTIC)).cached  # in memory now
     assert await client.invalidate_cache(MODEL) == 1
+    assert stack.router is not None
+    memory = stack.router.cache
+
+    async def forgotten() -> bool:  # routers hear of it by broadcast, a moment later
+        return not memory.held(MODEL)
+
+    await eventually(forgotten)
     assert not (await client.generate(MODEL, "x", options=DETERMINISTIC)).cached
     assert (await client.generate("qwen2.5:7b", "x", options=DETERMINISTIC)).cached
     assert sim.engine.stats.requests["/api/generate"] == 3

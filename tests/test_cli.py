@@ -139,3 +139,30 @@ async def test_up_with_an_unknown_actor_says_which() -> None:
     """Naming an actor that does not exist is a one-line error, exit code 2."""
     code, _, err = await run("up", "--actors", "router,wizard")
     assert code == 2 and "wizard" in err and "Traceback" not in err
+
+
+async def test_prompts_from_the_terminal(
+    database_url, sim_factory, stack_factory, nats_server, prefix
+) -> None:
+    """put from stdin, render with variables (unused ones reported), list, delete."""
+    sim = await sim_factory(models=MODELS)
+    await stack_factory([sim.url], actors=("prompts",), database={"url": database_url})
+    bus = ("--nats", nats_server.url, "--prefix", prefix)
+    code, out, _ = await run(
+        "prompts", "put", "site", "-", "--param", "temperature=0.2", *bus,
+        stdin=b"Check {{site}} with {{crew}} workers",
+    )  # fmt: skip
+    assert code == 0 and "site version 1: variables site, crew" in out
+    code, out, err = await run(
+        "prompts", "render", "site", "--var", "site=Berlin", "--var", "crew=12", "--var",
+        "x=1", *bus,
+    )  # fmt: skip
+    assert (
+        code == 0 and out.strip() == "Check Berlin with 12 workers" and "unused variables: x" in err
+    )
+    code, out, _ = await run("prompts", "list", *bus)
+    assert code == 0 and "site" in out and "hoai_analysis_template" in out
+    code, _, err = await run("prompts", "render", "site", "--var", "site=x", *bus)
+    assert code == 1 and err.startswith("error: bad_request: missing template variables: crew")
+    code, out, _ = await run("prompts", "delete", "site", *bus)
+    assert code == 0 and "deleted 1 version(s) of site" in out
