@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-import nats.errors
 from nats.aio.client import Client as NATS
 
-from bus.errors import BadRequest, Unavailable, error_from_wire
+from bus.errors import BadRequest
+from bus.rpc import call
 from bus.subjects import Subjects
 from schemas import ChatRequest, Error, GenerateRequest, Message, Options, Request, encode
 
@@ -54,18 +54,7 @@ async def apply_template(nc: NATS, subjects: Subjects, request: Request) -> Requ
             "variables": request.variables or {},
         }
     )
-    try:
-        msg = await nc.request(subjects.prompts("render"), body, timeout=_RENDER_TIMEOUT_S)
-    except nats.errors.NoRespondersError as exc:
-        raise Unavailable("no prompt store is running to render the template") from exc
-    except nats.errors.TimeoutError as exc:
-        raise Unavailable("the prompt store did not answer in time") from exc
-    try:
-        reply = _decode(msg.data)
-    except msgspec.DecodeError as exc:
-        raise Unavailable(f"the prompt store's answer is unreadable: {exc}") from exc
-    if isinstance(reply, Error):
-        raise error_from_wire(reply)
+    reply: _Rendered = await call(nc, subjects.prompts("render"), body, _decode, _RENDER_TIMEOUT_S)
     options = template_options(reply.parameters, request.options)
     if isinstance(request, GenerateRequest):
         return msgspec.structs.replace(request, prompt=reply.text, options=options)

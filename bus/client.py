@@ -19,9 +19,9 @@ from bus.errors import (
     Internal,
     PayloadTooLarge,
     Timeout,
-    Unavailable,
     error_from_wire,
 )
+from bus.rpc import call
 from bus.subjects import Subjects
 from schemas import (
     Accepted,
@@ -367,22 +367,7 @@ class Client:
         timeout: float,
         request_id: str | None = None,
     ) -> T:
-        """One request/reply to an actor; a typed exception for every way it can fail."""
-        try:
-            msg = await self.nc.request(subject, data, timeout=timeout)
-        except nats.errors.NoRespondersError as exc:
-            raise Unavailable(f"no router is serving {subject}") from exc
-        except nats.errors.TimeoutError as exc:
-            raise Timeout(
-                f"no answer on {subject} within {timeout:.0f}s", request_id=request_id
-            ) from exc
-        try:
-            reply = decode(msg.data)
-        except msgspec.DecodeError as exc:
-            raise Internal(f"unreadable reply: {exc}") from exc
-        if isinstance(reply, Error):
-            raise error_from_wire(reply)
-        return reply
+        return await call(self.nc, subject, data, decode, timeout, request_id)
 
     async def stats(self) -> FleetStats:
         """Request figures per model and per host over the last minute, hour and day."""
