@@ -54,7 +54,10 @@ async def apply_template(nc: NATS, subjects: Subjects, request: Request) -> Requ
             "variables": request.variables or {},
         }
     )
-    reply: _Rendered = await call(nc, subjects.prompts("render"), body, _decode, _RENDER_TIMEOUT_S)
+    subject = subjects.prompts("render")
+    reply: _Rendered = await call(
+        nc, subject, body, _decode, _RENDER_TIMEOUT_S, service="prompt store"
+    )
     options = template_options(reply.parameters, request.options)
     if isinstance(request, GenerateRequest):
         return msgspec.structs.replace(request, prompt=reply.text, options=options)

@@ -366,18 +366,27 @@ class Client:
         decode: Callable[[bytes], T | Error],
         timeout: float,
         request_id: str | None = None,
+        service: str = "router",
     ) -> T:
-        return await call(self.nc, subject, data, decode, timeout, request_id)
+        return await call(
+            self.nc, subject, data, decode, timeout, service=service, request_id=request_id
+        )
 
     async def stats(self) -> FleetStats:
         """Request figures per model and per host over the last minute, hour and day."""
-        return await self._call(self.subjects.stats, b"", _decode_stats, min(self.timeout, 30.0))
+        return await self._call(
+            self.subjects.stats, b"", _decode_stats, min(self.timeout, 30.0), service="recorder"
+        )
 
     async def invalidate_cache(self, model: str | None = None) -> int:
         """Drop cached answers of `model` (None: all) from every tier; return the rows."""
         body = msgspec.json.encode({"model": model})
         reply: _Invalidated = await self._call(
-            self.subjects.cache_invalidate, body, _decode_invalidated, min(self.timeout, 30.0)
+            self.subjects.cache_invalidate,
+            body,
+            _decode_invalidated,
+            min(self.timeout, 30.0),
+            service="cache keeper",
         )
         return reply.removed
 
@@ -423,9 +432,9 @@ class Client:
     async def _prompts(
         self, verb: str, body: msgspec.Struct, decode: Callable[[bytes], T | Error]
     ) -> T:
-        return await self._call(
-            self.subjects.prompts(verb), encode(body), decode, min(self.timeout, 30.0)
-        )
+        subject = self.subjects.prompts(verb)
+        timeout = min(self.timeout, 30.0)
+        return await self._call(subject, encode(body), decode, timeout, service="prompt store")
 
     async def queues(self) -> QueueStats:
         """Waiting and running work per model, as the server counts it now."""

@@ -23,17 +23,20 @@ async def call(
     data: bytes,
     decode: Callable[[bytes], T | Error],
     timeout: float,
+    *,
+    service: str,
     request_id: str | None = None,
 ) -> T:
     """Send `data` to `subject` and decode the answer; an `error` answer is raised typed.
 
-    Nobody serving the subject is `Unavailable`; no answer in time is `Timeout`; an answer
-    that does not decode is `Internal`.
+    No `service` (the actor that should answer: "router", "prompt store", ...) serving the
+    subject is `Unavailable`; no answer in time is `Timeout`; an answer that does not
+    decode is `Internal`.
     """
     try:
         msg = await nc.request(subject, data, timeout=timeout)
     except nats.errors.NoRespondersError as exc:
-        raise Unavailable(f"nothing is serving {subject}") from exc
+        raise Unavailable(f"no {service} is serving {subject}") from exc
     except nats.errors.TimeoutError as exc:
         raise Timeout(
             f"no answer on {subject} within {timeout:.0f}s", request_id=request_id
