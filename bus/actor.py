@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ClassVar
 
@@ -13,6 +14,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from bus.discovery import Discovery, EndpointStats
 from bus.errors import Internal, OllameshError, Overloaded
 from bus.subjects import Subjects
 from schemas import encode, http_status
@@ -63,6 +65,11 @@ class Actor:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handling = 0
         self._state = State.NEW
+        self.discovery = Discovery(
+            f"ollamesh-{self.name}",
+            description=(type(self).__doc__ or "").strip().split("\n")[0],
+            metadata={"prefix": subjects.prefix},
+        )
 
     @property
     def state(self) -> State:
@@ -74,6 +81,7 @@ class Actor:
             raise RuntimeError(f"{self.name} cannot start from state {self._state}")
         self._state = State.STARTING
         await self.setup()
+        self._subs.extend(await self.discovery.start(self.nc))
         # A SUB sent just before flush() is not always registered when flush() returns
         # unless the loop yields once first (seen with nats-py).
         await asyncio.sleep(0)
@@ -93,12 +101,15 @@ class Actor:
     async def serve(self, subject: str, handler: Handler, *, queue: str = "") -> Subscription:
         """Subscribe `handler` to `subject`; each message runs in its own task."""
 
+        stats = self.discovery.endpoint(subject, queue)
+
         async def dispatch(msg: Msg) -> None:
             if self._handling >= self._max_concurrent:
+                stats.record(0.0, "overloaded")
                 await self._refuse(msg)
                 return
             self._handling += 1
-            self.spawn(self._handle(handler, msg), counted=True)
+            self.spawn(self._handle(handler, msg, stats), counted=True)
 
         sub = await self.nc.subscribe(subject, queue=queue, cb=dispatch)
         self._subs.append(sub)
@@ -119,20 +130,24 @@ class Actor:
         task.add_done_callback(finished)
         return task
 
-    async def _handle(self, handler: Handler, msg: Msg) -> None:
+    async def _handle(self, handler: Handler, msg: Msg, stats: EndpointStats) -> None:
+        started = time.perf_counter()
         try:
             reply = await handler(msg)
         except OllameshError as exc:
+            stats.record(time.perf_counter() - started, f"{exc.code}: {exc.message}")
             if msg.reply:
                 await reply_error(self.nc, msg.reply, exc, exc.request_id)
             else:
                 self.log.warning("message_failed", subject=msg.subject, error=repr(exc))
             return
         except Exception as exc:
+            stats.record(time.perf_counter() - started, f"internal: {exc!r}")
             self.log.exception("handler_crashed", subject=msg.subject)
             if msg.reply:
                 await reply_error(self.nc, msg.reply, Internal(f"{self.name} failed: {exc!r}"))
             return
+        stats.record(time.perf_counter() - started)
         if reply is not None and msg.reply:
             await self.nc.publish(msg.reply, reply)
 

@@ -98,6 +98,7 @@ class Executor(Actor):
         self.host = OllamaHost(self.host_url, connect_timeout=self.cfg.connect_timeout_s)
         self.executor_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.log = self.log.bind(host=self.host_url)
+        self.discovery.metadata["host"] = self.host_url
         self._registry = registry
         self._key = model_token(self.executor_id)
         self._pullers: dict[str, Puller] = {}
