@@ -44,7 +44,10 @@ _CALL_TIMEOUT_S = 60.0
 _STOP_TIMEOUT_S = 10.0
 _TARGETS = {"added_ttft_p50_ms_max": 2, "added_ttft_p99_ms_max": 6, "requests_per_s_min": 500}
 # The executor's in-flight cap must not be what the bench measures.
-_CONFIG = 'log_level = "warning"\n[executor]\nmax_inflight_per_model = 64\nshutdown_grace_s = 2.0\n'
+_CONFIG = (
+    'log_level = "warning"\n[executor]\nmax_inflight_per_model = 64\nshutdown_grace_s = 2.0\n'
+    "[metrics]\nport = 0\n"  # several processes on one machine: any free port each
+)
 
 
 class BenchError(RuntimeError):

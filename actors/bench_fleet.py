@@ -83,6 +83,7 @@ async def _run(url: str, strategy: str, requests: int, tokens: int, streams: int
                 "nats": {"url": url},
                 "roles": {"primary": _MODEL, "backup": _MODEL},
                 "routing": {"host_strategy": strategy},
+                "metrics": {"port": None},
                 "executor": {
                     "host_slots": {s.url: slots for s, (_, slots) in zip(sims, FLEET, strict=True)},
                     "shutdown_grace_s": 2.0,

@@ -64,6 +64,7 @@ async def demo(tokens_per_second: float = 150.0) -> int:
                 "roles": {"primary": "qwen2.5:7b", "fast": "llama3.2:3b", "backup": "llama3.2:3b"},
                 "nats": {"port": 0},
                 "executor": {"retry_backoff_ms": 50, "tags_refresh_s": 1.0},
+                "metrics": {"port": None},
             },
             Config,
         )

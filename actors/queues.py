@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 
 import nats.errors
 import structlog
@@ -45,8 +46,15 @@ def retry_after_ms(queue_max: int, drain_per_s: float) -> int:
 class QueueWatch:
     """Queue depth and drain rate per model, for balancing, `overloaded` and stats."""
 
-    def __init__(self, js: JetStreamContext, subjects: Subjects, board: Board) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        subjects: Subjects,
+        board: Board,
+        on_depth: Callable[[QueueDepth], None] | None = None,
+    ) -> None:
         self._js = js
+        self._on_depth = on_depth
         self._subjects = subjects
         self._board = board
         self._done: dict[str, deque[float]] = defaultdict(deque)
@@ -95,7 +103,7 @@ class QueueWatch:
         self._waiting[model] = sum(waiting.values())
         self._queued.pop(model, None)
         loads = self._board.loads(model).values()
-        return QueueDepth(
+        depth = QueueDepth(
             model=model,
             interactive=waiting[Priority.INTERACTIVE],
             batch=waiting[Priority.BATCH],
@@ -103,6 +111,9 @@ class QueueWatch:
             slots=sum(v.slots for v in loads),
             drain_per_s=round(self.drain_per_s(model), 3),
         )
+        if self._on_depth is not None:
+            self._on_depth(depth)
+        return depth
 
     async def poll(self) -> None:
         """Refresh the waiting counts of every model on the board, forever."""

@@ -17,6 +17,7 @@ from nats.js.kv import KeyValue
 from actors.admission import canonical_model, resolve_model, validate
 from actors.cache import AnswerCache, cache_key
 from actors.limits import RateLimiter
+from actors.metrics import Metrics
 from actors.queues import QueueWatch, retry_after_ms
 from actors.selection import ModelStats, Selector, task_role
 from actors.sharing import SharedAnswers, Ticket
@@ -68,11 +69,13 @@ class Router(Actor):
         board: Board,
         limits: KeyValue,
         cache: KeyValue,
+        metrics: Metrics,
     ) -> None:
         super().__init__(nc, subjects, max_concurrent=config.router.max_concurrent)
         self.config = config
         self.registry = registry
         self.board = board
+        self.metrics = metrics
         roles, routing = config.roles, config.routing
         by_model = {canonical_model(roles.get(k, k)): w for k, w in routing.weights.items()}
         self.selector = Selector(routing.strategy, by_model)
@@ -96,7 +99,7 @@ class Router(Actor):
 
     async def setup(self) -> None:
         self.js = self.nc.jetstream()
-        self.queues = QueueWatch(self.js, self.subjects, self.board)
+        self.queues = QueueWatch(self.js, self.subjects, self.board, self.metrics.queues)
         for kind in Kind:
             await self.serve(self.subjects.request(kind), partial(self.admit, kind), queue=_QUEUE)
         await self.serve(self.subjects.event("request"), self._finished)
@@ -117,6 +120,7 @@ class Router(Actor):
     async def _finished(self, msg: Msg) -> None:
         """Learn how a request ended, whichever router took it (for balancing and limits)."""
         event = decode_event(msg.data)
+        self.metrics.finished(event)
         if event.outcome != "cancelled":  # the client's choice says nothing of the model
             self.stats.setdefault(event.model, ModelStats()).finished(
                 event.outcome == "ok", event.latency_ms
@@ -227,52 +231,57 @@ class Router(Actor):
             ticket = Ticket(kind, request_id, model, stream, now, template)
             if (reply := await self.shared.answer(key, ticket)) is not None:
                 return reply
-        deadline_ms: int | None = request.deadline_ms  # type: ignore[attr-defined]
-        charged = await self._within_limits(request, model)  # type: ignore[arg-type]
-        work = Work(
-            request_id=request_id,
-            kind=kind,
-            model=model,
-            body=msgspec.Raw(body),
-            stream=stream,
-            reply=None if stream else msg.reply,
-            priority=request.priority,  # type: ignore[attr-defined]
-            accepted_at=now,
-            deadline_at=now + deadline_ms / 1000 if deadline_ms else None,
-            fallback_from=None if model == asked else asked,
-            fallbacks=[m for m in chain if self.registry.serves(m)],
-            cache_key=key,
-            template=template,
-        )
         try:
-            duplicate = await enqueue(
-                self.js,
-                self.subjects,
-                work,
-                max_payload=self.nc.max_payload,
-                msg_id=request_id,
-                timeout=_ENQUEUE_TIMEOUT_S,
+            deadline_ms: int | None = request.deadline_ms  # type: ignore[attr-defined]
+            charged = await self._within_limits(request, model)  # type: ignore[arg-type]
+            work = Work(
+                request_id=request_id,
+                kind=kind,
+                model=model,
+                body=msgspec.Raw(body),
+                stream=stream,
+                reply=None if stream else msg.reply,
+                priority=request.priority,  # type: ignore[attr-defined]
+                accepted_at=now,
+                deadline_at=now + deadline_ms / 1000 if deadline_ms else None,
+                fallback_from=None if model == asked else asked,
+                fallbacks=[m for m in chain if self.registry.serves(m)],
+                cache_key=key,
+                template=template,
             )
-        except QueueFull as exc:
-            drain = self.queues.drain_per_s(model)
-            exc.retry_after_ms = retry_after_ms(self.config.routing.queue_max, drain)
-            raise
-        if duplicate and not stream:
-            raise BadRequest(f"request_id {request_id} is already in use")
-        self.log.debug("request_queued", model=model, kind=kind, duplicate=duplicate)
-        if not duplicate:
-            self.queues.queued(model)
-            if charged:
-                self._charged[request_id] = (model, charged)
-                if len(self._charged) > _TRACKED_MAX:  # events lost: forget the oldest
-                    self._charged.pop(next(iter(self._charged)))
-        if stream:
-            return encode(
-                Accepted(
-                    request_id=request_id, model=model, stream=self.subjects.stream(request_id)
+            try:
+                duplicate = await enqueue(
+                    self.js,
+                    self.subjects,
+                    work,
+                    max_payload=self.nc.max_payload,
+                    msg_id=request_id,
+                    timeout=_ENQUEUE_TIMEOUT_S,
                 )
-            )
-        return None
+            except QueueFull as exc:
+                drain = self.queues.drain_per_s(model)
+                exc.retry_after_ms = retry_after_ms(self.config.routing.queue_max, drain)
+                raise
+            if duplicate and not stream:
+                raise BadRequest(f"request_id {request_id} is already in use")
+            self.log.debug("request_queued", model=model, kind=kind, duplicate=duplicate)
+            if not duplicate:
+                self.queues.queued(model)
+                if charged:
+                    self._charged[request_id] = (model, charged)
+                    if len(self._charged) > _TRACKED_MAX:  # events lost: forget the oldest
+                        self._charged.pop(next(iter(self._charged)))
+            if stream:
+                return encode(
+                    Accepted(
+                        request_id=request_id, model=model, stream=self.subjects.stream(request_id)
+                    )
+                )
+            return None
+        except OllameshError as exc:
+            if key is not None:  # this request leads the identical ones following it
+                await self.shared.abandon(key, ticket, exc)
+            raise
 
     async def _forget(self, msg: Msg) -> None:
         """Another process invalidated cached answers: drop them from memory too."""

@@ -19,7 +19,7 @@ from nats.js.api import DeliverPolicy
 
 from actors.answers import STAT_FIELDS, done_of, result_of
 from actors.cache import AnswerCache
-from bus.errors import Timeout, error_from_wire
+from bus.errors import OllameshError, Timeout, error_from_wire
 from bus.subjects import Subjects
 from schemas import (
     Accepted,
@@ -71,14 +71,15 @@ class SharedAnswers:
         """The reply for a cacheable request answered without generating it, or None
         when this request must generate (it then leads any identical ones that follow)."""
         if (answer := await self._cache.get(key)) is not None:
-            return await self._from_cache(ticket, answer)
+            return await self._from_cache(ticket, answer, publish=ticket.stream)
         leader = await self._cache.lead(key, ticket.request_id)
         if leader is None:
             if (answer := await self._cache.get(key)) is None:
                 return None
-            # Stored between the first look and the claim: nothing to generate.
+            # Stored between the first look and the claim: nothing to generate. Requests
+            # that saw the claim follow this one's stream, so the answer goes there too.
             await self._cache.step_down(key)
-            return await self._from_cache(ticket, answer)
+            return await self._from_cache(ticket, answer, publish=True)
         relay = self._relay(ticket, leader, key)
         if not ticket.stream:
             return await relay
@@ -86,11 +87,19 @@ class SharedAnswers:
         subject = self._subjects.stream(ticket.request_id)
         return encode(Accepted(request_id=ticket.request_id, model=ticket.model, stream=subject))
 
-    async def _from_cache(self, ticket: Ticket, answer: Answer) -> bytes:
-        """Serve a cached answer the way a host's would arrive: chunks then `done`."""
+    async def abandon(self, key: str, ticket: Ticket, failure: OllameshError) -> None:
+        """The leading request failed before any host took it: release the claim and end
+        its stream with the error, so the requests following it end too."""
+        await self._cache.step_down(key)
+        subject = self._subjects.stream(ticket.request_id)
+        await self._nc.publish(subject, encode(failure.to_wire(ticket.request_id)))
+
+    async def _from_cache(self, ticket: Ticket, answer: Answer, *, publish: bool) -> bytes:
+        """Serve a cached answer the way a host's would arrive: chunks then `done` on the
+        stream (when `publish`), or one result."""
         rid = ticket.request_id
-        if ticket.stream:
-            subject = self._subjects.stream(rid)
+        subject = self._subjects.stream(rid)
+        if publish:
             seq = 0
             if answer.text or answer.thinking or answer.tool_calls:
                 seq = 1
@@ -105,6 +114,7 @@ class SharedAnswers:
             done = done_of(answer, rid, cached=True)
             done.seq = seq + 1
             await self._nc.publish(subject, encode(done))
+        if ticket.stream:
             reply = encode(Accepted(request_id=rid, model=answer.model, stream=subject))
         else:
             reply = encode(result_of(answer, rid, cached=True))

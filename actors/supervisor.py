@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 
 from actors.cache_keeper import CacheKeeper
 from actors.executor import Executor
+from actors.metrics import Metrics
 from actors.prompt_store import PromptStore
 from actors.recorder import Recorder
 from actors.router import Router
@@ -79,6 +80,7 @@ class Stack:
         self.nc: NATS | None = None
         self.registry: HostRegistry | None = None
         self.board: Board | None = None
+        self.metrics = Metrics()
         self.router: Router | None = None
         self.executors: list[Executor] = []
         self.url = config.nats.url or ""
@@ -101,6 +103,8 @@ class Stack:
         self.nc = await connect(
             self.url, name="ollamesh", connect_timeout=self.config.nats.connect_timeout_s
         )
+        if (port := self.config.metrics.port) is not None:
+            self.metrics.serve(self.config.metrics.host, port)
         buckets = await provision(self.nc.jetstream(), self.subjects, self.config)
         self.registry = HostRegistry(buckets.hosts, ttl=self.config.executor.registry_ttl_s)
         await self.registry.start()
@@ -109,7 +113,13 @@ class Stack:
         if "executor" in self._wanted:
             for host in self.config.ollama_hosts:
                 executor = Executor(
-                    self.nc, self.subjects, self.config, host, self.registry, self.board
+                    self.nc,
+                    self.subjects,
+                    self.config,
+                    host,
+                    self.registry,
+                    self.board,
+                    self.metrics,
                 )
                 await executor.start()
                 self.executors.append(executor)
@@ -122,6 +132,7 @@ class Stack:
                 self.board,
                 buckets.limits,
                 buckets.cache,
+                self.metrics,
             )
             await self.router.start()
         if _DATABASE_ACTORS & set(self._wanted):
@@ -189,6 +200,7 @@ class Stack:
                 await self.nc.drain()
         if self.server:
             await self.server.stop()
+        self.metrics.close()
         log.info("stack_stopped")
 
     async def __aenter__(self) -> Stack:

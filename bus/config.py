@@ -17,6 +17,7 @@ __all__ = [
     "ConfigError",
     "DatabaseConfig",
     "ExecutorConfig",
+    "MetricsConfig",
     "ModelLimits",
     "NatsConfig",
     "RecorderConfig",
@@ -76,6 +77,14 @@ class CacheConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     # Size bound of the shared tier and of the table; the oldest answers go first.
     max_bytes: PositiveInt = 256 * 1024 * 1024
     purge_every_s: Positive = 60.0
+
+
+class MetricsConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """The Prometheus endpoint of each process."""
+
+    # None: no endpoint; 0: any free port. A port already taken is logged and skipped.
+    port: Annotated[int, Meta(ge=0, le=65535)] | None = 9464
+    host: str = "0.0.0.0"
 
 
 class RecorderConfig(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -171,6 +180,7 @@ class Config(Struct, forbid_unknown_fields=True, kw_only=True):
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
     recorder: RecorderConfig = msgspec.field(default_factory=RecorderConfig)
     cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     router: RouterConfig = msgspec.field(default_factory=RouterConfig)
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     executor: ExecutorConfig = msgspec.field(default_factory=ExecutorConfig)

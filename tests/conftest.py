@@ -76,6 +76,7 @@ def make_config(url: str, prefix: str, hosts: list[str], **sections: Any) -> Con
         "executor": {"retry_backoff_ms": 20, "retry_backoff_max_ms": 200, "tags_refresh_s": 1.0},
         # JetStream reserves a bucket's whole bound: hundreds of tests share one server.
         "cache": {"max_bytes": 1024 * 1024},
+        "metrics": {"port": 0, "host": "127.0.0.1"},
     }
     for name, values in sections.items():
         if isinstance(values, dict) and isinstance(raw.get(name), dict):

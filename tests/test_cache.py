@@ -10,7 +10,7 @@ import pytest
 from actors.cache import cache_key
 from actors.simulator import Fault
 from bus.client import Client
-from bus.errors import UpstreamError
+from bus.errors import RateLimited, UpstreamError
 from schemas import ChatRequest, EmbedRequest, GenerateRequest, Kind, Message, Options
 from tests.helpers import eventually
 
@@ -214,3 +214,22 @@ async def test_followers_of_a_failed_generation_get_its_error_then_retry_afresh(
     result = await client.generate(MODEL, "fragile", options=options)
     assert result.response and not result.cached
     assert sim.engine.stats.requests["/api/generate"] == 2
+
+
+async def test_followers_end_when_their_leader_is_refused(
+    database_url: str, sim_factory, stack_factory, client: Client
+) -> None:
+    """The request leading identical ones is refused before any host (here: its rate
+    limit); those following it get the refusal too, at once, instead of waiting."""
+    sim = await sim_factory(models=MODELS)
+    await stack_factory(
+        [sim.url], actors=CACHED, database={"url": database_url},
+        routing={"limits": {MODEL: {"rpm": 1}}},
+    )  # fmt: skip
+    await client.generate(MODEL, "first", options=DETERMINISTIC)  # the minute's one request
+    outcomes = await asyncio.gather(
+        *(client.generate(MODEL, "same again", options=DETERMINISTIC) for _ in range(5)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(o, RateLimited) for o in outcomes), outcomes
+    assert sim.engine.stats.requests["/api/generate"] == 1

@@ -22,6 +22,7 @@ from actors.executor.circuit import Circuit, CircuitState
 from actors.executor.emit import Emitter
 from actors.executor.ollama import HostUnavailable, Line, OllamaHost, StreamTimeouts
 from actors.executor.puller import FETCH_EXPIRY_S, Puller, Tally
+from actors.metrics import Metrics
 from bus.actor import Actor, reply_error
 from bus.board import HEARTBEAT_S, Board
 from bus.config import Config
@@ -87,11 +88,13 @@ class Executor(Actor):
         host_url: str,
         registry: HostRegistry,
         board: Board,
+        metrics: Metrics,
     ) -> None:
         super().__init__(nc, subjects)
         self.cfg = config.executor
         self._routing = config.routing
         self._board = board
+        self._metrics = metrics
         self.host_url = host_url.rstrip("/")
         per_host = {url.rstrip("/"): n for url, n in self.cfg.host_slots.items()}
         self._slots = per_host.get(self.host_url, self.cfg.max_inflight_per_model)
@@ -330,13 +333,23 @@ class Executor(Actor):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), HEARTBEAT_S)
             self._dirty.clear()
+            load = self._load()
+            self._measure(load)
             try:
-                await self._board.publish(self._load())
+                await self._board.publish(load)
             except Exception as exc:
                 self.log.warning("board_publish_failed", error=repr(exc))
             if not self._accepting and not self._pullers:
                 return
             await asyncio.sleep(_BOARD_MIN_INTERVAL_S)
+
+    def _measure(self, load: HostLoad) -> None:
+        m = self._metrics
+        m.host_up.labels(self.host_url).set(1 if self._up else 0)
+        for model in self._tallies:
+            entry = load.models.get(model)
+            m.in_flight.labels(self.host_url, model).set(self._tallies[model].in_flight)
+            m.slots.labels(self.host_url, model).set(entry.slots if entry else 0)
 
     async def _take(self, msg: Msg) -> None:
         try:

@@ -1,0 +1,102 @@
+"""Prometheus metrics of one ollamesh process, served at `http://<host>:<port>/metrics`.
+
+Each process keeps its own registry and exposes what its actors see: a router counts
+every request event of the fleet (requests and errors by code, time to first token,
+duration, tokens, cache hits) and the queue depth per model; an executor reports its
+host's state and in-flight requests per model.
+"""
+
+from __future__ import annotations
+
+import threading
+from wsgiref.simple_server import WSGIServer
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from schemas import QueueDepth, RequestEvent
+
+__all__ = ["Metrics"]
+
+log = structlog.get_logger("actors.metrics")
+
+# Seconds: from a cache hit (well under a millisecond) to a long generation.
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    """The metrics of one process, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "ollamesh_requests", "Finished requests by outcome (ok or an error code)",
+            ["model", "kind", "outcome"], registry=r,
+        )  # fmt: skip
+        self.cache_hits = Counter(
+            "ollamesh_cache_hits", "Requests answered without a host generating", ["model"],
+            registry=r,
+        )  # fmt: skip
+        self.output_tokens = Counter(
+            "ollamesh_output_tokens", "Tokens generated", ["model"], registry=r
+        )
+        self.ttft = Histogram(
+            "ollamesh_time_to_first_token_seconds", "From acceptance to the first token",
+            ["model"], buckets=_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.duration = Histogram(
+            "ollamesh_request_duration_seconds", "From acceptance to the end", ["model"],
+            buckets=_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_depth = Gauge(
+            "ollamesh_queue_depth", "Requests waiting", ["model", "priority"], registry=r
+        )
+        self.running = Gauge(
+            "ollamesh_running", "Requests running on the whole fleet", ["model"], registry=r
+        )
+        self.in_flight = Gauge(
+            "ollamesh_host_in_flight", "Requests running on a host", ["host", "model"],
+            registry=r,
+        )  # fmt: skip
+        self.slots = Gauge(
+            "ollamesh_host_slots", "Slots a host gives a model now (0: circuit open)",
+            ["host", "model"], registry=r,
+        )  # fmt: skip
+        self.host_up = Gauge("ollamesh_host_up", "1 if the host answers", ["host"], registry=r)
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self.url: str | None = None
+
+    def finished(self, event: RequestEvent) -> None:
+        """Count one request event."""
+        self.requests.labels(event.model, event.kind, event.outcome).inc()
+        if event.cached:
+            self.cache_hits.labels(event.model).inc()
+        self.output_tokens.labels(event.model).inc(event.output_tokens)
+        self.duration.labels(event.model).observe(event.latency_ms / 1000)
+        if event.ttft_ms is not None:
+            self.ttft.labels(event.model).observe(event.ttft_ms / 1000)
+
+    def queues(self, depth: QueueDepth) -> None:
+        """Set one model's queue gauges."""
+        self.queue_depth.labels(depth.model, "interactive").set(depth.interactive)
+        self.queue_depth.labels(depth.model, "batch").set(depth.batch)
+        self.running.labels(depth.model).set(depth.running)
+
+    def serve(self, host: str, port: int) -> str | None:
+        """Start the exposition endpoint (port 0: any free one); None if the port is taken."""
+        try:
+            self._server, self._thread = start_http_server(port, host, registry=self.registry)
+        except OSError as exc:
+            log.warning("metrics_unavailable", port=port, error=str(exc))
+            return None
+        self.url = f"http://{host}:{self._server.server_port}/metrics"
+        log.info("metrics_serving", url=self.url)
+        return self.url
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
