@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+from asyncio.subprocess import Process
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -64,3 +66,20 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0)
     async with asyncio.timeout(timeout):
         while not await check():  # noqa: ASYNC110 - no event exists for what `check` reads
             await asyncio.sleep(0.05)
+
+
+async def ollamesh_up(env: dict[str, str], *args: str, timeout: float = 30.0) -> Process:
+    """Start `ollamesh up ARGS` with JSON logs on stderr; return once it has started.
+
+    The caller stops it (SIGTERM) and reads the rest of stderr.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "actors", "up", "--log-format", "json", *args,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    async with asyncio.timeout(timeout):
+        while b"stack_started" not in (line := await proc.stderr.readline()):
+            if not line:
+                raise AssertionError(f"ollamesh up exited with {await proc.wait()}")
+    return proc

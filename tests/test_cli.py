@@ -9,7 +9,7 @@ import signal
 import sys
 
 from bus.client import Client
-from tests.helpers import eventually
+from tests.helpers import eventually, ollamesh_up
 
 MODELS = ["llama3.2:3b", "qwen2.5:7b"]
 
@@ -84,15 +84,9 @@ async def test_up_serves_and_stops_cleanly_on_sigterm(
         "OLLAMESH_PREFIX": prefix,
         "XDG_DATA_HOME": str(tmp_path),  # the embedded Postgres goes here
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "actors", "up", "--log-format", "json",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
+    proc = await ollamesh_up(env)
     assert proc.stderr is not None
     try:
-        async with asyncio.timeout(30):
-            while b"stack_started" not in await proc.stderr.readline():
-                pass
         async with Client(nats_server.url, prefix=prefix, timeout=10) as client:
             result = await client.generate("llama3.2:3b", "hi", options={"num_predict": 3})
             assert result.eval_count == 3

@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from collections import Counter
 
 from bus.client import Client
 from bus.subjects import Subjects
 from schemas import Done
-from tests.helpers import assert_well_formed, stored_stream
+from tests.helpers import assert_well_formed, ollamesh_up, stored_stream
 
 MODEL = "llama3.2:3b"
 MODELS = [MODEL]
@@ -39,15 +38,8 @@ async def test_sigterm_on_a_busy_executor_loses_nothing_and_serves_nothing_twice
         "OLLAMESH_PREFIX": prefix,
         "OLLAMESH_CONFIG": str(config),
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "actors", "up", "--actors", "executor", "--log-format", "json",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
-    assert proc.stderr is not None
+    proc = await ollamesh_up(env, "--actors", "executor")
     try:
-        async with asyncio.timeout(30):
-            while b"stack_started" not in await proc.stderr.readline():
-                pass
         await stack_factory([steady.url], routing={"host_strategy": "round-robin"})
 
         async def one(i: int) -> Done:
