@@ -274,7 +274,9 @@ def _through(client: Client) -> Call:
         options = {"seed": _SEED, "num_predict": tokens}
         t0 = time.perf_counter()
         first, chunks = 0.0, 0
-        async with await client.generate(MODEL, prompt, stream=True, options=options) as stream:
+        # The spine alone: `ollamesh bench --cache` measures the cache's misses and hits.
+        answer = client.generate(MODEL, prompt, stream=True, options=options, cache="off")
+        async with await answer as stream:
             async for chunk in stream:
                 chunks += 1
                 if chunk.text and not first:

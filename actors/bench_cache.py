@@ -2,9 +2,11 @@
 
 Runs nats-server, an embedded Postgres, the simulator at full speed, and an executor, a
 router and a cache keeper in their own processes. Measures, in the same run: time to
-first token of a direct (uncached) call to the simulator; time to first token of a cache
-hit through NATS at concurrency 1; cache hits per second from the one router at
-concurrency 32; and how many upstream calls 50 identical concurrent requests make.
+first token of a direct (uncached) call to the simulator; through NATS at concurrency 1,
+time to first token of a cacheable request that misses (it claims the answer for
+single-flight, then generates) and of a cache hit; cache hits per second from the one
+router at concurrency 32; and how many upstream calls 50 identical concurrent requests
+make.
 """
 
 from __future__ import annotations
@@ -54,15 +56,20 @@ async def cache_bench(requests: int) -> dict[str, Any]:
 
             await wait_for("the cache", cached, 30.0, procs)
             direct = [await _direct_ttft(http, f"direct {i}") for i in range(requests)]
-            hits = [await _hit_ttft(client) for _ in range(requests)]
+            misses = [await _ttft(client, f"fresh {i}", cached=False) for i in range(requests)]
+            hits = [
+                await _ttft(client, "the cached question", cached=True) for _ in range(requests)
+            ]
             rate = await _hits_per_s(client, requests * 4)
             upstream = await _single_flight(client, http)
-    d50, h50 = percentile(direct, 50), percentile(hits, 50)
+    d50, h50, m50 = percentile(direct, 50), percentile(hits, 50), percentile(misses, 50)
     return {
         "requests": requests,
         "ttft_ms": {
             "direct_uncached": {"p50": round(d50, 3), "p99": round(percentile(direct, 99), 3)},
+            "cache_miss": {"p50": round(m50, 3), "p99": round(percentile(misses, 99), 3)},
             "cache_hit": {"p50": round(h50, 3), "p99": round(percentile(hits, 99), 3)},
+            "miss_added_p50": round(m50 - d50, 3),
             "hit_over_direct_p50": round(h50 / d50, 2),
         },
         "hits_per_s": {"concurrency": _CONCURRENCY, "rate": round(rate, 1)},
@@ -88,15 +95,14 @@ async def _direct_ttft(http: httpx.AsyncClient, prompt: str) -> float:
     return first * 1000
 
 
-async def _hit_ttft(client: Client) -> float:
+async def _ttft(client: Client, prompt: str, *, cached: bool) -> float:
+    """Time to first token of a cacheable request through ollamesh, hit or miss."""
     t0 = time.perf_counter()
-    async with await client.generate(
-        MODEL, "the cached question", stream=True, options=_OPTIONS
-    ) as stream:
+    async with await client.generate(MODEL, prompt, stream=True, options=_OPTIONS) as stream:
         first = 0.0
         async for _ in stream:
             first = first or time.perf_counter() - t0
-    assert stream.done is not None and stream.done.cached
+    assert stream.done is not None and stream.done.cached is cached
     return first * 1000
 
 

@@ -32,7 +32,7 @@ from schemas import (
     without_routing,
 )
 
-__all__ = ["AnswerCache", "cache_key", "flight_key"]
+__all__ = ["AnswerCache", "cache_key"]
 
 log = structlog.get_logger("actors.cache")
 
@@ -64,13 +64,14 @@ def cache_key(kind: Kind, model: str, request: Request) -> str | None:
     return f"{model_token(model)}.{digest}"
 
 
-def flight_key(key: str) -> str:
-    """Where the request generating the answer of `key` is named while it runs."""
-    return f"{key}.flight"
+# A shared-tier value that is not an answer: "<marker> <request id> <unix time>", put
+# there by the request generating the answer (single-flight).
+_MARKER = b"generating "
 
 
 class AnswerCache:
-    """A router's reads of the cache: memory first, then the shared tier."""
+    """A router's view of the cache: its memory first, then the shared tier, where a
+    request generating an answer also leaves its mark for identical ones to follow."""
 
     def __init__(
         self, kv: KeyValue, *, memory_entries: int, ttl_s: float, stale_s: float = 600.0
@@ -83,8 +84,14 @@ class AnswerCache:
         self.hits = 0
         self.misses = 0
 
-    async def get(self, key: str) -> Answer | None:
-        """The cached answer under `key`, or None."""
+    async def claim(self, key: str, request_id: str) -> Answer | str | None:
+        """The cached answer of `key`; or the id of the request generating it now (follow
+        it: single-flight); or None, and this request is to generate it.
+
+        Memory first; then one key-value `create`, atomic across every router, puts this
+        request's marker under the key unless something is there already: a miss costs
+        one round trip. A marker older than `stale_s` (its request died) is taken over.
+        """
         now = time.monotonic()
         if (held := self._memory.get(key)) is not None:
             expires, answer = held
@@ -93,58 +100,46 @@ class AnswerCache:
                 self.hits += 1
                 return answer
             del self._memory[key]
-        try:
-            entry = await self._kv.get(key)
-        except KeyNotFoundError:
-            self.misses += 1
-            return None
-        except (nats.errors.Error, OSError) as exc:
-            log.warning("cache_unreachable", error=repr(exc))
-            self.misses += 1
-            return None
-        try:
-            answer = decode_answer(entry.value or b"")
-        except msgspec.DecodeError:
-            log.warning("cache_entry_unreadable", key=key)
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._remember(key, answer)
-        return answer
-
-    async def lead(self, key: str, request_id: str) -> str | None:
-        """Claim the generation of `key` for `request_id`: None if this request leads it,
-        else the id of the request already generating the same answer (single-flight).
-
-        The claim is a key-value `create`, atomic across every router. A claim older than
-        `stale_s` (its leader died before finishing) is taken over.
-        """
-        flight = flight_key(key)
-        value = f"{request_id} {time.time()}".encode()
+        marker = _MARKER + f"{request_id} {time.time()}".encode()
         for _ in range(3):
             try:
-                await self._kv.create(flight, value)
+                await self._kv.create(key, marker)
+                self.misses += 1
                 return None
             except (KeyWrongLastSequenceError, nats.js.errors.BadRequestError):
-                pass  # someone leads already
+                pass  # there is something under the key
             except (nats.errors.Error, OSError) as exc:
-                log.warning("single_flight_unavailable", error=repr(exc))
+                log.warning("cache_unreachable", error=repr(exc))
                 return None  # generate independently rather than fail
             try:
-                entry = await self._kv.get(flight)
+                entry = await self._kv.get(key)
             except KeyNotFoundError:
-                continue  # the leader finished meanwhile: try to lead
-            leader, _, since = (entry.value or b"").decode().partition(" ")
-            if leader and time.time() - float(since or 0) < self._stale_s:
-                return leader
-            with contextlib.suppress(nats.errors.Error, KeyWrongLastSequenceError):
-                await self._kv.delete(flight, last=entry.revision)
+                continue  # gone meanwhile (purged, or its generation failed): try again
+            except (nats.errors.Error, OSError) as exc:
+                log.warning("cache_unreachable", error=repr(exc))
+                return None
+            value = entry.value or b""
+            if value.startswith(_MARKER):
+                leader, _, since = value[len(_MARKER) :].decode().partition(" ")
+                if time.time() - float(since or 0) < self._stale_s:
+                    return leader
+                with contextlib.suppress(nats.errors.Error, KeyWrongLastSequenceError):
+                    await self._kv.delete(key, last=entry.revision)
+                continue
+            try:
+                answer = decode_answer(value)
+            except msgspec.DecodeError:
+                log.warning("cache_entry_unreadable", key=key)
+                return None
+            self.hits += 1
+            self._remember(key, answer)
+            return answer
         return None
 
-    async def step_down(self, key: str) -> None:
-        """Release the claim on `key` (its leader failed or its answer is stored)."""
+    async def release(self, key: str) -> None:
+        """Take this request's marker off `key`: its generation failed before any host."""
         with contextlib.suppress(nats.errors.Error, OSError):
-            await self._kv.delete(flight_key(key))
+            await self._kv.delete(key)
 
     def _remember(self, key: str, answer: Answer) -> None:
         if self._max <= 0:

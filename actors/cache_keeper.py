@@ -11,7 +11,6 @@ is kept under `cache.max_bytes` by dropping the oldest answers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import time
 
@@ -19,10 +18,9 @@ import asyncpg
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
-from actors.cache import flight_key
 from actors.store.sink import ACQUIRE_TIMEOUT_S, DOWN, EventSink
 from bus.actor import Actor
 from bus.config import Config
@@ -115,10 +113,8 @@ class CacheKeeper(Actor):
                 self.log.error("cache_store_unreadable", error=str(exc))
                 continue
             value = encode(store.answer)
+            # Replaces the generating request's marker: later requests get the answer.
             await self.kv.put(store.key, value)
-            # The answer is here for everyone now: no request needs to follow its leader.
-            with contextlib.suppress(KeyNotFoundError):
-                await self.kv.delete(flight_key(store.key))
             created = dt.datetime.fromtimestamp(store.at or now, dt.UTC)
             expires = created + dt.timedelta(seconds=self.cfg.ttl_s)
             answer = store.answer

@@ -70,16 +70,12 @@ class SharedAnswers:
     async def answer(self, key: str, ticket: Ticket) -> bytes | None:
         """The reply for a cacheable request answered without generating it, or None
         when this request must generate (it then leads any identical ones that follow)."""
-        if (answer := await self._cache.get(key)) is not None:
-            return await self._from_cache(ticket, answer, publish=ticket.stream)
-        leader = await self._cache.lead(key, ticket.request_id)
-        if leader is None:
-            if (answer := await self._cache.get(key)) is None:
-                return None
-            # Stored between the first look and the claim: nothing to generate. Requests
-            # that saw the claim follow this one's stream, so the answer goes there too.
-            await self._cache.step_down(key)
-            return await self._from_cache(ticket, answer, publish=True)
+        claim = await self._cache.claim(key, ticket.request_id)
+        if claim is None:
+            return None
+        if isinstance(claim, Answer):
+            return await self._from_cache(ticket, claim)
+        leader = claim
         relay = self._relay(ticket, leader, key)
         if not ticket.stream:
             return await relay
@@ -90,16 +86,16 @@ class SharedAnswers:
     async def abandon(self, key: str, ticket: Ticket, failure: OllameshError) -> None:
         """The leading request failed before any host took it: release the claim and end
         its stream with the error, so the requests following it end too."""
-        await self._cache.step_down(key)
+        await self._cache.release(key)
         subject = self._subjects.stream(ticket.request_id)
         await self._nc.publish(subject, encode(failure.to_wire(ticket.request_id)))
 
-    async def _from_cache(self, ticket: Ticket, answer: Answer, *, publish: bool) -> bytes:
-        """Serve a cached answer the way a host's would arrive: chunks then `done` on the
-        stream (when `publish`), or one result."""
+    async def _from_cache(self, ticket: Ticket, answer: Answer) -> bytes:
+        """Serve a cached answer the way a host's would arrive: chunks then `done`, or
+        one result."""
         rid = ticket.request_id
         subject = self._subjects.stream(rid)
-        if publish:
+        if ticket.stream:
             seq = 0
             if answer.text or answer.thinking or answer.tool_calls:
                 seq = 1
@@ -114,7 +110,6 @@ class SharedAnswers:
             done = done_of(answer, rid, cached=True)
             done.seq = seq + 1
             await self._nc.publish(subject, encode(done))
-        if ticket.stream:
             reply = encode(Accepted(request_id=rid, model=answer.model, stream=subject))
         else:
             reply = encode(result_of(answer, rid, cached=True))
@@ -155,7 +150,7 @@ class SharedAnswers:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         if isinstance(last, Error):
-            await self._cache.step_down(key)  # the next identical request generates anew
+            await self._cache.release(key)  # the next identical request generates anew
             if not ticket.stream:
                 raise error_from_wire(last)
             return b""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 from typing import Annotated, Any
 
 import msgspec
@@ -194,11 +195,16 @@ ROUTING_FIELDS = frozenset(
 )  # fmt: skip
 
 
+@functools.cache
+def _routing_defaults(kind: type[Request]) -> dict[str, Any]:
+    # Looking the fields up costs a quarter of a millisecond: once per request type.
+    return {
+        f.name: f.default
+        for f in msgspec.structs.fields(kind)
+        if f.name in ROUTING_FIELDS and f.default is not msgspec.NODEFAULT
+    }
+
+
 def without_routing(request: Request, **changes: Any) -> Request:
     """`request` with ollamesh's own fields back at their defaults, and `changes` applied."""
-    reset = {
-        f.name: f.default if f.default is not msgspec.NODEFAULT else f.default_factory()
-        for f in msgspec.structs.fields(request)
-        if f.name in ROUTING_FIELDS
-    }
-    return msgspec.structs.replace(request, **(reset | changes))
+    return msgspec.structs.replace(request, **(_routing_defaults(type(request)) | changes))
