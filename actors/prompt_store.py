@@ -178,7 +178,8 @@ class PromptStore(Actor):
             "render": self._render,
         }
         for verb, handler in handlers.items():
-            await self.serve(self.subjects.prompts(verb), partial(self._guarded, handler))
+            subject = self.subjects.prompts(verb)
+            await self.serve(subject, partial(self._guarded, handler), queue="prompts")
 
     async def _guarded(self, handler: Handler, msg: Msg) -> bytes:
         try:

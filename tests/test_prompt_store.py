@@ -123,3 +123,14 @@ def test_template_parameters_apply_unless_the_request_sets_them() -> None:
     assert template_options({}, None) is None
     with pytest.raises(BadRequest, match="not valid options"):
         template_options({"temperature": "hot"}, None)
+
+
+async def test_two_prompt_store_replicas_store_each_put_once(
+    database_url: str, sim_factory, stack_factory, client: Client
+) -> None:
+    """Replicas share the subjects as a queue group: ten puts, ten versions."""
+    sim = await sim_factory(models=MODELS)
+    for _ in range(2):
+        await stack_factory([sim.url], actors=("prompts",), database={"url": database_url})
+    puts = [await client.put_prompt("twice", f"v{i}") for i in range(10)]
+    assert [p.version for p in puts] == list(range(1, 11))
