@@ -1,4 +1,5 @@
-"""The `ollamesh` command: up, demo, sim, bench, generate, chat, queues, stats, cache, prompts."""
+"""The `ollamesh` command: up, demo, sim, bench, generate, chat, queues, stats, cache, prompts,
+models, status."""
 
 from __future__ import annotations
 
@@ -39,11 +40,12 @@ def run_async(coro_fn: Callable[[], Coroutine[Any, Any, int]]) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from actors.supervisor import Stack, run_until_signalled
+    from actors.supervisor import ACTORS, Stack, run_until_signalled
 
     config = load_config(args.config)
     configure_logging(config.log_level, args.log_format or config.log_format)
-    actors = tuple(a.strip() for a in args.actors.split(",") if a.strip())
+    named = args.actors.split(",") if args.actors else ACTORS
+    actors = tuple(a.strip() for a in named if a.strip())
     stack = Stack(config, actors=actors)
     return run_async(lambda: run_until_signalled(stack))
 
@@ -112,6 +114,14 @@ def _queues(args: argparse.Namespace) -> int:
     return run_async(lambda: queues(args))
 
 
+def _fleet(args: argparse.Namespace) -> int:
+    from actors.fleet_cli import models, status
+
+    configure_logging("warning")
+    command = status if args.command == "status" else models
+    return run_async(lambda: command(args))
+
+
 def _demo(args: argparse.Namespace) -> int:
     from actors.demo import demo
 
@@ -122,6 +132,7 @@ def _demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     from actors.bench import register as register_bench
+    from actors.fleet_cli import register as register_fleet
     from actors.simulator.cli import register as register_sim
 
     parser = argparse.ArgumentParser(prog="ollamesh", description=__doc__)
@@ -131,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--config", help="TOML config file (default: $OLLAMESH_CONFIG)")
     up.add_argument(
         "--actors",
-        default="router,executor,recorder,cache,prompts",
-        help="comma-separated actors to run",
+        help="comma-separated actors to run (default: all of "
+        "router,executor,recorder,cache,prompts,health)",
     )
     up.add_argument("--log-format", choices=["auto", "json", "console"])
     up.set_defaults(func=_up)
@@ -186,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         _bus_args(v)
     prompts.set_defaults(func=_prompts)
 
+    register_fleet(sub, _bus_args, _fleet)
     register_sim(sub)
     register_bench(sub)
     return parser

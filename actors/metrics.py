@@ -64,6 +64,10 @@ class Metrics:
             ["host", "model"], registry=r,
         )  # fmt: skip
         self.host_up = Gauge("ollamesh_host_up", "1 if the host answers", ["host"], registry=r)
+        self.host_state = Gauge(
+            "ollamesh_host_state", "1 for the health monitor's state of the host (up, degraded, "
+            "down)", ["host", "state"], registry=r,
+        )  # fmt: skip
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
         self.url: str | None = None

@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 
 from actors.cache_keeper import CacheKeeper
 from actors.executor import Executor
+from actors.health import HealthMonitor
 from actors.metrics import Metrics
 from actors.prompt_store import PromptStore
 from actors.recorder import Recorder
@@ -33,7 +34,7 @@ __all__ = ["ACTORS", "Stack", "default_data_dir", "run_until_signalled"]
 
 log = structlog.get_logger("actors.supervisor")
 
-ACTORS = ("router", "executor", "recorder", "cache", "prompts")
+ACTORS = ("router", "executor", "recorder", "cache", "prompts", "health")
 # Actors that keep state in Postgres.
 _DATABASE_ACTORS = {"recorder", "cache", "prompts"}
 # A pool whose connections are not released by then is closed by force.
@@ -77,6 +78,7 @@ class Stack:
         self.recorder: Recorder | None = None
         self.cache: CacheKeeper | None = None
         self.prompts: PromptStore | None = None
+        self.health: HealthMonitor | None = None
         self.nc: NATS | None = None
         self.registry: HostRegistry | None = None
         self.board: Board | None = None
@@ -88,7 +90,8 @@ class Stack:
     @property
     def actors(self) -> list[Actor]:
         """Every running actor, router first."""
-        others = [a for a in (self.recorder, self.cache, self.prompts) if a is not None]
+        stores = (self.recorder, self.cache, self.prompts, self.health)
+        others = [a for a in stores if a is not None]
         return ([self.router] if self.router else []) + list(self.executors) + others
 
     async def start(self) -> None:
@@ -149,6 +152,17 @@ class Stack:
             assert self.pool is not None
             self.prompts = PromptStore(self.nc, self.subjects, self.config, self.pool)
             await self.prompts.start()
+        if "health" in self._wanted:
+            self.health = HealthMonitor(
+                self.nc,
+                self.subjects,
+                self.config,
+                self.registry,
+                self.board,
+                buckets.health,
+                self.metrics,
+            )
+            await self.health.start()
         await self.wait_for_executors()
         log.info(
             "stack_started",
@@ -181,7 +195,7 @@ class Stack:
         if self.router:
             await self.router.stop(grace)
         await asyncio.gather(*(e.stop(grace) for e in self.executors))
-        for store in (self.recorder, self.cache, self.prompts):
+        for store in (self.health, self.recorder, self.cache, self.prompts):
             if store:
                 await store.stop(grace)
         if self.pool:

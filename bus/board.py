@@ -80,6 +80,11 @@ class Board:
             if self._seen[key] >= stale and model in entry.models
         }
 
+    def hosts(self) -> list[HostLoad]:
+        """Every fresh entry: one per executor."""
+        stale = time.monotonic() - _TTL_S
+        return [e for k, e in self._entries.items() if self._seen[k] >= stale]
+
     def models(self) -> set[str]:
         """Every model some fresh entry lists."""
         stale = time.monotonic() - _TTL_S

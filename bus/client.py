@@ -21,6 +21,7 @@ from bus.errors import (
     Timeout,
     error_from_wire,
 )
+from bus.fleet import Fleet
 from bus.rpc import call
 from bus.subjects import Subjects
 from schemas import (
@@ -207,6 +208,11 @@ class Client:
         self._owns_nc = nc is None
         # Streams nobody read to the end: their subscriptions would keep drain waiting.
         self._open: set[ChunkStream] = set()
+
+    @property
+    def fleet(self) -> Fleet:
+        """Hosts and models: the health view, list, show, ps, pull, load, unload, delete."""
+        return Fleet(self)
 
     @property
     def nc(self) -> NATS:

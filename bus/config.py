@@ -17,6 +17,8 @@ __all__ = [
     "ConfigError",
     "DatabaseConfig",
     "ExecutorConfig",
+    "HealthConfig",
+    "LoadOptions",
     "MetricsConfig",
     "ModelLimits",
     "NatsConfig",
@@ -170,6 +172,38 @@ class ExecutorConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     shutdown_grace_s: Positive = 30.0
 
 
+class HealthConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """The health monitor: how it checks hosts, and what it keeps loaded or pulls."""
+
+    interval_s: Positive = 5.0
+    # One check (version, tags, ps together) that takes longer has failed.
+    timeout_s: Positive = 2.0
+    # A check slower than this (or a partial failure) makes the host `degraded`.
+    slow_ms: Positive = 1000.0
+    # A pull taking longer has failed (big models take many minutes on slow links).
+    pull_timeout_s: Positive = 3600.0
+    # Roles (or models) kept loaded on every host that has them (keep_alive forever).
+    pin: list[str] = msgspec.field(default_factory=list)
+    # Pull the models of every role onto each host that lacks them (the old `autoPull`).
+    auto_pull: bool = False
+    # Start `ollama serve` for a local host that is down, if the binary exists (`autoStart`).
+    auto_start: bool = False
+
+    @property
+    def entry_ttl_s(self) -> float:
+        """How long a health entry or pull marker outlives the monitor refreshing it."""
+        return max(30.0, 6 * self.interval_s)
+
+
+class LoadOptions(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """Options that make Ollama reload a model when they change: fixed per model."""
+
+    num_ctx: PositiveInt | None = None
+    num_batch: PositiveInt | None = None
+    num_gpu: Annotated[int, Meta(ge=0)] | None = None
+    num_thread: PositiveInt | None = None
+
+
 class Config(Struct, forbid_unknown_fields=True, kw_only=True):
     """Everything `ollamesh up` needs."""
 
@@ -184,6 +218,9 @@ class Config(Struct, forbid_unknown_fields=True, kw_only=True):
     router: RouterConfig = msgspec.field(default_factory=RouterConfig)
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     executor: ExecutorConfig = msgspec.field(default_factory=ExecutorConfig)
+    health: HealthConfig = msgspec.field(default_factory=HealthConfig)
+    # Load-time options per model or role, applied to every request over the client's.
+    load_options: dict[str, LoadOptions] = msgspec.field(default_factory=dict)
     log_format: str = "auto"
     log_level: str = "info"
 

@@ -88,6 +88,7 @@ class Buckets(NamedTuple):
     hosts: KeyValue
     limits: KeyValue
     cache: KeyValue
+    health: KeyValue
 
 
 async def _bucket(js: JetStreamContext, cfg: KeyValueConfig) -> KeyValue:
@@ -124,10 +125,20 @@ async def provision(js: JetStreamContext, subjects: Subjects, config: Config) ->
         max_bytes=config.cache.max_bytes,
         storage=StorageType.FILE,
     )
+    health = KeyValueConfig(
+        bucket=subjects.health_bucket,
+        description="The health monitor's view of each host, and the pulls under way",
+        history=1,
+        # Entries are refreshed every check: one left behind by a stopped monitor expires.
+        ttl=config.health.entry_ttl_s,
+        storage=StorageType.MEMORY,
+    )
     cache_kv = await _bucket(js, cache)
     # A full cache drops its oldest answers rather than refusing new ones.
     stream = await js.stream_info(f"KV_{subjects.cache_bucket}")
     if stream.config.discard is not DiscardPolicy.OLD:
         stream.config.discard = DiscardPolicy.OLD
         await js.update_stream(stream.config)
-    return Buckets(await _bucket(js, hosts), await _bucket(js, limits), cache_kv)
+    return Buckets(
+        await _bucket(js, hosts), await _bucket(js, limits), cache_kv, await _bucket(js, health)
+    )

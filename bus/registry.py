@@ -91,6 +91,12 @@ class HostRegistry:
         async with asyncio.timeout(timeout), self._changed:
             await self._changed.wait_for(lambda: predicate(self))
 
+    async def changed(self, timeout: float) -> None:
+        """Return when an entry changes, or after `timeout` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait()
+
     def serves(self, model: str) -> bool:
         """Whether some host that is up has `model` and takes work for it now."""
         return any(model in h.models and model not in h.blocked for h in self.hosts())

@@ -110,6 +110,23 @@ class Subjects:
         """Request/reply to the prompt store: put, get, list, delete, render."""
         return f"{self._base}.prompts.{verb}"
 
+    def models(self, verb: str) -> str:
+        """Request/reply to the health monitor: list, show, ps, pull, load, unload, delete."""
+        return f"{self._base}.models.{verb}"
+
+    @property
+    def health(self) -> str:
+        """Request/reply: the fleet view (hosts, models on them, queues)."""
+        return f"{self._base}.health"
+
+    def pull_progress(self, host: str, model: str) -> str:
+        """Where a pull of `model` onto `host` reports its progress (stored with the events)."""
+        return f"{self._base}.events.pull.{model_token(host)}.{model_token(model)}"
+
+    def pull_progresses(self, model: str | None = None) -> str:
+        """Progress of every pull, or of every pull of `model`."""
+        return f"{self._base}.events.pull.*.{model_token(model) if model else '*'}"
+
     @property
     def stats(self) -> str:
         """Request/reply: request figures per model and host over recent windows."""
@@ -143,6 +160,10 @@ class Subjects:
     @property
     def host_bucket(self) -> str:
         return f"{self.prefix}_hosts"
+
+    @property
+    def health_bucket(self) -> str:
+        return f"{self.prefix}_health"
 
     @property
     def cache_bucket(self) -> str:

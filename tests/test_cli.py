@@ -160,3 +160,29 @@ async def test_prompts_from_the_terminal(
     assert code == 1 and err.startswith("error: bad_request: missing template variables: crew")
     code, out, _ = await run("prompts", "delete", "site", *bus)
     assert code == 0 and "deleted 1 version(s) of site" in out
+
+
+async def test_models_and_status_from_the_terminal(
+    sim_factory, stack_factory, nats_server, prefix
+) -> None:
+    """`ollamesh models pull` shows per-host progress and outcomes; `status` the table."""
+    a = await sim_factory(models=MODELS, pull_bytes_per_second=4e9)
+    b = await sim_factory(models=MODELS[:1], disk_bytes=4_000_000_000)
+    await stack_factory([a.url, b.url], actors=("router", "executor", "health"))
+    bus = ("--nats", nats_server.url, "--prefix", prefix)
+    code, out, err = await run("models", "pull", "mistral:7b", *bus)
+    assert code == 1, err  # one host's disk is full
+    assert f"{a.url}: pulled" in out and f"{b.url}: upstream_error" in out and "disk" in out
+    assert "pulling" in err or "success" in err  # the progress bars
+    code, out, err = await run("models", "load", "qwen2.5:7b", "--keep-alive", "-1", *bus)
+    assert code == 0 and f"{a.url}: loaded" in out, err
+    code, out, err = await run("models", "ps", *bus)
+    assert code == 0 and "qwen2.5:7b" in out, err
+    code, out, err = await run("models", "show", "nope", *bus)
+    assert code == 1 and "model_not_found" in err and "Traceback" not in err
+    code, out, err = await run("status", *bus, env={"COLUMNS": "200"})
+    assert code == 0, err
+    lines = out.splitlines()
+    assert any(a.url in line and " up " in line for line in lines), out
+    row = next(line for line in lines if "qwen2.5:7b" in line)  # only host a has it
+    assert "yes" in row and "GB" in row and "0/4" in row and "closed" in row, out

@@ -23,6 +23,7 @@ from actors.executor.emit import Emitter
 from actors.executor.ollama import HostUnavailable, Line, OllamaHost, StreamTimeouts
 from actors.executor.puller import FETCH_EXPIRY_S, Puller, Tally
 from actors.metrics import Metrics
+from actors.model_policy import ModelPolicy
 from bus.actor import Actor, reply_error
 from bus.board import HEARTBEAT_S, Board
 from bus.config import Config
@@ -65,14 +66,23 @@ def _stats(line: Line) -> dict[str, Any]:
     return {name: getattr(line, name) for name in STAT_FIELDS}
 
 
-def _ollama_body(work: Work) -> bytes:
+def _ollama_body(work: Work, policy: ModelPolicy) -> bytes:
     """The request as Ollama takes it: the resolved model, our own fields left out.
 
     Generation is always streamed from the host, even for a non-streamed client request,
-    so the first-token and idle deadlines hold.
+    so the first-token and idle deadlines hold. The model's load-time options and its pin
+    override the client's, so no request makes Ollama reload or unload a shared model.
     """
     request = decode_request(work.kind, work.body)
-    return encode(without_routing(request, model=work.model, stream=work.kind is not Kind.EMBED))
+    return encode(
+        without_routing(
+            request,
+            model=work.model,
+            stream=work.kind is not Kind.EMBED,
+            options=policy.options(work.model, request.options),
+            keep_alive=policy.keep_alive(work.model, request.keep_alive),
+        )
+    )
 
 
 class Executor(Actor):
@@ -93,6 +103,7 @@ class Executor(Actor):
         super().__init__(nc, subjects)
         self.cfg = config.executor
         self._routing = config.routing
+        self._policy = ModelPolicy(config)
         self._board = board
         self._metrics = metrics
         self.host_url = host_url.rstrip("/")
@@ -371,7 +382,10 @@ class Executor(Actor):
         loop = asyncio.get_running_loop()
         started = loop.time()
         rid = work.request_id
-        log = self.log.bind(request_id=rid, model=work.model, attempt=attempt)
+        # This task's own context: every line logged while serving it names the request,
+        # whichever module logs it.
+        structlog.contextvars.bind_contextvars(request_id=rid)
+        log = self.log.bind(model=work.model, attempt=attempt)
         emitter = Emitter(
             self.nc,
             self.subjects.stream(rid),
@@ -387,7 +401,7 @@ class Executor(Actor):
         calling = False  # failures while the host works count against its circuit
         try:
             await self._check_admissible(work, attempt)
-            body = _ollama_body(work)
+            body = _ollama_body(work, self._policy)
             timeouts = self._timeouts(work)
             path = _PATHS[work.kind]
             calling, called = True, loop.time()

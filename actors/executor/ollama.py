@@ -15,7 +15,14 @@ from msgspec import Struct
 from bus.errors import BadRequest, ModelNotFound, OllameshError, Timeout, UpstreamError
 from schemas import Message
 
-__all__ = ["HostUnavailable", "Line", "OllamaHost", "StreamTimeouts"]
+__all__ = [
+    "HostUnavailable",
+    "Line",
+    "OllamaHost",
+    "StreamTimeouts",
+    "error_text",
+    "status_error",
+]
 
 
 class HostUnavailable(UpstreamError):
@@ -70,7 +77,7 @@ class StreamTimeouts:
     total: float
 
 
-def _error_text(body: bytes) -> str:
+def error_text(body: bytes) -> str:
     try:
         decoded = msgspec.json.decode(body)
     except msgspec.DecodeError:
@@ -80,9 +87,9 @@ def _error_text(body: bytes) -> str:
     return str(decoded)[:500]
 
 
-def _status_error(status: int, body: bytes, model: str) -> OllameshError:
+def status_error(status: int, body: bytes, model: str) -> OllameshError:
     """Map an HTTP error status from Ollama to the failure it means for the client."""
-    text = _error_text(body)
+    text = error_text(body)
     if status == 404:
         return ModelNotFound(f"model {model!r} not found on host: {text}")
     if status == 400:
@@ -159,24 +166,28 @@ class OllamaHost:
         except (httpx.HTTPError, TimeoutError) as exc:
             raise HostUnavailable(f"{self.url}{path}: {exc!r}") from exc
         if resp.status_code != 200:
-            raise _status_error(resp.status_code, resp.content, "")
+            raise status_error(resp.status_code, resp.content, "")
         return resp.content
 
     async def call(self, path: str, body: bytes, model: str, timeout: float) -> Line:
         """POST a non-streamed request (`/api/embed`) and return its decoded reply."""
+        line = _line_decoder.decode(await self.send("POST", path, body, model, timeout))
+        if line.error:
+            raise UpstreamError(f"host error: {line.error}")
+        return line
+
+    async def send(self, method: str, path: str, body: bytes, model: str, timeout: float) -> bytes:
+        """Send one request and return the body of its 200 answer; raise typed otherwise."""
         try:
             async with asyncio.timeout(timeout), self._lease() as http:
-                resp = await http.post(path, content=body)
+                resp = await http.request(method, path, content=body)
         except TimeoutError as exc:
             raise Timeout(f"{self.url}{path} did not answer within {timeout:.1f}s") from exc
         except httpx.HTTPError as exc:
             raise HostUnavailable(f"{self.url}{path}: {exc!r}") from exc
         if resp.status_code != 200:
-            raise _status_error(resp.status_code, resp.content, model)
-        line = _line_decoder.decode(resp.content)
-        if line.error:
-            raise UpstreamError(f"host error: {line.error}")
-        return line
+            raise status_error(resp.status_code, resp.content, model)
+        return resp.content
 
     async def stream(
         self, path: str, body: bytes, model: str, timeouts: StreamTimeouts
@@ -195,7 +206,7 @@ class OllamaHost:
             async with asyncio.timeout_at(min(end, loop.time() + timeouts.first_token)) as deadline:
                 async with self._lease() as http, http.stream("POST", path, content=body) as resp:
                     if resp.status_code != 200:
-                        raise _status_error(resp.status_code, await resp.aread(), model)
+                        raise status_error(resp.status_code, await resp.aread(), model)
                     pending = b""
                     finished = False
                     async for raw in _with_eof(resp.aiter_raw()):

@@ -41,6 +41,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--max-queue", type=int, default=512, help="waiting requests before 503")
     p.add_argument("--load-ms", type=float, default=0.0, help="time to load a cold model")
     p.add_argument("--keep-alive", type=float, default=300.0, help="default keep_alive seconds")
+    p.add_argument(
+        "--pull-mb-per-second", type=float, default=0.0, help="download speed of pulls (0: instant)"
+    )
+    p.add_argument("--disk-gb", type=float, help="disk size for models (default: never full)")
     f = p.add_argument_group("fault at start-up (as POST /_sim/faults takes it)")
     f.add_argument("--fault", choices=_KINDS, help="the kind of fault to inject")
     f.add_argument("--fault-tokens", type=int, default=0, help="tokens before it strikes")
@@ -61,6 +65,8 @@ def _simulator(args: argparse.Namespace) -> SimulatorServer:
         max_queue=args.max_queue,
         load_ms=args.load_ms,
         keep_alive=args.keep_alive,
+        pull_bytes_per_second=args.pull_mb_per_second * 1e6,
+        disk_bytes=None if args.disk_gb is None else int(args.disk_gb * 1e9),
     )
     if args.fault:
         models = [m.strip() for m in args.fault_models.split(",")] if args.fault_models else None

@@ -186,16 +186,22 @@ class Engine:
         load_ms: float = 0.0,
         keep_alive: float = 300.0,
         unpullable: tuple[str, ...] = ("missing",),
+        pull_bytes_per_second: float = 0.0,
+        disk_bytes: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if num_parallel < 1 or max_queue < 0 or tokens_per_second < 0 or load_ms < 0:
             raise ValueError("num_parallel >= 1; max_queue, tokens_per_second, load_ms >= 0")
+        if pull_bytes_per_second < 0 or (disk_bytes is not None and disk_bytes < 0):
+            raise ValueError("pull_bytes_per_second and disk_bytes must not be negative")
         self.tokens_per_second = tokens_per_second
         self.num_parallel = num_parallel
         self.max_queue = max_queue
         self.load_ms = load_ms
         self.keep_alive = keep_alive
         self.unpullable = unpullable
+        self.pull_bytes_per_second = pull_bytes_per_second  # 0: downloads are instant
+        self.disk_bytes = disk_bytes  # None: the disk never fills
         self.clock = clock  # keep-alive expiry runs on it; tests may pass a fake
         self.stats = Stats()
         self.models: dict[str, ModelInfo] = {}
@@ -228,6 +234,12 @@ class Engine:
         del self.models[info.name]
         self._loaded.pop(info.name, None)
         return True
+
+    def disk_free(self) -> float:
+        """Bytes left on the (imaginary) disk for new models."""
+        if self.disk_bytes is None:
+            return math.inf
+        return self.disk_bytes - sum(info.size for info in self.models.values())
 
     def can_pull(self, name: str) -> bool:
         """Tell whether the (imaginary) registry has `name`: not if it starts `unpullable`."""

@@ -94,16 +94,24 @@ def _layers(info: ModelInfo) -> list[tuple[str, int]]:
     ]
 
 
-def _progress(info: ModelInfo) -> list[dict[str, object]]:
-    """Make the progress lines of a pull between `pulling manifest` and `verifying`."""
-    lines: list[dict[str, object]] = []
+def _progress(info: ModelInfo) -> list[tuple[dict[str, object], int]]:
+    """Make the progress lines of a pull between `pulling manifest` and `verifying`,
+    each with the bytes that arrived since the line before it."""
+    lines: list[tuple[dict[str, object], int]] = []
     for digest, total in _layers(info):
         base = {"status": f"pulling {digest[:12]}", "digest": f"sha256:{digest}", "total": total}
         # Ollama leaves `completed` out until some of a layer has arrived.
-        lines.append(base)
+        lines.append((base, 0))
         steps = 4 if total > 1_000_000 else 1
-        lines.extend({**base, "completed": total * k // steps} for k in range(1, steps + 1))
+        lines.extend(
+            ({**base, "completed": total * k // steps}, total // steps) for k in range(1, steps + 1)
+        )
     return lines
+
+
+def _disk_full(info: ModelInfo) -> str:
+    """Ollama's error when a blob does not fit on the disk."""
+    return f"write /root/.ollama/models/blobs/sha256-{info.digest}-partial: no space left on device"
 
 
 class ModelsApi:
@@ -177,19 +185,27 @@ class ModelsApi:
         if not name:
             raise BadRequest("model is required")
         found = self.engine.can_pull(name)
+        info = describe(name)
+        # A model already on disk needs no new space: its blobs are kept.
+        full = self.engine.find(name) is None and info.size > self.engine.disk_free()
         if req.stream is False:
             if not found:
                 raise Refused(500, PULL_MISSING_ERROR)
+            if full:
+                raise Refused(500, _disk_full(info))
             self.engine.add(name)
             await ex.json(200, {"status": "success"})
             return
         await ex.write(b'{"status":"pulling manifest"}\n')
-        if not found:
-            await ex.write(msgspec.json.encode({"error": PULL_MISSING_ERROR}) + b"\n")
+        if not found or full:  # the weights do not fit: Ollama fails writing their blob
+            error = PULL_MISSING_ERROR if not found else _disk_full(info)
+            await ex.write(msgspec.json.encode({"error": error}) + b"\n")
             await ex.end()
             return
-        for line in _progress(describe(name)):
-            await asyncio.sleep(0)  # a download takes turns with everything else
+        rate = self.engine.pull_bytes_per_second
+        for line, arrived in _progress(info):
+            # A download takes turns with everything else, and takes time at a set rate.
+            await asyncio.sleep(arrived / rate if rate else 0)
             await ex.write(msgspec.json.encode(line) + b"\n")
         for status in (b"verifying sha256 digest", b"writing manifest"):
             await ex.write(b'{"status":"%s"}\n' % status)

@@ -61,6 +61,8 @@ class SimulatorServer:
         max_queue: int = 512,
         load_ms: float = 0.0,
         keep_alive: float = 300.0,
+        pull_bytes_per_second: float = 0.0,
+        disk_bytes: int | None = None,
         engine: Engine | None = None,
     ) -> None:
         self.engine = engine or Engine(
@@ -70,6 +72,8 @@ class SimulatorServer:
             max_queue=max_queue,
             load_ms=load_ms,
             keep_alive=keep_alive,
+            pull_bytes_per_second=pull_bytes_per_second,
+            disk_bytes=disk_bytes,
         )
         self.host = host
         self.port = port
