@@ -11,17 +11,22 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
+from rich.console import Console
 
+from actors.fleet_cli import status_table
 from actors.simulator import SimulatorServer
 from actors.supervisor import Stack
 from bus.client import Client
 from bus.config import Config
 from bus.errors import Cancelled
 from schemas import RequestEvent, StatsRow, decode_event
+from schemas.fleet import FleetStatus, HostState, PullProgress
 
 __all__ = ["demo"]
 
 _MODELS = ["llama3.2:3b", "qwen2.5:7b"]
+# Pulls download at 8 GB/s: a 4 GB model arrives in half a second.
+_DISK = {"pull_bytes_per_second": 8e9}
 
 
 def _say(text: str = "") -> None:
@@ -31,8 +36,8 @@ def _say(text: str = "") -> None:
 @contextlib.asynccontextmanager
 async def _fleet(tokens_per_second: float) -> AsyncIterator[list[SimulatorServer]]:
     async with (
-        SimulatorServer(models=_MODELS, tokens_per_second=tokens_per_second) as a,
-        SimulatorServer(models=_MODELS, tokens_per_second=tokens_per_second) as b,
+        SimulatorServer(models=_MODELS, tokens_per_second=tokens_per_second, **_DISK) as a,
+        SimulatorServer(models=_MODELS, tokens_per_second=tokens_per_second, **_DISK) as b,
     ):
         yield [a, b]
 
@@ -53,6 +58,18 @@ async def _recorded(client: Client, expected: int, timeout: float = 10.0) -> lis
                 await asyncio.sleep(0.2)  # the recorder writes in batches, about each second
                 rows = [r for r in (await client.stats()).windows["1m"] if r.model]
     return rows
+
+
+async def _fleet_view(client: Client, dead: str, timeout: float = 10.0) -> FleetStatus:
+    """The monitor's view once it has seen the dead host down (its executor tells it)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            while True:
+                fleet = await client.fleet.status()
+                if any(h.host == dead and h.state is HostState.DOWN for h in fleet.hosts):
+                    return fleet
+                await asyncio.sleep(0.2)
+    return await client.fleet.status()
 
 
 async def demo(tokens_per_second: float = 150.0) -> int:
@@ -159,10 +176,27 @@ async def demo(tokens_per_second: float = 150.0) -> int:
             total = sum(r.requests for r in recorded)
             summary.append(("stats", f"{total} requests recorded"))
 
+            _say("\n6. The fleet from one screen (`ollamesh status`), then a model pulled")
+            _say("   onto every host that is up, with progress (`ollamesh models pull`):")
+            fleet = await _fleet_view(client, gpu_a.url)
+            Console(width=110).print(status_table(fleet, None))
+            progress: list[PullProgress] = []
+            t0 = time.perf_counter()
+            pulled = await client.fleet.pull("mistral:7b", on_progress=progress.append)
+            took = (time.perf_counter() - t0) * 1000
+            where = ", ".join(names[r.host] for r in pulled.results if r.ok)
+            _say(f"   -> mistral:7b pulled onto {where} in {took:.0f} ms"
+                 f" ({len(progress)} progress events)")  # fmt: skip
+            down = [names[h.host] for h in fleet.hosts if h.state is HostState.DOWN]
+            summary.append(
+                ("fleet view", f"{', '.join(down) or 'no host'} down; pulled on {where}")
+            )
+
             _say("\nSummary")
             for step, what in summary:
                 _say(f"  {step:<22} {what}")
             passed = ok and outcome.startswith("cancelled") and total >= expected
+            passed = passed and down == ["gpu-a"] and where == "gpu-b"
             _say("\ndemo " + ("passed" if passed else "FAILED"))
             await asyncio.sleep(0)
             return 0 if passed else 1

@@ -1,4 +1,4 @@
-"""What the configuration fixes per model: load-time options, and pinning in memory."""
+"""What the configuration fixes per model: load-time options, pinning and warming."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ class ModelPolicy:
             return canonical_model(roles.get(name, name))
 
         self._pinned = {model(name) for name in config.health.pin}
+        self._warm = {model(name) for name in config.health.warm}
         self._options: dict[str, dict[str, int]] = {}
         by_role = [(k, v) for k, v in config.load_options.items() if k in roles]
         by_name = [(k, v) for k, v in config.load_options.items() if k not in roles]
@@ -39,6 +40,11 @@ class ModelPolicy:
     @property
     def pinned_models(self) -> set[str]:
         return set(self._pinned)
+
+    @property
+    def warm_models(self) -> set[str]:
+        """Models to load when a host comes up (`health.warm`)."""
+        return set(self._warm)
 
     def pinned(self, model: str) -> bool:
         return model in self._pinned

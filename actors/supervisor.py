@@ -109,7 +109,12 @@ class Stack:
         if (port := self.config.metrics.port) is not None:
             self.metrics.serve(self.config.metrics.host, port)
         buckets = await provision(self.nc.jetstream(), self.subjects, self.config)
-        self.registry = HostRegistry(buckets.hosts, ttl=self.config.executor.registry_ttl_s)
+        self.registry = HostRegistry(
+            buckets.hosts,
+            ttl=self.config.executor.registry_ttl_s,
+            health=buckets.health,
+            health_ttl=3 * self.config.health.interval_s,
+        )
         await self.registry.start()
         self.board = Board(self.nc, self.subjects)
         await self.board.start()

@@ -184,6 +184,8 @@ class HealthConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     pull_timeout_s: Positive = 3600.0
     # Roles (or models) kept loaded on every host that has them (keep_alive forever).
     pin: list[str] = msgspec.field(default_factory=list)
+    # Roles (or models) loaded when a host comes up, then left to Ollama's keep_alive.
+    warm: list[str] = msgspec.field(default_factory=list)
     # Pull the models of every role onto each host that lacks them (the old `autoPull`).
     auto_pull: bool = False
     # Start `ollama serve` for a local host that is down, if the binary exists (`autoStart`).

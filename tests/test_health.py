@@ -12,7 +12,8 @@ import pytest
 from actors.health.admin import Check
 from actors.health.judge import judge
 from bus.client import Client
-from bus.errors import BadRequest
+from bus.errors import BadRequest, NoHealthyHost
+from bus.subjects import model_token
 from schemas import HostInfo
 from schemas.fleet import FleetStatus, HostEvent, HostHealth, HostState
 from tests.helpers import eventually
@@ -83,12 +84,12 @@ async def test_the_fleet_view_shows_hosts_models_and_load(
     async def served() -> bool:
         rows = {(r.host, r.model): r for r in (await _status(client)).rows}
         row = rows[(a.url, "qwen2.5:7b")]
-        return row.loaded and row.ttft_ms_p50 is not None
+        return row.loaded and row.size_vram > 0 and row.ttft_ms_p50 is not None
 
-    await eventually(served, timeout=8.0)  # the load shows at the host's next check
+    await eventually(served, timeout=8.0)  # VRAM shows at the host's next check
     rows = {(r.host, r.model): r for r in (await _status(client)).rows}
     row = rows[(a.url, "qwen2.5:7b")]
-    assert row.size_vram > 0 and row.slots == 4 and row.circuit == "closed"
+    assert row.slots == 4 and row.circuit == "closed"
     assert not rows[(b.url, "llama3.2:3b")].loaded
     assert (b.url, "qwen2.5:7b") not in rows
 
@@ -97,7 +98,7 @@ async def test_health_checks_never_touch_the_generate_path(
     sim_factory, stack_factory, client: Client
 ) -> None:
     sim = await sim_factory(models=MODELS)
-    stack = await stack_factory([sim.url], actors=HEALTH, health={"interval_s": 0.2})
+    stack = await stack_factory([sim.url], actors=HEALTH)
     assert stack.health is not None
     before = sim.engine.stats.requests["/api/version"]
 
@@ -185,3 +186,28 @@ async def test_a_bad_health_request_is_a_typed_error(
     assert b'"bad_request"' in reply.data
     with pytest.raises(BadRequest):
         await Client(nc=nc, prefix=prefix).fleet.models("show")
+
+
+async def test_routers_take_a_host_the_monitor_found_down_out_of_rotation(
+    sim_factory, stack_factory, client: Client
+) -> None:
+    """A monitor (elsewhere: the local one is stopped) found the host down while its
+    executor still says up: routers answer no_healthy_host until the verdict goes."""
+    sim = await sim_factory(models=MODELS)
+    stack = await stack_factory([sim.url], actors=HEALTH)
+    assert stack.registry is not None
+    await client.generate("llama3.2:3b", "hi", options={"num_predict": 2})
+    verdict = HostHealth(host=sim.url, state=HostState.DOWN, reason="test", checked_at=time.time())
+    await stack.health.stop(grace=1.0)  # type: ignore[union-attr]
+    health_kv = await stack.nc.jetstream().key_value(f"{stack.subjects.health_bucket}")  # type: ignore[union-attr]
+    await health_kv.put(model_token(sim.url), msgspec.json.encode(verdict))
+
+    async def out() -> bool:
+        return stack.registry.found_down(sim.url)  # type: ignore[union-attr]
+
+    await eventually(out)
+    with pytest.raises(NoHealthyHost):
+        await client.generate("llama3.2:3b", "hi", options={"num_predict": 2})
+    await health_kv.delete(model_token(sim.url))
+    done = await client.generate("llama3.2:3b", "hi", options={"num_predict": 2})
+    assert done.host == sim.url

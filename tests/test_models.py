@@ -177,21 +177,24 @@ async def test_pinned_roles_stay_loaded_and_load_options_are_fixed(
     sim_factory, stack_factory, client: Client
 ) -> None:
     """`fast` is pinned: the monitor loads it forever, and a request asking keep_alive 0
-    does not unload it. qwen's num_ctx is fixed: a request asking another does not make
+    does not unload it. `primary` (qwen) is warmed: loaded at start, for Ollama's usual
+    keep_alive, with its fixed num_ctx; a request asking another num_ctx does not make
     the host reload it with that context."""
     sim = await sim_factory(models=MODELS)
     await stack_factory(
         [sim.url],
         actors=HEALTH,
-        health={"pin": ["fast"]},
-        load_options={"qwen2.5:7b": {"num_ctx": 8192}},
+        health={"pin": ["fast"], "warm": ["primary"]},
+        load_options={"primary": {"num_ctx": 8192}},
     )
 
-    async def pinned() -> bool:
-        return "llama3.2:3b" in await _ps(sim.url)
+    async def loaded() -> bool:
+        return set(await _ps(sim.url)) == {"llama3.2:3b", "qwen2.5:7b"}
 
-    await eventually(pinned)
-    assert (await _ps(sim.url))["llama3.2:3b"]["expires_at"] > "2100"
+    await eventually(loaded)
+    ps = await _ps(sim.url)
+    assert ps["llama3.2:3b"]["expires_at"] > "2100" > ps["qwen2.5:7b"]["expires_at"]
+    assert ps["qwen2.5:7b"]["context_length"] == 8192
     await client.generate("fast", "hi", keep_alive=0, options={"num_predict": 2})
     assert "llama3.2:3b" in await _ps(sim.url)
     await client.generate("qwen2.5:7b", "hi", options={"num_ctx": 2048, "num_predict": 2})

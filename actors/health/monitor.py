@@ -244,7 +244,7 @@ class HealthMonitor(Actor):
             if self.cfg.auto_start and watched.configured and await self._local.start(url):
                 watched.wake.set()
         else:
-            self._tend(url, check)
+            self._tend(url, check, came_up=previous is None or previous.state is HostState.DOWN)
 
     async def _changed(self, health: HostHealth, previous: HostState | None) -> None:
         level = "info" if health.state is HostState.UP else "warning"
@@ -266,13 +266,18 @@ class HealthMonitor(Actor):
 
     # -- pins and automatic pulls -------------------------------------------------------
 
-    def _tend(self, url: str, check: Check) -> None:
-        """Load pinned models that are not in memory; pull role models the host lacks."""
+    def _tend(self, url: str, check: Check, *, came_up: bool) -> None:
+        """Load pinned models that are not in memory (and, on a host that just came up,
+        the models to warm); pull role models the host lacks."""
         stored = {m.name for m in check.models or []}
         loaded = {m.name for m in check.loaded or []}
         if check.loaded is not None:
-            for model in self._policy.pinned_models & (stored - loaded):
-                self._once(url, model, self._pin(url, model))
+            pinned = self._policy.pinned_models
+            for model in pinned & (stored - loaded):
+                self._once(url, model, self._load(url, model, FOREVER))
+            if came_up:
+                for model in (self._policy.warm_models - pinned) & (stored - loaded):
+                    self._once(url, model, self._load(url, model, None))
         if self.cfg.auto_pull and check.models is not None:
             backoff_after = time.monotonic() - _AUTO_PULL_BACKOFF_S
             for model in sorted(self._role_models - stored):
@@ -289,13 +294,15 @@ class HealthMonitor(Actor):
         task = self.spawn(work)
         task.add_done_callback(lambda _: self._tending.discard(key))
 
-    async def _pin(self, url: str, model: str) -> None:
+    async def _load(self, url: str, model: str, keep_alive: int | None) -> None:
+        """Pin (`keep_alive` forever) or warm (Ollama's default keep_alive) a model."""
+        what = "pinned" if keep_alive == FOREVER else "warmed"
         try:
-            await self.manager.load(url, model, FOREVER)
+            await self.manager.load(url, model, keep_alive)
         except Exception as exc:
-            self.log.warning("pin_failed", host=url, model=model, error=repr(exc))
+            self.log.warning(f"model_not_{what}", host=url, model=model, error=repr(exc))
             return
-        self.log.info("model_pinned", host=url, model=model)
+        self.log.info(f"model_{what}", host=url, model=model)
         self.recheck(url)
 
     async def _auto_pull(self, url: str, model: str) -> None:
@@ -341,7 +348,8 @@ class HealthMonitor(Actor):
         reports = self._registry.hosts_seen()
         rows: list[ModelRow] = []
         for health in hosts:
-            mine = [r for r in reports if r.host.rstrip("/") == health.host]
+            # Only executors that reach the host serve it: a down host's circuits are moot.
+            mine = [r for r in reports if r.host.rstrip("/") == health.host and r.up]
             served = {m for r in mine for m in r.models}
             blocked = {m for r in mine for m in r.blocked}
             vram = {m.name: m.size_vram for m in health.loaded}
@@ -353,7 +361,8 @@ class HealthMonitor(Actor):
                     ModelRow(
                         host=health.host,
                         model=model,
-                        loaded=model in vram,
+                        # The last check's `/api/ps`, or the executor's fresher word.
+                        loaded=model in vram or (load is not None and load.warm),
                         size_vram=vram.get(model, 0),
                         in_flight=load.in_flight if load else 0,
                         slots=load.slots if load else 0,
