@@ -73,6 +73,10 @@ async def status(args: argparse.Namespace) -> int:
         if not args.watch:
             console.print(await table())
             return 0
+        if not console.is_terminal:  # a pipe or a log: one table after another
+            while True:
+                console.print(await table())
+                await asyncio.sleep(args.interval)
         with Live(await table(), console=console, auto_refresh=False) as live:
             while True:
                 await asyncio.sleep(args.interval)

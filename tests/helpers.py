@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sys
 from asyncio.subprocess import Process
 from collections.abc import Awaitable, Callable
@@ -60,11 +61,16 @@ async def warm(url: str, *models: str) -> None:
             resp.raise_for_status()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    """Ask `check` again until it holds (the state it reads changes on its own, with no
-    event to wait on); fail after `timeout`."""
+async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 5.0) -> None:
+    """Ask `check` (a function or a coroutine function) again until it holds (the state it
+    reads changes on its own, with no event to wait on); fail after `timeout`."""
+
+    async def holds() -> bool:
+        result = check()
+        return await result if inspect.isawaitable(result) else result
+
     async with asyncio.timeout(timeout):
-        while not await check():  # noqa: ASYNC110 - no event exists for what `check` reads
+        while not await holds():  # noqa: ASYNC110 - no event exists for what `check` reads
             await asyncio.sleep(0.05)
 
 

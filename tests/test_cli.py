@@ -186,3 +186,25 @@ async def test_models_and_status_from_the_terminal(
     assert any(a.url in line and " up " in line for line in lines), out
     row = next(line for line in lines if "qwen2.5:7b" in line)  # only host a has it
     assert "yes" in row and "GB" in row and "0/4" in row and "closed" in row, out
+
+
+async def test_status_watch_redraws_until_interrupted(
+    sim_factory, stack_factory, nats_server, prefix
+) -> None:
+    sim = await sim_factory(models=MODELS)
+    await stack_factory([sim.url], actors=("health",))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "actors", "status", "--watch", "--interval", "0.1",
+        "--nats", nats_server.url, "--prefix", prefix,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    titles = 0
+    async with asyncio.timeout(30):
+        while titles < 3:
+            line = (await proc.stdout.readline()).decode()
+            assert line, "status --watch ended by itself"
+            titles += line.startswith("ollamesh fleet: 1 hosts")
+    proc.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(proc.communicate(), 10)
+    assert proc.returncode == 130 and "Traceback" not in err.decode()

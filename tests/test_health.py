@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import httpx
 import msgspec
 import pytest
 
@@ -72,7 +73,7 @@ async def test_the_fleet_view_shows_hosts_models_and_load(
     the model loaded, its VRAM, its slots and its median time to first token."""
     a = await sim_factory(models=MODELS)
     b = await sim_factory(models=MODELS[:1])
-    await stack_factory([a.url, b.url], actors=HEALTH)
+    stack = await stack_factory([a.url, b.url], actors=HEALTH)
     status = await _status(client)
     assert {h.host: h.state for h in status.hosts} == {a.url: HostState.UP, b.url: HostState.UP}
     assert {m.name for m in _host(status, a.url).models} == set(MODELS)
@@ -92,6 +93,11 @@ async def test_the_fleet_view_shows_hosts_models_and_load(
     assert row.slots == 4 and row.circuit == "closed"
     assert not rows[(b.url, "llama3.2:3b")].loaded
     assert (b.url, "qwen2.5:7b") not in rows
+    assert stack.metrics.url is not None
+    async with httpx.AsyncClient() as http:
+        scraped = (await http.get(stack.metrics.url)).text
+    assert f'ollamesh_host_state{{host="{a.url}",state="up"}} 1.0' in scraped
+    assert f'ollamesh_host_state{{host="{a.url}",state="down"}} 0.0' in scraped
 
 
 async def test_health_checks_never_touch_the_generate_path(
@@ -102,10 +108,7 @@ async def test_health_checks_never_touch_the_generate_path(
     assert stack.health is not None
     before = sim.engine.stats.requests["/api/version"]
 
-    async def checked_five_times() -> bool:
-        return sim.engine.stats.requests["/api/version"] >= before + 5
-
-    await eventually(checked_five_times)
+    await eventually(lambda: sim.engine.stats.requests["/api/version"] >= before + 5)
     seen = set(sim.engine.stats.requests)
     assert seen <= {"/api/version", "/api/tags", "/api/ps"}, seen
     assert sim.engine.stats.generations == 0 and not sim.engine.running()
@@ -202,10 +205,7 @@ async def test_routers_take_a_host_the_monitor_found_down_out_of_rotation(
     health_kv = await stack.nc.jetstream().key_value(f"{stack.subjects.health_bucket}")  # type: ignore[union-attr]
     await health_kv.put(model_token(sim.url), msgspec.json.encode(verdict))
 
-    async def out() -> bool:
-        return stack.registry.found_down(sim.url)  # type: ignore[union-attr]
-
-    await eventually(out)
+    await eventually(lambda: stack.registry.found_down(sim.url))  # type: ignore[union-attr]
     with pytest.raises(NoHealthyHost):
         await client.generate("llama3.2:3b", "hi", options={"num_predict": 2})
     await health_kv.delete(model_token(sim.url))

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from bus.client import Client
-from bus.errors import BadRequest, ModelNotFound, NoHealthyHost, UpstreamError
+from bus.errors import BadRequest, ModelNotFound, NoHealthyHost, Unavailable, UpstreamError
 from schemas.fleet import HostState, PullProgress
 from tests.helpers import eventually
 
@@ -212,10 +212,7 @@ async def test_role_models_a_host_lacks_are_pulled_when_auto_pull_is_on(
         health={"auto_pull": True},
     )
 
-    async def pulled() -> bool:
-        return sim.engine.find("mistral:7b") is not None
-
-    await eventually(pulled)
+    await eventually(lambda: sim.engine.find("mistral:7b") is not None)
     assert sim.engine.find("missing-backup") is None  # not in the registry: logged, not retried
 
 
@@ -250,3 +247,23 @@ async def test_a_local_ollama_is_started_when_auto_start_is_on(
     with pytest.raises(httpx.ConnectError):  # what the monitor started, it stopped
         async with httpx.AsyncClient(base_url=url) as http:
             await http.get("/api/version")
+
+
+async def test_a_pull_joined_from_another_monitor_fails_cleanly_if_its_owner_stops(
+    sim_factory, stack_factory
+) -> None:
+    """The monitor pulling stops mid-pull: the one waiting on it is told, never left hanging."""
+    sim = await sim_factory(models=MODELS, pull_bytes_per_second=1e9)
+    one = await stack_factory([sim.url], actors=("health",))
+    two = await stack_factory([sim.url], actors=("health",))
+    assert one.health is not None and two.health is not None
+    owner = asyncio.ensure_future(one.health.pulls.pull(sim.url, "mistral:7b"))
+    await eventually(lambda: sim.engine.stats.requests["/api/pull"] == 1)
+    joiner = asyncio.ensure_future(two.health.pulls.pull(sim.url, "mistral:7b"))
+    await eventually(lambda: two.health.pulls.following(sim.url, "mistral:7b"))
+    await one.stop(grace=0.1)
+    with pytest.raises(Unavailable, match="stopped"):
+        await asyncio.wait_for(joiner, 5)
+    with pytest.raises(asyncio.CancelledError):
+        await owner
+    assert sim.engine.stats.requests["/api/pull"] == 1

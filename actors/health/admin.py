@@ -41,20 +41,13 @@ class _Tag(Struct):
     details: _Details = _Details()
 
 
-class _Running(Struct):
-    name: str
-    size: int = 0
-    size_vram: int = 0
-    expires_at: str = ""
-    context_length: int = 0
-
-
 class _Tags(Struct):
     models: list[_Tag] = []
 
 
 class _Ps(Struct):
-    models: list[_Running] = []
+    # `/api/ps` entries decode straight into ours: the fields are Ollama's, by name.
+    models: list[LoadedModel] = []
 
 
 class PullLine(Struct, kw_only=True):
@@ -100,16 +93,6 @@ def _stored(tag: _Tag) -> StoredModel:
     )
 
 
-def _loaded(run: _Running) -> LoadedModel:
-    return LoadedModel(
-        name=run.name,
-        size=run.size,
-        size_vram=run.size_vram,
-        expires_at=run.expires_at,
-        context_length=run.context_length,
-    )
-
-
 def pull_error(text: str, model: str) -> OllameshError:
     """The typed failure an `{"error": ...}` line of a pull means."""
     if "file does not exist" in text or "not found" in text:
@@ -140,7 +123,7 @@ class OllamaAdmin(OllamaHost):
             if isinstance(tags, bytes):
                 check.models = [_stored(t) for t in _tags.decode(tags).models]
             if isinstance(ps, bytes):
-                check.loaded = [_loaded(r) for r in _ps.decode(ps).models]
+                check.loaded = _ps.decode(ps).models
         except msgspec.DecodeError as exc:
             check.failures.append(f"unreadable answer: {exc}")
         for path, answer in zip(("version", "tags", "ps"), answers, strict=True):

@@ -140,13 +140,12 @@ class HealthMonitor(Actor):
     async def before_drain(self) -> None:
         self._running = False
         self._follower.cancel()
-        for watched in self._hosts.values():
+        for watched in list(self._hosts.values()):
             if watched.task is not None:
                 watched.task.cancel()
-            watched.wake.set()
 
     async def teardown(self) -> None:
-        for watched in self._hosts.values():
+        for watched in list(self._hosts.values()):
             await watched.admin.close()
         await self._local.stop()
 
@@ -182,7 +181,7 @@ class HealthMonitor(Actor):
         if watched.task is not None:
             watched.task.cancel()
         await watched.admin.close()
-        self.log.info("host_left", host=url, reason="its executors' heartbeats expired")
+        self.log.info("host_left", host=url, reason="no executor announces it any more")
         with contextlib.suppress(nats.errors.Error):
             await self._kv.delete(model_token(url))
         for state in HostState:

@@ -25,7 +25,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFound
 from nats.js.kv import KeyValue
 
 from actors.health.admin import OllamaAdmin, PullLine
-from bus.errors import OllameshError, UpstreamError, error_from_wire
+from bus.errors import OllameshError, Unavailable, UpstreamError, error_from_wire
 from bus.subjects import Subjects, model_token
 from schemas import encode
 from schemas.fleet import PullProgress
@@ -62,9 +62,15 @@ class Pulls:
         self._timeout_s = timeout_s
         self._refresh_s = marker_ttl_s / 3
         self._local: dict[tuple[str, str], asyncio.Task[str | OllameshError]] = {}
+        self._following: set[tuple[str, str]] = set()
 
     def running(self, host: str, model: str) -> bool:
+        """Whether this process pulls `model` onto `host`, or waits on another's pull."""
         return (host, model) in self._local
+
+    def following(self, host: str, model: str) -> bool:
+        """Whether this process waits on another monitor's pull of `model` onto `host`."""
+        return (host, model) in self._following
 
     async def pull(self, host: str, model: str) -> str:
         """Pull `model` onto `host`; return `pulled`, or `joined` if it was under way.
@@ -100,7 +106,11 @@ class Pulls:
             try:
                 await self._kv.create(marker, str(time.time()).encode())
             except (KeyWrongLastSequenceError, nats.js.errors.BadRequestError):
-                return await self._follow(sub, subject, marker)
+                self._following.add((host, model))
+                try:
+                    return await self._follow(sub, subject, marker)
+                finally:
+                    self._following.discard((host, model))
             try:
                 await self._download(host, model, subject, marker)
             finally:
@@ -131,6 +141,13 @@ class Pulls:
             done = PullProgress(host=host, model=model, done=True, error=exc.to_wire())
             await self._publish(subject, done)
             raise
+        except asyncio.CancelledError:  # the monitor is stopping: tell whoever waits on it
+            stopped = Unavailable("the monitor pulling this model stopped; pull again")
+            log.warning("pull_abandoned", host=host, model=model)
+            done = PullProgress(host=host, model=model, done=True, error=stopped.to_wire())
+            with contextlib.suppress(nats.errors.Error):
+                await self._publish(subject, done)
+            raise
         seconds = round(loop.time() - started, 3)
         log.info("pull_finished", host=host, model=model, seconds=seconds)
         await self._publish(
@@ -142,12 +159,17 @@ class Pulls:
         await self._nc.publish(subject, encode(event))
 
     async def _follow(self, sub: Subscription, subject: str, marker: str) -> str:
-        """Wait for another pull of the same model onto the same host to end."""
-        deadline = asyncio.get_running_loop().time() + self._timeout_s
+        """Wait for another pull of the same model onto the same host to end.
+
+        The marker is looked at again every refresh period: gone without a last event
+        means its owner stopped, and the waiter is told so.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
         while True:
             try:
                 entry = await self._kv.get(marker)
-                claimed_at = float((entry.value or b"0").decode())
+                claimed_at: float | None = float((entry.value or b"0").decode())
             except KeyNotFoundError:
                 claimed_at = None
             # It may have ended before this subscription: its last event says so.
@@ -156,11 +178,14 @@ class Pulls:
                 return _outcome(last)
             if claimed_at is None:
                 raise UpstreamError("the monitor running this pull stopped; pull again")
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
+            if loop.time() >= deadline:
                 raise UpstreamError(f"the pull under way took longer than {self._timeout_s:.0f}s")
-            with contextlib.suppress(nats.errors.TimeoutError):
-                msg = await sub.next_msg(timeout=min(left, self._refresh_s))
+            look_again = min(deadline, loop.time() + self._refresh_s)
+            while (left := look_again - loop.time()) > 0:
+                try:
+                    msg = await sub.next_msg(timeout=left)
+                except nats.errors.TimeoutError:
+                    break
                 event = _progress.decode(msg.data)
                 if event.done:
                     return _outcome(event)
