@@ -62,8 +62,12 @@ class Tally:
     succeeded: int = 0
     failed: int = 0
     service_ms: float | None = None
-    # Notified whenever a slot frees, a pull starts waiting, or a puller stops.
-    state: asyncio.Condition = field(default_factory=asyncio.Condition)
+    # The pullers sharing this tally: told whenever a slot frees or a pull ends.
+    listeners: set[Callable[[], None]] = field(default_factory=set)
+
+    def changed(self) -> None:
+        for listener in list(self.listeners):
+            listener()
 
     def finished(self, ok: bool, service_ms: float | None = None) -> None:
         """Count how a request ended; a success also means the model is now loaded."""
@@ -125,6 +129,10 @@ class Puller:
         # When work was first seen waiting while this host declined to pull.
         self._backlog_since: dict[Priority, float | None] = dict.fromkeys(Priority)
         self._checked_at = dict.fromkeys(Priority, 0.0)
+        # Workers waiting for a slot, per priority: woken only as many as may start,
+        # never all at once (with 64 slots a wake-up of all cost a tenth of the CPU).
+        self._waiters: dict[Priority, list[asyncio.Future[None]]] = {p: [] for p in Priority}
+        tally.listeners.add(self._wake)
 
     def load(self, pulling: int = 0) -> ModelLoad:
         """This host's entry for the model on the load board; with `pulling`, as it will
@@ -150,11 +158,34 @@ class Puller:
     def stop(self) -> None:
         """Stop pulling; each worker ends once its pull request expired."""
         self.active = False
-        self._spawn(self._notify())
+        self._wake()
+        self.tally.listeners.discard(self._wake)
 
-    async def _notify(self) -> None:
-        async with self.tally.state:
-            self.tally.state.notify_all()
+    def _wake(self) -> None:
+        """Release the waiting workers that may start now (all of them once stopped)."""
+        for priority, waiters in self._waiters.items():
+            n = len(waiters) if not self.active else self._startable(priority)
+            for waiter in waiters[:n]:
+                if not waiter.done():
+                    waiter.set_result(None)
+            del waiters[:n]
+
+    def _startable(self, priority: Priority) -> int:
+        """How many more pulls of `priority` may start now (see `_slot_free`)."""
+        if not self._slot_free(priority):
+            return 0
+        if not self._backlog[priority]:
+            return 1
+        return self._room(priority) - self.tally.in_flight - self._pulling[priority]
+
+    async def _wait_turn(self, priority: Priority) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters[priority].append(waiter)
+        try:
+            await waiter
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters[priority].remove(waiter)
 
     async def _consumer(self, priority: Priority) -> str:
         name = self._subjects.work_consumer(self.model, priority)
@@ -221,7 +252,7 @@ class Puller:
                 for msg in msgs:
                     self._backlog[priority] = msg.metadata.num_pending > 0
                     await self._take(msg, priority)
-                await self._notify()  # a claim ended, maybe with a backlog behind it
+                self.tally.changed()  # a claim ended, maybe with a backlog behind it
         finally:
             # Work that landed after we stopped is handed straight back.
             while not psub._sub._pending_queue.empty():  # type: ignore[union-attr]
@@ -241,10 +272,7 @@ class Puller:
         """
         while self.active:
             if not self._slot_free(priority):
-                async with self.tally.state:
-                    await self.tally.state.wait_for(
-                        lambda: not self.active or self._slot_free(priority)
-                    )
+                await self._wait_turn(priority)
                 continue
             if (pause := self._paused()) > 0:
                 await asyncio.sleep(pause)
@@ -299,7 +327,7 @@ class Puller:
         finally:
             self.tally.in_flight -= 1
             self._changed()
-            await self._notify()
+            self.tally.changed()
 
     async def _pending(self, consumer: str) -> int:
         try:
