@@ -14,7 +14,14 @@ import httpx
 import pytest
 
 from bus.client import Client
-from bus.errors import BadRequest, ModelNotFound, NoHealthyHost, Unavailable, UpstreamError
+from bus.errors import (
+    BadRequest,
+    ModelNotFound,
+    NoHealthyHost,
+    Timeout,
+    Unavailable,
+    UpstreamError,
+)
 from schemas.fleet import HostState, PullProgress
 from tests.helpers import eventually
 
@@ -267,3 +274,15 @@ async def test_a_pull_joined_from_another_monitor_fails_cleanly_if_its_owner_sto
     with pytest.raises(asyncio.CancelledError):
         await owner
     assert sim.engine.stats.requests["/api/pull"] == 1
+
+
+async def test_a_pull_slower_than_its_timeout_is_a_typed_timeout(
+    sim_factory, stack_factory, client: Client
+) -> None:
+    sim = await sim_factory(models=MODELS, pull_bytes_per_second=1e8)  # 4 GB: 40 s
+    await stack_factory([sim.url], actors=("health",), health={"pull_timeout_s": 0.5})
+    seen: list[PullProgress] = []
+    with pytest.raises(Timeout, match="longer than"):
+        await client.fleet.pull("mistral:7b", on_progress=seen.append)
+    assert sim.engine.find("mistral:7b") is None
+    assert seen and seen[-1].done and seen[-1].error is not None

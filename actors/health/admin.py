@@ -163,23 +163,28 @@ class OllamaAdmin(OllamaHost):
     async def pull(self, model: str, timeout: float) -> AsyncIterator[PullLine]:
         """Pull `model`, yielding Ollama's progress lines; raise typed on failure."""
         data = encode({"model": model, "stream": True})
+        end = asyncio.get_running_loop().time() + timeout
         try:
-            async with (
-                asyncio.timeout(timeout),
-                self._lease() as http,
-                http.stream("POST", "/api/pull", content=data) as resp,
-            ):
-                if resp.status_code != 200:
-                    raise pull_error(error_text(await resp.aread()), model)
-                async for raw in resp.aiter_lines():
-                    if not raw.strip():
-                        continue
-                    line = _pull_line.decode(raw)
-                    if line.error:
-                        raise pull_error(line.error, model)
-                    yield line
-                    if line.status == "success":
-                        return
+            async with asyncio.timeout_at(end) as deadline:
+                async with (
+                    self._lease() as http,
+                    http.stream("POST", "/api/pull", content=data) as resp,
+                ):
+                    if resp.status_code != 200:
+                        raise pull_error(error_text(await resp.aread()), model)
+                    async for raw in resp.aiter_lines():
+                        if not raw.strip():
+                            continue
+                        line = _pull_line.decode(raw)
+                        if line.error:
+                            raise pull_error(line.error, model)
+                        # No deadline may be armed across a yield: it would cancel the
+                        # caller's code instead of this read.
+                        deadline.reschedule(None)
+                        yield line
+                        deadline.reschedule(end)
+                        if line.status == "success":
+                            return
         except TimeoutError as exc:
             raise Timeout(f"pulling {model} took longer than {timeout:.0f}s") from exc
         except httpx.HTTPError as exc:
