@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from actors.processes import stop_processes
 from bus.client import Client
 from bus.errors import OllameshError
 from bus.server import EmbeddedNats, NatsServerError, find_nats_server
@@ -148,20 +149,6 @@ async def _spawn(argv: list[str], env: dict[str, str]) -> asyncio.subprocess.Pro
     )  # fmt: skip
 
 
-async def _stop(procs: list[asyncio.subprocess.Process]) -> None:
-    """SIGTERM every child, then SIGKILL whichever is still there after a bound."""
-    for proc in procs:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-    for proc in procs:
-        try:
-            await asyncio.wait_for(proc.wait(), _STOP_TIMEOUT_S)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-
-
 async def wait_for(
     what: str, probe: Callable[[], Awaitable[object]], timeout: float, procs: Procs
 ) -> None:
@@ -219,7 +206,7 @@ async def fleet(
                 procs[stores] = await _spawn(["up", "--actors", stores], env)
             yield sim_url, procs
         finally:
-            await _stop(list(procs.values()))
+            await stop_processes(procs.values(), _STOP_TIMEOUT_S)
 
 
 # -- the two paths -----------------------------------------------------------------------

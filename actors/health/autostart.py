@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 from urllib.parse import urlsplit
 
 import structlog
+
+from actors.processes import stop_processes
 
 __all__ = ["LocalOllama", "is_local"]
 
@@ -60,15 +61,7 @@ class LocalOllama:
 
     async def stop(self) -> None:
         """Stop every server this monitor started."""
+        await stop_processes(self._started.values(), _STOP_S)
         for url, process in self._started.items():
-            if process.returncode is not None:
-                continue
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), _STOP_S)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
             log.info("ollama_stopped", host=url, pid=process.pid)
         self._started.clear()
