@@ -6,9 +6,10 @@ from collections.abc import Mapping
 
 from bus.config import RouterConfig
 from bus.errors import BadRequest
+from bus.subjects import canonical_model
 from schemas import ChatRequest, EmbedRequest, GenerateRequest, Request
 
-__all__ = ["canonical_model", "resolve_model", "validate"]
+__all__ = ["resolve_model", "validate"]
 
 _CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
 
@@ -44,11 +45,6 @@ def validate(request: Request, limits: RouterConfig) -> None:
             f"options.num_predict {options.num_predict} is over the limit"
             f" of {limits.max_num_predict}"
         )
-
-
-def canonical_model(name: str) -> str:
-    """Ollama's full name for a model: `llama3` is `llama3:latest`, so both share a queue."""
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
 def resolve_model(request: Request, roles: Mapping[str, str]) -> str | None:

@@ -24,7 +24,8 @@ from nats.js.kv import KeyValue
 from actors.store.sink import ACQUIRE_TIMEOUT_S, DOWN, EventSink
 from bus.actor import Actor
 from bus.config import Config
-from bus.errors import BadRequest, Unavailable
+from bus.errors import Unavailable
+from bus.rpc import decode_body
 from bus.subjects import Subjects, model_token
 from schemas import decode_answer, decode_cache_store, encode
 
@@ -62,9 +63,6 @@ class Invalidated(msgspec.Struct, kw_only=True, tag_field="type", tag="invalidat
 
     model: str | None
     removed: int
-
-
-_decode_invalidate = msgspec.json.Decoder(Invalidate).decode
 
 
 class CacheKeeper(Actor):
@@ -160,10 +158,7 @@ class CacheKeeper(Actor):
 
     async def _invalidate(self, msg: Msg) -> bytes:
         """Drop one model's answers (or all) from every tier."""
-        try:
-            request = _decode_invalidate(msg.data or b"{}")
-        except msgspec.DecodeError as exc:
-            raise BadRequest(f"invalid invalidate request: {exc}") from exc
+        request = decode_body(Invalidate, msg.data, "invalidate")
         model = request.model
         try:
             async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:

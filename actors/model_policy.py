@@ -6,8 +6,8 @@ from typing import Any
 
 import msgspec
 
-from actors.admission import canonical_model
 from bus.config import Config
+from bus.subjects import canonical_model
 from schemas import Options
 
 __all__ = ["FOREVER", "ModelPolicy"]

@@ -16,7 +16,7 @@ import datetime as dt
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -27,6 +27,7 @@ from actors.store.sink import ACQUIRE_TIMEOUT_S, DOWN
 from bus.actor import Actor
 from bus.config import Config
 from bus.errors import BadRequest, Unavailable
+from bus.rpc import decode_body
 from bus.subjects import Subjects
 from schemas import encode
 from schemas.templates import (
@@ -149,16 +150,6 @@ FROM ollama_performance WHERE template = ANY($1::text[]) GROUP BY template
 Handler = Callable[[Msg], Awaitable[bytes]]
 
 
-T = TypeVar("T")
-
-
-def _decode(cls: type[T], data: bytes) -> T:
-    try:
-        return msgspec.json.decode(data or b"{}", type=cls)
-    except msgspec.DecodeError as exc:  # ValidationError included
-        raise BadRequest(f"invalid {cls.__name__} request: {exc}") from exc
-
-
 class PromptStore(Actor):
     """Stores, versions and renders prompt templates."""
 
@@ -194,7 +185,7 @@ class PromptStore(Actor):
                 await conn.execute(_SEED, name, template, encode(parameters).decode())
 
     async def _put(self, msg: Msg) -> bytes:
-        put = _decode(PromptPut, msg.data)
+        put = decode_body(PromptPut, msg.data, PromptPut.__name__)
         async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
             # One writer per name at a time, so versions never collide.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", put.name)
@@ -205,18 +196,18 @@ class PromptStore(Actor):
         return encode(await self._prompt(record))
 
     async def _get(self, msg: Msg) -> bytes:
-        ref = _decode(PromptRef, msg.data)
+        ref = decode_body(PromptRef, msg.data, PromptRef.__name__)
         return encode(await self._prompt(await self._find(ref.name, ref.version)))
 
     async def _list(self, msg: Msg) -> bytes:
-        _decode(PromptList, msg.data)
+        decode_body(PromptList, msg.data, PromptList.__name__)
         async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             records = await conn.fetch(_ALL_LATEST)
         usage = await self._usage([r["name"] for r in records])
         return encode(Prompts(prompts=[self._shape(r, usage) for r in records]))
 
     async def _delete(self, msg: Msg) -> bytes:
-        ref = _decode(PromptRef, msg.data)
+        ref = decode_body(PromptRef, msg.data, PromptRef.__name__)
         async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             if ref.version is None:
                 status = await conn.execute("DELETE FROM ollama_prompts WHERE name = $1", ref.name)
@@ -233,7 +224,7 @@ class PromptStore(Actor):
         return encode(PromptDeleted(name=ref.name, versions=removed))
 
     async def _render(self, msg: Msg) -> bytes:
-        request = _decode(PromptRender, msg.data)
+        request = decode_body(PromptRender, msg.data, PromptRender.__name__)
         record = await self._find(request.name, request.version)
         text, unused = render(record["template"], request.variables)
         return encode(

@@ -14,7 +14,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
-from actors.admission import canonical_model, resolve_model, validate
+from actors.admission import resolve_model, validate
 from actors.cache import AnswerCache, cache_key
 from actors.limits import RateLimiter
 from actors.metrics import Metrics
@@ -34,7 +34,7 @@ from bus.errors import (
 )
 from bus.queue import QueueFull, enqueue
 from bus.registry import HostRegistry
-from bus.subjects import Subjects
+from bus.subjects import Subjects, canonical_model
 from schemas import (
     Accepted,
     ChatRequest,

@@ -11,6 +11,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from bus.rpc import call
+from bus.subjects import canonical_model
 from schemas import Error, encode
 from schemas.fleet import FleetStatus, ModelsReply, ModelsRequest, PullProgress, Verb
 
@@ -73,7 +74,9 @@ class Fleet:
                 with contextlib.suppress(msgspec.DecodeError):
                     on_progress(_progress.decode(msg.data))
 
-            sub = await c.nc.subscribe(c.subjects.pull_progresses(model), cb=deliver)
+            # The monitor names the pull by the model's full name (`llama3:latest`).
+            subject = c.subjects.pull_progresses(canonical_model(model))
+            sub = await c.nc.subscribe(subject, cb=deliver)
             await asyncio.sleep(0)  # let the SUB go out before the request (nats-py)
             await c.nc.flush()
         try:

@@ -75,7 +75,7 @@ class HostRegistry:
         """Whether the health monitor's latest check (if recent) found `host` down."""
         if self._health is None:
             return False
-        health = self._health.entries.get(model_token(host.rstrip("/")))
+        health = self._health.entries.get(model_token(host))
         fresh_after = time.time() - self._health_ttl
         return (
             health is not None

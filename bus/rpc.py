@@ -9,10 +9,10 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from bus.errors import Internal, Timeout, Unavailable, error_from_wire
+from bus.errors import BadRequest, Internal, Timeout, Unavailable, error_from_wire
 from schemas import Error
 
-__all__ = ["call"]
+__all__ = ["call", "decode_body"]
 
 T = TypeVar("T")
 
@@ -48,3 +48,11 @@ async def call(
     if isinstance(reply, Error):
         raise error_from_wire(reply)
     return reply
+
+
+def decode_body(cls: type[T], data: bytes, what: str) -> T:
+    """Decode a request's body (empty: `{}`) as `cls`; a bad one is `BadRequest`."""
+    try:
+        return msgspec.json.decode(data or b"{}", type=cls)
+    except msgspec.DecodeError as exc:  # ValidationError included
+        raise BadRequest(f"invalid {what} request: {exc}") from exc

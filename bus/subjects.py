@@ -6,12 +6,17 @@ import functools
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["Subjects", "model_from_token", "model_token"]
+__all__ = ["Subjects", "canonical_model", "model_from_token", "model_token"]
 
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 # Characters that may stand for themselves in a subject token and in a JetStream name.
 _PLAIN = re.compile(r"[A-Za-z0-9-]")
 _ESCAPE = "_"
+
+
+def canonical_model(name: str) -> str:
+    """Ollama's full name for a model: `llama3` is `llama3:latest`, so both share a queue."""
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
 @functools.lru_cache(maxsize=4096)

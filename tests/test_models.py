@@ -286,3 +286,15 @@ async def test_a_pull_slower_than_its_timeout_is_a_typed_timeout(
         await client.fleet.pull("mistral:7b", on_progress=seen.append)
     assert sim.engine.find("mistral:7b") is None
     assert seen and seen[-1].done and seen[-1].error is not None
+
+
+async def test_progress_reaches_a_client_that_names_a_model_without_its_tag(
+    sim_factory, stack_factory, client: Client
+) -> None:
+    """`tinyllama` is pulled as `tinyllama:latest`: its progress still reaches the caller."""
+    sim = await sim_factory(models=MODELS)
+    await stack_factory([sim.url], actors=("health",))
+    seen: list[PullProgress] = []
+    reply = await client.fleet.pull("tinyllama", on_progress=seen.append)
+    assert reply.model == "tinyllama:latest" and reply.results[0].status == "pulled"
+    assert seen and seen[-1].done and seen[-1].model == "tinyllama:latest"

@@ -16,19 +16,19 @@ from typing import Protocol
 import msgspec
 from nats.aio.msg import Msg
 
-from actors.admission import canonical_model
 from actors.executor.ollama import HostUnavailable
 from actors.health.admin import OllamaAdmin
 from actors.health.pulls import Pulls
 from actors.model_policy import FOREVER, ModelPolicy
 from bus.errors import BadRequest, ModelNotFound, NoHealthyHost, OllameshError, error_from_wire
+from bus.rpc import decode_body
+from bus.subjects import canonical_model
 from schemas import encode
 from schemas.fleet import HostHealth, HostResult, HostState, ModelsReply, ModelsRequest, Verb
 
 __all__ = ["VERBS", "ModelManager"]
 
 VERBS: tuple[Verb, ...] = ("list", "show", "ps", "pull", "load", "unload", "delete")
-_request = msgspec.json.Decoder(ModelsRequest)
 
 
 class Fleet(Protocol):
@@ -74,7 +74,9 @@ class ModelManager:
 
     def handler(self, verb: Verb) -> Callable[[Msg], Awaitable[bytes]]:
         async def handle(msg: Msg) -> bytes:
-            return encode(await self.run(verb, _decode(msg.data)))
+            return encode(
+                await self.run(verb, decode_body(ModelsRequest, msg.data, f"models.{verb}"))
+            )
 
         return handle
 
@@ -162,13 +164,6 @@ class ModelManager:
         assert req.model is not None
         await admin.delete(req.model, self._timeout_s)
         return HostResult(host=host, status="deleted")
-
-
-def _decode(data: bytes) -> ModelsRequest:
-    try:
-        return _request.decode(data or b"{}")
-    except msgspec.DecodeError as exc:  # ValidationError included
-        raise BadRequest(f"invalid models request: {exc}") from exc
 
 
 def _unreachable(host: str, failures: list[str]) -> OllameshError:

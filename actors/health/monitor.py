@@ -25,7 +25,6 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
-from actors.admission import canonical_model
 from actors.health.admin import Check, OllamaAdmin
 from actors.health.autostart import LocalOllama
 from actors.health.judge import judge
@@ -36,9 +35,9 @@ from actors.model_policy import FOREVER, ModelPolicy
 from bus.actor import Actor
 from bus.board import Board
 from bus.config import Config
-from bus.errors import BadRequest
 from bus.registry import HostRegistry
-from bus.subjects import Subjects, model_token
+from bus.rpc import decode_body
+from bus.subjects import Subjects, canonical_model, model_token
 from schemas import decode_event, encode
 from schemas.fleet import FleetStatus, HealthQuery, HostEvent, HostHealth, HostState, ModelRow
 
@@ -81,6 +80,7 @@ class HealthMonitor(Actor):
         self.cfg = config.health
         self._role_models = {canonical_model(m) for m in config.roles.values()}
         self._connect_timeout_s = config.executor.connect_timeout_s
+        # Host URLs without a trailing slash, as executors announce them.
         self._configured = [url.rstrip("/") for url in config.ollama_hosts]
         self._registry = registry
         self._board = board
@@ -127,8 +127,7 @@ class HealthMonitor(Actor):
     async def setup(self) -> None:
         self._sync_hosts()
         self._follower = self.spawn(self._follow_registry())
-        sub = await self.nc.subscribe(self.subjects.event("request"), cb=self._on_request)
-        self._subs.append(sub)
+        await self.serve(self.subjects.event("request"), self._on_request)
         await self.serve(self.subjects.health, self._on_health, queue="health")
         for verb in VERBS:
             await self.serve(self.subjects.models(verb), self.manager.handler(verb), queue="health")
@@ -154,7 +153,7 @@ class HealthMonitor(Actor):
     def _sync_hosts(self) -> None:
         """Watch the configured hosts and every host an executor announces; drop the rest."""
         reports = self._registry.hosts_seen()
-        announced = {r.host.rstrip("/") for r in reports}
+        announced = {r.host for r in reports}
         for url in [*self._configured, *sorted(announced)]:
             if url not in self._hosts:
                 self._watch(url, configured=url in self._configured)
@@ -162,7 +161,7 @@ class HealthMonitor(Actor):
             if not watched.configured and url not in announced:
                 self.spawn(self._forget(url))
         for report in reports:
-            reported = self._hosts.get(report.host.rstrip("/"))
+            reported = self._hosts.get(report.host)
             health = reported.health if reported else None
             if reported and not report.up and health and health.state is HostState.UP:
                 reported.wake.set()  # an executor cannot reach it: check now
@@ -214,7 +213,7 @@ class HealthMonitor(Actor):
 
     async def _check(self, url: str, watched: _Watched) -> None:
         check = await watched.admin.check(self.cfg.timeout_s)
-        reports = [r for r in self._registry.hosts_seen() if r.host.rstrip("/") == url]
+        reports = [r for r in self._registry.hosts_seen() if r.host == url]
         state, reason = judge(check, reports, self.cfg.slow_ms)
         previous = watched.health
         now = time.time()
@@ -322,7 +321,7 @@ class HealthMonitor(Actor):
             return
         if event.ttft_ms is None or not event.host or event.cached:
             return
-        key = (event.host.rstrip("/"), event.model)
+        key = (event.host, event.model)
         if key not in self._ttft:
             self._ttft[key] = deque(maxlen=_TTFT_KEPT)
         self._ttft[key].append((time.monotonic(), event.ttft_ms))
@@ -333,22 +332,19 @@ class HealthMonitor(Actor):
         return round(statistics.median(recent), 3) if recent else None
 
     async def _on_health(self, msg: Msg) -> bytes:
-        try:
-            msgspec.json.decode(msg.data or b"{}", type=HealthQuery)
-        except msgspec.DecodeError as exc:
-            raise BadRequest(f"invalid health request: {exc}") from exc
+        decode_body(HealthQuery, msg.data, "health")
         return encode(self.status())
 
     def status(self) -> FleetStatus:
         """Every host and, per host, every model it has or serves."""
         hosts = sorted(self.healths(), key=lambda h: h.host)
-        loads = {(entry.host.rstrip("/"), model): load for entry in self._board.hosts()
+        loads = {(entry.host, model): load for entry in self._board.hosts()
                  for model, load in entry.models.items()}  # fmt: skip
         reports = self._registry.hosts_seen()
         rows: list[ModelRow] = []
         for health in hosts:
             # Only executors that reach the host serve it: a down host's circuits are moot.
-            mine = [r for r in reports if r.host.rstrip("/") == health.host and r.up]
+            mine = [r for r in reports if r.host == health.host and r.up]
             served = {m for r in mine for m in r.models}
             blocked = {m for r in mine for m in r.blocked}
             vram = {m.name: m.size_vram for m in health.loaded}
