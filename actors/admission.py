@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from bus.config import RouterConfig
-from bus.errors import BadRequest
+from bus.errors import BadRequest, ModelNotFound, quote
 from bus.subjects import canonical_model
 from schemas import ChatRequest, EmbedRequest, GenerateRequest, Request
 
@@ -29,7 +29,7 @@ def validate(request: Request, limits: RouterConfig) -> None:
                 if message.role not in _CHAT_ROLES:
                     raise BadRequest(
                         f"messages[{i}].role must be one of {sorted(_CHAT_ROLES)},"
-                        f" got {message.role!r}"
+                        f" got {quote(message.role)}"
                     )
             if isinstance(request.format, str) and request.format not in ("", "json"):
                 raise BadRequest('format must be "json" or a JSON schema object')
@@ -54,8 +54,14 @@ def resolve_model(request: Request, roles: Mapping[str, str]) -> str | None:
     """
     if request.role is not None:
         if request.role not in roles:
-            raise BadRequest(f"unknown role {request.role!r}; roles: {', '.join(sorted(roles))}")
+            known = ", ".join(sorted(roles))
+            raise BadRequest(f"unknown role {quote(request.role)}; roles: {known}")
         return canonical_model(roles[request.role])
-    if not request.model:
+    if request.model is None:
         return None
+    if not request.model.strip():
+        raise ModelNotFound(
+            f"model {quote(request.model)} names no model; name one or a role, or leave"
+            " `model` out to let the router choose"
+        )
     return canonical_model(roles.get(request.model, request.model))

@@ -6,6 +6,11 @@ every router reads, with the cache's TTL) and to `ollama_cache` in Postgres, the
 copy: at start it puts the unexpired rows back into the shared tier, so the cache
 survives a restart of everything. Expired rows are purged on a schedule, and the table
 is kept under `cache.max_bytes` by dropping the oldest answers.
+
+Each readable answer goes to the shared tier once per delivery, before its row: a batch
+split to find a row the table refuses (see `actors.store.sink`), or retried while
+Postgres is down, puts nothing twice, and the refused answer is still served from the
+shared tier until its TTL, only its durable copy is set aside.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from dataclasses import dataclass
 
 import asyncpg
 import msgspec
@@ -21,13 +27,14 @@ from nats.aio.msg import Msg
 from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
+from actors.metrics import Metrics
 from actors.store.sink import ACQUIRE_TIMEOUT_S, DOWN, EventSink
 from bus.actor import Actor
 from bus.config import Config
 from bus.errors import Unavailable
 from bus.rpc import decode_body
 from bus.subjects import Subjects, model_token
-from schemas import decode_answer, decode_cache_store, encode
+from schemas import Name, decode_answer, decode_cache_store, encode
 
 __all__ = ["CacheKeeper", "Invalidate", "Invalidated"]
 
@@ -55,7 +62,7 @@ DELETE FROM ollama_cache WHERE (model, key) IN (
 class Invalidate(msgspec.Struct, kw_only=True):
     """Body of `<prefix>.v1.cache.invalidate`: one model's answers, or (no model) all."""
 
-    model: str | None = None
+    model: Name | None = None
 
 
 class Invalidated(msgspec.Struct, kw_only=True, tag_field="type", tag="invalidated"):
@@ -65,13 +72,30 @@ class Invalidated(msgspec.Struct, kw_only=True, tag_field="type", tag="invalidat
     removed: int
 
 
+@dataclass
+class _Pending:
+    """One delivered answer on its way to both tiers."""
+
+    key: str
+    value: bytes
+    row: tuple[object, ...]
+    # Put in the shared tier already (by an earlier try at this delivery).
+    shared: bool = False
+
+
 class CacheKeeper(Actor):
     """Keeps the shared and durable tiers of the answer cache."""
 
     name = "cache"
 
     def __init__(
-        self, nc: NATS, subjects: Subjects, config: Config, pool: asyncpg.Pool, kv: KeyValue
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        config: Config,
+        pool: asyncpg.Pool,
+        kv: KeyValue,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__(nc, subjects)
         self.cfg = config.cache
@@ -83,43 +107,46 @@ class CacheKeeper(Actor):
             durable=_CONSUMER,
             subject=subjects.event("cache"),
             config=config.recorder,
+            pool=pool,
             log=self.log,
+            metrics=metrics,
         )
 
     async def setup(self) -> None:
         await self.sink.open()
         await self.restore()
         await self.serve(self.subjects.cache_invalidate, self._invalidate, queue=_CONSUMER)
-        self.spawn(self.sink.run(self._store))
-        self._purging = asyncio.get_running_loop().create_task(self._purge_forever())
+        self.supervise("sink", lambda: self.sink.run(self._decode, self._store))
+        self.supervise("purge", self._purge_forever, endless=True)
 
     async def before_drain(self) -> None:
         self.sink.stop()
-        self._purging.cancel()
 
     async def teardown(self) -> None:
         await self.sink.close()
 
-    async def _store(self, msgs: list[Msg]) -> None:
-        """Put a batch of answers in the shared tier and the table."""
-        rows = []
-        now = time.time()
-        for msg in msgs:
-            try:
-                store = decode_cache_store(msg.data)
-            except msgspec.DecodeError as exc:
-                self.log.error("cache_store_unreadable", error=str(exc))
-                continue
-            value = encode(store.answer)
-            # Replaces the generating request's marker: later requests get the answer.
-            await self.kv.put(store.key, value)
-            created = dt.datetime.fromtimestamp(store.at or now, dt.UTC)
-            expires = created + dt.timedelta(seconds=self.cfg.ttl_s)
-            answer = store.answer
-            rows.append((answer.model, store.key, answer.kind, value, len(value), created, expires))
-        if rows:
-            async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
-                await conn.executemany(_UPSERT, rows)
+    async def reconnected(self) -> None:
+        await self.sink.ensure_consumer()
+
+    def _decode(self, msg: Msg) -> _Pending:
+        """One handed-over answer, as its shared-tier value and its row."""
+        store = decode_cache_store(msg.data)
+        value = encode(store.answer)
+        created = dt.datetime.fromtimestamp(store.at or time.time(), dt.UTC)
+        expires = created + dt.timedelta(seconds=self.cfg.ttl_s)
+        answer = store.answer
+        row = (answer.model, store.key, answer.kind, value, len(value), created, expires)
+        return _Pending(key=store.key, value=value, row=row)
+
+    async def _store(self, answers: list[_Pending]) -> None:
+        """Put answers (a batch, or one) in the shared tier, then in the table."""
+        for answer in answers:
+            if not answer.shared:
+                # Replaces the generating request's marker: later requests get the answer.
+                await self.kv.put(answer.key, answer.value)
+                answer.shared = True
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            await conn.executemany(_UPSERT, [answer.row for answer in answers])
 
     async def restore(self) -> int:
         """Put the table's unexpired answers back into the shared tier; return how many."""

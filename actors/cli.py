@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -19,8 +22,25 @@ __all__ = ["main"]
 _DEFAULT_NATS = "nats://127.0.0.1:4222"
 
 
-def run_async(coro_fn: Callable[[], Coroutine[Any, Any, int]]) -> int:
-    """Run a coroutine on uvloop when it is installed; turn typed failures into exit 1."""
+# After Ctrl-C a command has this long to let go (close its connection, stop what it
+# started); then the process ends anyway, whatever it is still waiting for.
+_INTERRUPT_GRACE_S = 1.0
+# A command running servers of its own (the demo's nats-server and Postgres) gets longer:
+# what it leaves behind would go on running.
+_SERVERS_GRACE_S = 5.0
+# How long a hard exit waits for stdout and stderr to flush (a full pipe would block it).
+_FLUSH_S = 0.2
+
+
+def run_async(
+    coro_fn: Callable[[], Coroutine[Any, Any, int]], *, grace: float | None = _INTERRUPT_GRACE_S
+) -> int:
+    """Run a coroutine on uvloop when it is installed; typed failures exit 1, Ctrl-C 130.
+
+    Ctrl-C (SIGINT) cancels the command, which then has `grace` seconds to clean up before
+    the process ends without it; a second Ctrl-C ends it at once. `grace=None` leaves
+    signals to the command (`ollamesh up` drains on its own terms).
+    """
     try:
         import uvloop
 
@@ -28,15 +48,72 @@ def run_async(coro_fn: Callable[[], Coroutine[Any, Any, int]]) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
         runner = asyncio.run
     try:
-        return runner(coro_fn())
+        return runner(coro_fn() if grace is None else _interruptible(coro_fn, grace))
     except OllameshError as exc:
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
         return 1
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before or after the command's own handling of SIGINT
         return 130
+
+
+async def _interruptible(coro_fn: Callable[[], Coroutine[Any, Any, int]], grace: float) -> int:
+    """Run the command; on SIGINT cancel it, and end the process if it has not ended in time.
+
+    A cancel alone does not always end a command: `asyncio.wait_for` in Python 3.11 (under
+    nats-py's requests and `next_msg`) drops one that arrives as its result does, and
+    threads (a blocked read of stdin) and the drain of a connection outlive the task.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    interrupted = False
+
+    def on_sigint(signum: int, frame: object) -> None:
+        nonlocal interrupted
+        if interrupted:
+            _exit_now()
+        interrupted = True
+        watchdog = threading.Timer(grace, _exit_now)
+        watchdog.daemon = True
+        watchdog.start()
+        loop.call_soon_threadsafe(task.cancel)
+
+    # SIGINT ignored (a background job of a shell script) stays ignored.
+    previous = signal.getsignal(signal.SIGINT)
+    handled = previous not in (signal.SIG_IGN, None) and (
+        threading.current_thread() is threading.main_thread()
+    )
+    if handled:
+        signal.signal(signal.SIGINT, on_sigint)
+    try:
+        code = await coro_fn()
+    except (asyncio.CancelledError, Exception):
+        if interrupted:  # whatever it raised on the way out, the user asked it to stop
+            return 130
+        raise
+    finally:
+        if handled:
+            signal.signal(signal.SIGINT, previous)
+    return 130 if interrupted else code
+
+
+def _exit_now() -> None:
+    """End the process with 130 at once, after a bounded flush of stdout and stderr."""
+
+    def flush() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                if stream.isatty():
+                    stream.write("\x1b[?25h")  # the cursor, should a live display have hidden it
+                stream.flush()
+
+    flusher = threading.Thread(target=flush, daemon=True)
+    flusher.start()
+    flusher.join(_FLUSH_S)
+    os._exit(130)
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -47,7 +124,7 @@ def _up(args: argparse.Namespace) -> int:
     named = args.actors.split(",") if args.actors else ACTORS
     actors = tuple(a.strip() for a in named if a.strip())
     stack = Stack(config, actors=actors)
-    return run_async(lambda: run_until_signalled(stack))
+    return run_async(lambda: run_until_signalled(stack), grace=None)
 
 
 def _bus_args(p: argparse.ArgumentParser) -> None:
@@ -126,7 +203,7 @@ def _demo(args: argparse.Namespace) -> int:
     from actors.demo import demo
 
     configure_logging("info" if args.verbose else "error", "console")
-    return run_async(lambda: demo(tokens_per_second=args.tokens_per_second))
+    return run_async(lambda: demo(tokens_per_second=args.tokens_per_second), grace=_SERVERS_GRACE_S)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,12 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `ollamesh` console script."""
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         code: int = args.func(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while still importing or parsing: no traceback
+        return 130
     return code
 
 

@@ -80,7 +80,12 @@ async def demo(tokens_per_second: float = 150.0) -> int:
                 "ollama_hosts": [gpu_a.url, gpu_b.url],
                 "roles": {"primary": "qwen2.5:7b", "fast": "llama3.2:3b", "backup": "llama3.2:3b"},
                 "nats": {"port": 0},
-                "executor": {"retry_backoff_ms": 50, "tags_refresh_s": 1.0},
+                # Ctrl-C mid-tour: what is in flight is dropped, not waited for.
+                "executor": {
+                    "retry_backoff_ms": 50,
+                    "tags_refresh_s": 1.0,
+                    "shutdown_grace_s": 0.1,
+                },
                 "metrics": {"port": None},
             },
             Config,

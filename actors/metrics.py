@@ -9,11 +9,16 @@ host's state and in-flight requests per model.
 from __future__ import annotations
 
 import threading
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator
 from wsgiref.simple_server import WSGIServer
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from bus.actor import Actor
 from schemas import QueueDepth, RequestEvent
 
 __all__ = ["Metrics"]
@@ -22,6 +27,35 @@ log = structlog.get_logger("actors.metrics")
 
 # Seconds: from a cache hit (well under a millisecond) to a long generation.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class _Loops(Collector):
+    """Every actor's background loops, read at scrape time."""
+
+    def __init__(self, actors: Callable[[], Iterable[Actor]]) -> None:
+        self._actors = actors
+
+    def collect(self) -> Iterator[Metric]:
+        running: Tally[tuple[str, str]] = Tally()
+        restarts: Tally[tuple[str, str]] = Tally()
+        for actor in self._actors():  # several executors share a name: summed
+            for name, status in actor.loops.items():
+                running[actor.name, name] += status.running
+                restarts[actor.name, name] += status.restarts
+        up = GaugeMetricFamily(
+            "ollamesh_loop_running",
+            "Background loops running (below the usual count: crashed, restarting)",
+            labels=["actor", "loop"],
+        )
+        crashed = CounterMetricFamily(
+            "ollamesh_loop_restarts", "Background loops that crashed and were started again",
+            labels=["actor", "loop"],
+        )  # fmt: skip
+        for key in sorted(set(running) | set(restarts)):
+            up.add_metric(list(key), running[key])
+            crashed.add_metric(list(key), restarts[key])
+        yield up
+        yield crashed
 
 
 class Metrics:
@@ -68,6 +102,10 @@ class Metrics:
             "ollamesh_host_state", "1 for the health monitor's state of the host (up, degraded, "
             "down)", ["host", "state"], registry=r,
         )  # fmt: skip
+        self.set_aside = Counter(
+            "ollamesh_events_set_aside", "Events a consumer of the event stream could not "
+            "write and kept in dead_letters", ["consumer"], registry=r,
+        )  # fmt: skip
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
         self.url: str | None = None
@@ -81,6 +119,10 @@ class Metrics:
         self.duration.labels(event.model).observe(event.latency_ms / 1000)
         if event.ttft_ms is not None:
             self.ttft.labels(event.model).observe(event.ttft_ms / 1000)
+
+    def watch_loops(self, actors: Callable[[], Iterable[Actor]]) -> None:
+        """Export the background loops of `actors()` (read at every scrape)."""
+        self.registry.register(_Loops(actors))
 
     def queues(self, depth: QueueDepth) -> None:
         """Set one model's queue gauges."""

@@ -2,8 +2,9 @@
 
 Events are acknowledged only after their batch is committed, and a row's key (request
 id and event time) makes a redelivered event a no-op: with Postgres down, events wait
-in the stream and every row arrives once it is back, none twice. The recorder also
-answers `<prefix>.v1.stats` from the table.
+in the stream and every row arrives once it is back, none twice. An event that cannot
+be a row is set aside in `dead_letters` (see `actors.store.sink`). The recorder also
+answers `<prefix>.v1.stats` from the table, with its own state beside the figures.
 """
 
 from __future__ import annotations
@@ -12,20 +13,22 @@ import datetime as dt
 import time
 
 import asyncpg
-import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from actors.metrics import Metrics
 from actors.store.sink import ACQUIRE_TIMEOUT_S, DOWN, EventSink
 from bus.actor import Actor
 from bus.config import Config
 from bus.errors import Unavailable
 from bus.subjects import Subjects
-from schemas import FleetStats, RequestEvent, StatsRow, decode_event, encode
+from schemas import FleetStats, RecorderState, RequestEvent, StatsRow, decode_event, encode
 
 __all__ = ["WINDOWS", "Recorder"]
 
 _CONSUMER = "recorder"
+# The loop writing events, by its name in `Actor.loops` (and the loop metrics).
+_SINK_LOOP = "sink"
 # Windows `llm.v1.stats` reports, by name.
 WINDOWS = {"1m": dt.timedelta(minutes=1), "1h": dt.timedelta(hours=1), "1d": dt.timedelta(days=1)}
 _INSERT = """
@@ -53,8 +56,11 @@ GROUP BY GROUPING SETS ((model), (host))
 ORDER BY model NULLS LAST, host
 """
 
+_DEAD_LETTERS = "SELECT count(*)::int FROM dead_letters WHERE consumer = $1"
+
 
 def _row(event: RequestEvent) -> tuple[object, ...]:
+    # Raises for an `at` no datetime holds (OSError, OverflowError): set aside, then.
     return (
         event.request_id,
         dt.datetime.fromtimestamp(event.at, dt.UTC),
@@ -79,7 +85,14 @@ class Recorder(Actor):
 
     name = "recorder"
 
-    def __init__(self, nc: NATS, subjects: Subjects, config: Config, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        config: Config,
+        pool: asyncpg.Pool,
+        metrics: Metrics | None = None,
+    ) -> None:
         super().__init__(nc, subjects)
         self.pool = pool
         self.sink = EventSink(
@@ -88,7 +101,9 @@ class Recorder(Actor):
             durable=_CONSUMER,
             subject=subjects.event("request"),
             config=config.recorder,
+            pool=pool,
             log=self.log,
+            metrics=metrics,
         )
 
     @property
@@ -98,8 +113,8 @@ class Recorder(Actor):
 
     async def setup(self) -> None:
         await self.sink.open()
+        self.supervise(_SINK_LOOP, lambda: self.sink.run(self._decode, self._write))
         await self.serve(self.subjects.stats, self._stats, queue=_CONSUMER)
-        self.spawn(self.sink.run(self._write))
 
     async def before_drain(self) -> None:
         self.sink.stop()
@@ -107,17 +122,30 @@ class Recorder(Actor):
     async def teardown(self) -> None:
         await self.sink.close()
 
-    async def _write(self, msgs: list[Msg]) -> None:
-        rows = []
-        for msg in msgs:
-            try:
-                rows.append(_row(decode_event(msg.data)))
-            except msgspec.DecodeError as exc:
-                self.log.error("event_unreadable", error=str(exc))
-        if rows:
-            async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
-                await conn.executemany(_INSERT, rows)
-            self.log.debug("events_recorded", rows=len(rows))
+    async def reconnected(self) -> None:
+        await self.sink.ensure_consumer()
+
+    def _decode(self, msg: Msg) -> tuple[object, ...]:
+        """One event as the row of it."""
+        return _row(decode_event(msg.data))
+
+    async def _write(self, rows: list[tuple[object, ...]]) -> None:
+        """Insert rows (a batch, or one); a row already there is left as it is."""
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            await conn.executemany(_INSERT, rows)
+        self.log.debug("events_recorded", rows=len(rows))
+
+    def _own_state(self, dead_letters: int) -> RecorderState:
+        loop = self.loops[_SINK_LOOP]
+        return RecorderState(
+            running=loop.running > 0,
+            restarts=loop.restarts,
+            last_error=loop.last_error or None,
+            failed_at=loop.failed_at,
+            written=self.sink.written,
+            set_aside=self.sink.set_aside,
+            dead_letters=dead_letters,
+        )
 
     async def _stats(self, msg: Msg) -> bytes:
         """Figures per model and per host for each window, from the table."""
@@ -129,6 +157,8 @@ class Recorder(Actor):
                     windows[name] = [
                         StatsRow(**{k: v for k, v in r.items() if v is not None}) for r in records
                     ]
+                dead_letters = await conn.fetchval(_DEAD_LETTERS, _CONSUMER)
         except DOWN as exc:
             raise Unavailable(f"the stats database is unreachable: {exc}") from exc
-        return encode(FleetStats(windows=windows, at=time.time()))
+        state = self._own_state(dead_letters)
+        return encode(FleetStats(windows=windows, at=time.time(), recorder=state))

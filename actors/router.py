@@ -10,12 +10,12 @@ from functools import partial
 
 import msgspec
 import structlog
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from actors.admission import resolve_model, validate
 from actors.cache import AnswerCache, cache_key
+from actors.deadlines import Deadlines
 from actors.limits import RateLimiter
 from actors.metrics import Metrics
 from actors.queues import QueueWatch, retry_after_ms
@@ -24,13 +24,16 @@ from actors.sharing import SharedAnswers, Ticket
 from actors.templating import apply_template
 from bus.actor import Actor
 from bus.board import Board
+from bus.claims import Claims
 from bus.config import Config
+from bus.connection import Connection
 from bus.errors import (
     BadRequest,
     ModelNotFound,
     NoHealthyHost,
     OllameshError,
     PayloadTooLarge,
+    quote,
 )
 from bus.queue import QueueFull, enqueue
 from bus.registry import HostRegistry
@@ -62,7 +65,7 @@ class Router(Actor):
 
     def __init__(
         self,
-        nc: NATS,
+        nc: Connection,
         subjects: Subjects,
         config: Config,
         registry: HostRegistry,
@@ -70,8 +73,11 @@ class Router(Actor):
         limits: KeyValue,
         cache: KeyValue,
         metrics: Metrics,
+        claims: KeyValue,
     ) -> None:
         super().__init__(nc, subjects, max_concurrent=config.router.max_concurrent)
+        self.nc: Connection = nc
+        self.deadlines = Deadlines(nc, subjects, Claims(claims), self.spawn)
         self.config = config
         self.registry = registry
         self.board = board
@@ -112,15 +118,16 @@ class Router(Actor):
             limit_s=self.config.executor.total_timeout_s,
             spawn=self.spawn,
         )
-        self._poll = asyncio.get_running_loop().create_task(self.queues.poll())
+        self.supervise("queues", self.queues.poll, endless=True)
 
     async def before_drain(self) -> None:
-        self._poll.cancel()
+        self.deadlines.stop()
 
     async def _finished(self, msg: Msg) -> None:
         """Learn how a request ended, whichever router took it (for balancing and limits)."""
         event = decode_event(msg.data)
         self.metrics.finished(event)
+        self.deadlines.ended(event.request_id)
         if event.outcome != "cancelled":  # the client's choice says nothing of the model
             self.stats.setdefault(event.model, ModelStats()).finished(
                 event.outcome == "ok", event.latency_ms
@@ -216,8 +223,11 @@ class Router(Actor):
         model = resolve_model(request, self.config.roles)  # type: ignore[arg-type]
         if model is None:
             model = self._choose(request)  # type: ignore[arg-type]
-        chain = self._chain(model) if request.fallback else []  # type: ignore[attr-defined]
         asked = model
+        fallback: bool | None = request.fallback  # type: ignore[attr-defined]
+        if fallback is None:  # by default only a model the fleet knows falls back
+            fallback = self._known(model)
+        chain = self._chain(model) if fallback else []
         while not self.registry.serves(model) and chain:
             model = chain.pop(0)
         if not self.registry.serves(model):
@@ -250,7 +260,7 @@ class Router(Actor):
                 template=template,
             )
             try:
-                duplicate = await enqueue(
+                seq, duplicate = await enqueue(
                     self.js,
                     self.subjects,
                     work,
@@ -262,6 +272,8 @@ class Router(Actor):
                 drain = self.queues.drain_per_s(model)
                 exc.retry_after_ms = retry_after_ms(self.config.routing.queue_max, drain)
                 raise
+            if not duplicate:
+                self.deadlines.watch(work, seq)
             if duplicate and not stream:
                 raise BadRequest(f"request_id {request_id} is already in use")
             self.log.debug("request_queued", model=model, kind=kind, duplicate=duplicate)
@@ -288,16 +300,23 @@ class Router(Actor):
         model = msg.data.decode() or None
         self.log.info("cache_forgotten", model=model, entries=self.cache.forget(model))
 
+    def _known(self, model: str) -> bool:
+        """Whether some host (up or down) has `model`, or a role names it."""
+        roles = (canonical_model(m) for m in self.config.roles.values())
+        return model in roles or any(model in h.models for h in self.registry.hosts_seen())
+
     def _check_served(self, model: str) -> None:
         if self.registry.serves(model):
             return
         hosts = self.registry.hosts_seen()
         if any(model in h.models for h in hosts):
-            raise NoHealthyHost(f"no healthy host serves {model!r} right now")
+            raise NoHealthyHost(f"no healthy host serves {quote(model)} right now")
         if any(not h.up for h in hosts):
-            raise NoHealthyHost(f"{model!r} is on no healthy host, and some hosts are down")
+            raise NoHealthyHost(f"{quote(model)} is on no healthy host, and some hosts are down")
         known = sorted(self.registry.models())
-        raise ModelNotFound(f"model {model!r} is not on any host; available: {', '.join(known)}")
+        raise ModelNotFound(
+            f"model {quote(model)} is not on any host; available: {', '.join(known)}"
+        )
 
 
 def _estimate_tokens(request: Request) -> int:

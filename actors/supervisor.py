@@ -11,7 +11,6 @@ from types import TracebackType
 
 import asyncpg
 import structlog
-from nats.aio.client import Client as NATS
 
 from actors.cache_keeper import CacheKeeper
 from actors.executor import Executor
@@ -24,7 +23,7 @@ from actors.store import EmbeddedPostgres, open_pool
 from bus.actor import Actor
 from bus.board import Board
 from bus.config import Config, ConfigError
-from bus.connection import connect
+from bus.connection import Connection, close_within, connect
 from bus.provision import provision
 from bus.registry import HostRegistry
 from bus.server import EmbeddedNats
@@ -41,6 +40,14 @@ _DATABASE_ACTORS = {"recorder", "cache", "prompts"}
 _POOL_CLOSE_S = 10.0
 # Executors announce their models before `start` returns, within this bound.
 _READY_TIMEOUT_S = 10.0
+# Beyond the actors' grace, what stopping may take (the pool, Postgres, the server)
+# before the process gives up waiting and ends anyway.
+_STOP_SLACK_S = 15.0
+# With the connection gone nothing can be handed back: in-flight work gets this long.
+_LOST_GRACE_S = 1.0
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# The longest the connection's drain may take at the end (then it is closed).
+_DRAIN_S = 5.0
 
 
 def default_data_dir(what: str = "nats") -> Path:
@@ -79,7 +86,7 @@ class Stack:
         self.cache: CacheKeeper | None = None
         self.prompts: PromptStore | None = None
         self.health: HealthMonitor | None = None
-        self.nc: NATS | None = None
+        self.nc: Connection | None = None
         self.registry: HostRegistry | None = None
         self.board: Board | None = None
         self.metrics = Metrics()
@@ -106,7 +113,9 @@ class Stack:
         self.nc = await connect(
             self.url, name="ollamesh", connect_timeout=self.config.nats.connect_timeout_s
         )
+        self.nc.on_reconnect(self._reconnected)
         if (port := self.config.metrics.port) is not None:
+            self.metrics.watch_loops(lambda: self.actors)
             self.metrics.serve(self.config.metrics.host, port)
         buckets = await provision(self.nc.jetstream(), self.subjects, self.config)
         self.registry = HostRegistry(
@@ -128,6 +137,7 @@ class Stack:
                     self.registry,
                     self.board,
                     self.metrics,
+                    buckets.claims,
                 )
                 await executor.start()
                 self.executors.append(executor)
@@ -141,17 +151,20 @@ class Stack:
                 buckets.limits,
                 buckets.cache,
                 self.metrics,
+                buckets.claims,
             )
             await self.router.start()
         if _DATABASE_ACTORS & set(self._wanted):
             self.pool = await self._open_database()
         if "recorder" in self._wanted:
             assert self.pool is not None
-            self.recorder = Recorder(self.nc, self.subjects, self.config, self.pool)
+            self.recorder = Recorder(self.nc, self.subjects, self.config, self.pool, self.metrics)
             await self.recorder.start()
         if "cache" in self._wanted:
             assert self.pool is not None
-            self.cache = CacheKeeper(self.nc, self.subjects, self.config, self.pool, buckets.cache)
+            self.cache = CacheKeeper(
+                self.nc, self.subjects, self.config, self.pool, buckets.cache, self.metrics
+            )
             await self.cache.start()
         if "prompts" in self._wanted:
             assert self.pool is not None
@@ -188,15 +201,54 @@ class Stack:
             url = await self.postgres.start()
         return await open_pool(url, max_size=db.pool_max, timeout=db.connect_timeout_s)
 
+    async def _reconnected(self) -> None:
+        """The server may have restarted: recreate what it lost (memory-backed buckets,
+        or everything on a fresh server), watch the buckets anew, let each actor redo
+        its part (executors announce and complete their streams, the monitor checks)."""
+        assert self.nc is not None
+        await provision(self.nc.jetstream(), self.subjects, self.config)
+        if self.board:
+            self.board.reconnected()
+        if self.registry:
+            await self.registry.resync()
+        for actor in self.actors:
+            try:
+                await actor.reconnected()
+            except Exception:
+                log.exception("actor_resync_failed", actor=actor.name)
+        log.info("stack_resynced")
+
     async def wait_for_executors(self, timeout: float = _READY_TIMEOUT_S) -> None:
         """Wait until this process's registry view lists every model its executors serve."""
         assert self.registry is not None
         wanted = {m for e in self.executors for m in e.models}
         await self.registry.wait_until(lambda r: wanted <= r.models(), timeout)
 
+    @property
+    def lost(self) -> bool:
+        """Whether the NATS connection closed for good (the process can only end)."""
+        return self.nc is not None and self.nc.lost.is_set()
+
     async def stop(self, grace: float | None = None) -> None:
-        """Stop admitting, let executors finish or hand back their work, then drain."""
+        """Stop admitting, let executors finish or hand back their work, then drain.
+
+        Returns within `grace` plus a bounded slack whatever state the connections are
+        in; with the NATS connection lost, in-flight work gets at most a second. The
+        servers this process started (nats-server, Postgres) are stopped in any case.
+        """
         grace = self.config.executor.shutdown_grace_s if grace is None else grace
+        if self.lost:
+            grace = min(grace, _LOST_GRACE_S)
+        try:
+            async with asyncio.timeout(grace + _STOP_SLACK_S):
+                await self._stop_actors(grace)
+        except TimeoutError:
+            log.error("stack_stop_overran", bound_s=grace + _STOP_SLACK_S)
+        finally:
+            await self._stop_servers()
+        log.info("stack_stopped")
+
+    async def _stop_actors(self, grace: float) -> None:
         if self.router:
             await self.router.stop(grace)
         await asyncio.gather(*(e.stop(grace) for e in self.executors))
@@ -204,23 +256,28 @@ class Stack:
             if store:
                 await store.stop(grace)
         if self.pool:
+            pool, self.pool = self.pool, None
             try:
-                await asyncio.wait_for(self.pool.close(), _POOL_CLOSE_S)
+                await asyncio.wait_for(pool.close(), _POOL_CLOSE_S)
             except TimeoutError:
-                self.pool.terminate()
-        if self.postgres:
-            await self.postgres.stop()
+                pool.terminate()
         if self.registry:
             await self.registry.stop()
         if self.board:
             await self.board.stop()
         if self.nc:
-            with contextlib.suppress(Exception):
-                await self.nc.drain()
+            await close_within(self.nc, _DRAIN_S)
+
+    async def _stop_servers(self) -> None:
+        """Stop what this process started, whatever happened before (each at most once)."""
+        if self.pool:
+            self.pool.terminate()
+            self.pool = None
+        if self.postgres:
+            await self.postgres.stop()
         if self.server:
             await self.server.stop()
         self.metrics.close()
-        log.info("stack_stopped")
 
     async def __aenter__(self) -> Stack:
         try:
@@ -240,17 +297,57 @@ class Stack:
 
 
 async def run_until_signalled(stack: Stack) -> int:
-    """Run `stack` until SIGINT or SIGTERM, then stop it gracefully; return 0."""
+    """Run `stack` until SIGINT or SIGTERM, then stop it gracefully.
+
+    Returns 0 after a signal; 1 when the NATS connection closed for good (so systemd or
+    Kubernetes start the process again rather than keep one that answers nothing). A
+    second signal while draining stops at once, handing nothing more back.
+    """
     loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopping.set)
+    signals = asyncio.Queue[int]()
+    for sig in _SIGNALS:
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
     try:
-        await stack.start()
-    except BaseException:
+        return await _serve(stack, signals)
+    finally:
+        for sig in _SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
+async def _serve(stack: Stack, signals: asyncio.Queue[int]) -> int:
+    loop = asyncio.get_running_loop()
+    starting = loop.create_task(stack.start())
+    signalled = loop.create_task(signals.get())
+    await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():  # a signal while starting: stop what started, at once
+        log.info("signal_received", action="stopping before start completed")
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        await stack.stop(grace=0.0)
+        return 0
+    if starting.exception() is not None:
+        signalled.cancel()
         await stack.stop(grace=1.0)
-        raise
-    await stopping.wait()
-    log.info("signal_received", action="draining")
-    await stack.stop()
-    return 0
+        starting.result()  # raises the start's failure
+    assert stack.nc is not None
+    lost = loop.create_task(stack.nc.wait_lost())
+    await asyncio.wait({signalled, lost}, return_when=asyncio.FIRST_COMPLETED)
+    signalled.cancel()
+    lost.cancel()
+    code = 1 if stack.lost else 0
+    if code:
+        log.error("exiting", reason="the NATS connection was closed for good", exit_code=code)
+    else:
+        log.info("signal_received", action="draining")
+    stopping = loop.create_task(stack.stop())
+    again = loop.create_task(signals.get())
+    await asyncio.wait({stopping, again}, return_when=asyncio.FIRST_COMPLETED)
+    if not stopping.done():
+        log.warning("signal_received", action="stopping now")
+        stopping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stopping
+        await stack.stop(grace=0.0)
+    again.cancel()
+    return code

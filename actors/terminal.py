@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
 from bus.client import ChunkStream, Client
 from bus.errors import BadRequest
-from schemas import Done, Message
+from schemas import Done, Message, RecorderState
 
 __all__ = ["chat", "generate", "queues"]
+
+T = TypeVar("T")
+# How long a Ctrl-C'd answer may take to send its cancel on the way out.
+_CANCEL_S = 0.5
 
 
 def _stats(done: Done | None) -> str:
@@ -25,12 +33,45 @@ def _stats(done: Done | None) -> str:
     return f"[{done.model} on {done.host}: {done.eval_count} tokens{rate}]"
 
 
+async def _off_loop(read: Callable[[], T]) -> T:
+    """Run a blocking read (of stdin) in a daemon thread and await its result.
+
+    Not `asyncio.to_thread`: the loop's executor is waited for on the way out, so a
+    thread blocked on a terminal would keep a Ctrl-C'd command alive until Enter.
+    """
+    loop = asyncio.get_running_loop()
+    result: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not result.done():  # else cancelled meanwhile
+            outcome()
+
+    def run() -> None:
+        try:
+            value = read()
+        except Exception as exc:
+            outcome = functools.partial(result.set_exception, exc)
+        else:
+            outcome = functools.partial(result.set_result, value)
+        with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=run, name="ollamesh-stdin", daemon=True).start()
+    return await result
+
+
 async def _print_stream(stream: ChunkStream) -> str:
     parts = []
-    async for chunk in stream:
-        parts.append(chunk.text)
-        sys.stdout.write(chunk.text)
-        sys.stdout.flush()
+    try:
+        async for chunk in stream:
+            parts.append(chunk.text)
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+    except asyncio.CancelledError:  # Ctrl-C: the fleet need not go on generating for nobody
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_CANCEL_S):
+                await stream.cancel()
+        raise
     sys.stdout.write("\n")
     print(_stats(stream.done), file=sys.stderr)
     return "".join(parts)
@@ -63,7 +104,7 @@ async def chat(args: argparse.Namespace, options: dict[str, Any]) -> int:
                 if sys.stdin.isatty():
                     print(">>> ", end="", file=sys.stderr, flush=True)
                 # Read in a thread so the connection keeps answering pings meanwhile.
-                line = await asyncio.to_thread(sys.stdin.readline)
+                line = await _off_loop(sys.stdin.readline)
                 if not line:
                     return 0
                 text = line.strip()
@@ -138,7 +179,27 @@ async def stats(args: argparse.Namespace) -> int:
     ]  # fmt: skip
     print(f"last {args.window}:")
     _table(header, rows)
+    if fleet.recorder is not None:
+        print(_recorder_line(fleet.recorder))
     return 0
+
+
+def _recorder_line(state: RecorderState) -> str:
+    """One line on the recorder behind the figures: writing or not, and what it set aside."""
+    if not state.running:
+        if not state.restarts:
+            return "recorder: NOT WRITING (its loop has not started)"
+        return f"recorder: RESTARTING after {state.last_error} ({_restarts(state.restarts)})"
+    line = f"recorder: writing, {state.written:,} rows since start"
+    if state.set_aside or state.dead_letters:
+        line += f", {state.set_aside:,} set aside ({state.dead_letters:,} in dead_letters)"
+    if state.restarts:
+        line += f", {_restarts(state.restarts)} (last: {state.last_error})"
+    return line
+
+
+def _restarts(n: int) -> str:
+    return f"{n} restart" + ("" if n == 1 else "s")
 
 
 async def invalidate(args: argparse.Namespace) -> int:
@@ -172,7 +233,7 @@ async def prompts(args: argparse.Namespace) -> int:
     async with Client(args.nats, prefix=args.prefix, timeout=args.timeout) as client:
         match args.prompts_command:
             case "put":
-                text = await asyncio.to_thread(_read, args.file)
+                text = await _off_loop(lambda: _read(args.file))
                 prompt = await client.put_prompt(
                     args.name, text, parameters=_pairs(args.param), description=args.description
                 )

@@ -28,6 +28,8 @@ log = structlog.get_logger("bus.board")
 # An executor republishes at least this often; an entry older than the TTL is gone.
 HEARTBEAT_S = 1.0
 _TTL_S = 3.5 * HEARTBEAT_S
+# Listening this long, a board has heard every executor that is alive at least once.
+_SETTLE_S = 1.5 * HEARTBEAT_S
 
 
 class Board:
@@ -40,9 +42,31 @@ class Board:
         self._seen: dict[str, float] = {}
         self._sub: Subscription | None = None
         self._changed = asyncio.Event()
+        # Since when this board has been listening (start, or the last reconnection).
+        self._since = time.monotonic()
 
     async def start(self) -> None:
+        self._since = time.monotonic()
         self._sub = await self._nc.subscribe(self._subjects.boards, cb=self._on_entry)
+
+    def reconnected(self) -> None:
+        """Entries may have been missed while the connection was down: listen anew."""
+        self._since = time.monotonic()
+
+    async def settled(self) -> None:
+        """Return once every live executor has had time to publish since we listened."""
+        left = self._since + _SETTLE_S - time.monotonic()
+        if left > 0:
+            await asyncio.sleep(left)
+
+    def serving(self, request_id: str, *, besides: str) -> float | None:
+        """When the fresh entry of an executor other than `besides` that says it serves
+        `request_id` arrived (monotonic), if there is one."""
+        stale = time.monotonic() - _TTL_S
+        for key, entry in self._entries.items():
+            if key != besides and self._seen[key] >= stale and request_id in entry.serving:
+                return self._seen[key]
+        return None
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -59,10 +83,10 @@ class Board:
 
     def put(self, load: HostLoad) -> None:
         """Take an entry (the own executor's at once, without waiting for the echo)."""
-        if load.models or load.executor in self._entries:
+        if load.models or load.serving or load.executor in self._entries:
             self._entries[load.executor] = load
             self._seen[load.executor] = time.monotonic()
-        if not load.models:  # an executor that serves nothing any more
+        if not load.models and not load.serving:  # an executor with nothing any more
             self._entries.pop(load.executor, None)
         self._changed.set()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
@@ -13,12 +14,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 from nats.js.api import DeliverPolicy
 
-from bus.connection import connect
+from bus.connection import close_within, connect
 from bus.errors import (
     BadRequest,
     Internal,
     PayloadTooLarge,
     Timeout,
+    Unavailable,
     error_from_wire,
 )
 from bus.fleet import Fleet
@@ -42,6 +44,7 @@ from schemas import (
     QueueStats,
     Request,
     Result,
+    StreamMessage,
     decode_reply,
     decode_stream,
     encode,
@@ -61,6 +64,17 @@ __all__ = ["ChunkStream", "Client"]
 
 T = TypeVar("T")
 _decode_queue_stats = msgspec.json.Decoder(QueueStats | Error).decode
+# How long a gap in a live stream may stay open before the stored copy is read, and how
+# often a stream waiting for its next message looks whether the connection came back.
+_GAP_WAIT_S = 1.0
+_LOOK_EVERY_S = 1.0
+
+
+def _reconnects(nc: NATS) -> int:
+    """How often `nc` reconnected (a connection ollamesh opened counts them)."""
+    return int(getattr(nc, "reconnects", 0))
+
+
 _decode_stats = msgspec.json.Decoder(FleetStats | Error).decode
 
 
@@ -73,6 +87,8 @@ _decode_prompt = msgspec.json.Decoder(Prompt | Error).decode
 _decode_prompts = msgspec.json.Decoder(Prompts | Error).decode
 _decode_deleted = msgspec.json.Decoder(PromptDeleted | Error).decode
 _decode_rendered = msgspec.json.Decoder(Rendered | Error).decode
+# A drain is one round trip to the server; past this the server is not answering.
+_CLOSE_TIMEOUT_S = 2.0
 
 OptionsLike = Options | Mapping[str, Any] | None
 MessageLike = Message | Mapping[str, Any]
@@ -90,7 +106,10 @@ class ChunkStream:
 
     Iterate it for `Chunk`s; after the loop, `done` holds the final stats. A failure
     ends the loop with the matching exception (`UpstreamError`, `Cancelled`, ...).
-    A gap in `seq` (a message lost on the way) is filled from the stored stream.
+    Chunks are put back in `seq` order and a repeated one is skipped: after a server
+    restart a lost chunk is sent again, after later ones. A gap that stays open for
+    `_GAP_WAIT_S`, or a reconnection of the client (messages sent meanwhile never came),
+    makes the stream read the stored copy instead.
     """
 
     def __init__(
@@ -112,6 +131,10 @@ class ChunkStream:
         self._timeout = timeout
         self._closed = False
         self._replaying = False
+        # Messages that came before their turn, by seq; when the oldest gap opened.
+        self._ahead: dict[int, StreamMessage] = {}
+        self._gap_since: float | None = None
+        self._reconnects = _reconnects(client.nc)
         client._open.add(self)
 
     def __aiter__(self) -> ChunkStream:
@@ -119,28 +142,21 @@ class ChunkStream:
 
     async def __anext__(self) -> Chunk:
         while not self._closed:
-            try:
-                msg = await self._sub.next_msg(timeout=self._timeout)
-            except nats.errors.TimeoutError as exc:
-                await self.aclose()
-                raise Timeout(
-                    f"no message on the stream for {self._timeout:.0f}s",
-                    request_id=self.request_id,
-                ) from exc
-            try:
-                message = decode_stream(msg.data)
-            except msgspec.DecodeError as exc:
-                await self.aclose()
-                raise Internal(f"unreadable stream message: {exc}") from exc
-            seq = message.seq or self._next
-            if seq > self._next:
-                # Something was lost on the way: read the stored stream instead.
-                await self._refill()
+            message = self._ahead.pop(self._next, None) or await self._receive()
+            if message is None:
                 continue
+            seq = message.seq or self._next
+            if seq < self._next:
+                if isinstance(message, Chunk):
+                    continue  # before `from_seq`, or seen already
+                seq = self._next  # the ending, resumed from past it
+            if seq > self._next:
+                self._ahead[seq] = message
+                self._gap_since = self._gap_since or time.monotonic()
+                continue
+            self._gap_since = None if not self._ahead else time.monotonic()
             match message:
                 case Chunk():
-                    if seq < self._next:
-                        continue  # before `from_seq`, or seen already
                     self._next += 1
                     return message
                 case Done():
@@ -151,14 +167,44 @@ class ChunkStream:
                     raise error_from_wire(message)
         raise StopAsyncIteration
 
+    async def _receive(self) -> StreamMessage | None:
+        """The next message from the subscription; None when it is time to look at the
+        stored stream instead (a gap left open, a reconnection)."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            now = time.monotonic()
+            if not self._replaying and (
+                _reconnects(self._client.nc) != self._reconnects
+                or (self._gap_since is not None and now - self._gap_since >= _GAP_WAIT_S)
+            ):
+                await self._refill()
+                return None
+            wait = min(deadline - now, _LOOK_EVERY_S)
+            if wait <= 0:
+                await self.aclose()
+                raise Timeout(
+                    f"no message on the stream for {self._timeout:.0f}s",
+                    request_id=self.request_id,
+                )
+            try:
+                msg = await self._sub.next_msg(timeout=wait)
+            except nats.errors.TimeoutError:
+                continue
+            except nats.errors.Error as exc:  # the connection closed for good
+                await self.aclose()
+                raise Unavailable(f"the stream broke off: {exc!r}") from exc
+            try:
+                return decode_stream(msg.data)
+            except msgspec.DecodeError as exc:
+                await self.aclose()
+                raise Internal(f"unreadable stream message: {exc}") from exc
+
     async def _refill(self) -> None:
-        """Replace the live subscription by a replay of the stored stream from `_next`."""
-        if self._replaying:
-            await self.aclose()
-            raise Internal(f"the stored stream lacks seq {self._next}", request_id=self.request_id)
+        """Replace the live subscription by a replay of the stored stream (then live)."""
         old = self._sub
         self._sub = await self._client._replay(self.request_id)
         self._replaying = True
+        self._gap_since = None
         await old.unsubscribe()
 
     async def text(self) -> str:
@@ -226,12 +272,13 @@ class Client:
         return self
 
     async def close(self) -> None:
-        """Close every open stream, then drain the connection (if this client made it)."""
+        """Close every open stream, then drain the connection (if this client made it),
+        waiting at most `_CLOSE_TIMEOUT_S` for a server that does not answer."""
         for stream in list(self._open):
             await stream.aclose()
         if self._nc is not None and self._owns_nc:
-            await self._nc.drain()
-            self._nc = None
+            nc, self._nc = self._nc, None
+            await close_within(nc, _CLOSE_TIMEOUT_S)
 
     async def __aenter__(self) -> Client:
         return await self.connect()

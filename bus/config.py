@@ -160,7 +160,9 @@ class ExecutorConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     max_attempts: PositiveInt = 5
     retry_backoff_ms: PositiveInt = 100
     retry_backoff_max_ms: PositiveInt = 2000
-    ack_wait_s: Positive = 30.0
+    # Work whose executor sends no keep-alive for this long is delivered again: the bound
+    # on how long a dead executor's requests go unanswered.
+    ack_wait_s: Positive = 4.0
     tags_refresh_s: Positive = 5.0
     registry_ttl_s: Positive = 15.0
     # After this many host failures in a row a model's circuit opens on that host ...

@@ -3,7 +3,8 @@
 The answers follow the NATS micro protocol (ADR-32), so `nats micro list`, `nats micro
 info` and `nats micro stats` show each actor: its endpoints (the subjects it serves, with
 their queue groups) and, per endpoint, requests, errors, the last error and processing
-time.
+time. `$SRV.STATS` also carries `loops`: each background loop's running count, restarts
+and last error, so a loop that keeps crashing is visible from outside.
 """
 
 from __future__ import annotations
@@ -60,7 +61,12 @@ class Discovery:
     """The discovery answers of one actor instance."""
 
     def __init__(
-        self, name: str, *, description: str = "", metadata: Mapping[str, str] | None = None
+        self,
+        name: str,
+        *,
+        description: str = "",
+        metadata: Mapping[str, str] | None = None,
+        loops: Mapping[str, object] | None = None,
     ) -> None:
         self.name = name
         self.id = uuid.uuid4().hex
@@ -68,6 +74,8 @@ class Discovery:
         self.description = description
         self.metadata = dict(metadata or {})
         self.endpoints: list[EndpointStats] = []
+        # The actor's background loops: running, restarts, last error (beyond ADR-32).
+        self.loops = loops if loops is not None else {}
         self._started = time.time()
 
     def endpoint(self, subject: str, queue: str) -> EndpointStats:
@@ -119,4 +127,5 @@ class Discovery:
         return self._identity("stats") | {
             "started": started.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
             "endpoints": self.endpoints,
+            "loops": self.loops,
         }

@@ -1,10 +1,16 @@
-"""The exceptions ollamesh raises in-process, one per wire error code."""
+"""The exceptions ollamesh raises in-process, one per wire error code.
+
+A message never carries unbounded input: `quote` shows at most a short prefix of a value
+the caller sent, and every message is cut at `MESSAGE_MAX` characters, so an error about
+a 5 MB field is a few hundred bytes on the wire.
+"""
 
 from __future__ import annotations
 
 from schemas import Error, ErrorCode, is_retryable
 
 __all__ = [
+    "MESSAGE_MAX",
     "BadRequest",
     "Cancelled",
     "Internal",
@@ -18,7 +24,26 @@ __all__ = [
     "Unavailable",
     "UpstreamError",
     "error_from_wire",
+    "quote",
 ]
+
+# The longest message an error carries; the rest is cut with a note of how much.
+MESSAGE_MAX = 1000
+_QUOTE_MAX = 64
+
+
+def quote(value: object, limit: int = _QUOTE_MAX) -> str:
+    """`repr(value)`, or of its first `limit` characters with the full length noted."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= limit + 2 else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= MESSAGE_MAX:
+        return message
+    return f"{message[:MESSAGE_MAX]}... ({len(message) - MESSAGE_MAX} more characters)"
 
 
 class OllameshError(Exception):
@@ -34,6 +59,7 @@ class OllameshError(Exception):
         retry_after_ms: int | None = None,
         request_id: str | None = None,
     ) -> None:
+        message = _bounded(message)
         super().__init__(message)
         self.message = message
         self.retryable = is_retryable(self.code) if retryable is None else retryable

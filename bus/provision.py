@@ -27,6 +27,8 @@ log = structlog.get_logger("bus.provision")
 _WORK_MAX_AGE_S = 24 * 3600.0
 # Dedup window for `Nats-Msg-Id` = request id: a client retrying a send is not served twice.
 _DEDUP_WINDOW_S = 120.0
+# Claims live this long past the longest a request may run.
+_CLAIM_SLACK_S = 300.0
 
 
 def stream_configs(subjects: Subjects, config: Config) -> list[StreamConfig]:
@@ -89,6 +91,7 @@ class Buckets(NamedTuple):
     limits: KeyValue
     cache: KeyValue
     health: KeyValue
+    claims: KeyValue
 
 
 async def _bucket(js: JetStreamContext, cfg: KeyValueConfig) -> KeyValue:
@@ -133,6 +136,15 @@ async def provision(js: JetStreamContext, subjects: Subjects, config: Config) ->
         ttl=config.health.entry_ttl_s,
         storage=StorageType.MEMORY,
     )
+    claims = KeyValueConfig(
+        bucket=subjects.claim_bucket,
+        description="Who ends each request that has a deadline: its router or its executor",
+        history=1,
+        # A claim must outlive the longest a request may run, and no more.
+        ttl=config.executor.total_timeout_s + _CLAIM_SLACK_S,
+        # On file: a restart must not let both a router and an executor end a request.
+        storage=StorageType.FILE,
+    )
     cache_kv = await _bucket(js, cache)
     # A full cache drops its oldest answers rather than refusing new ones.
     stream = await js.stream_info(f"KV_{subjects.cache_bucket}")
@@ -140,5 +152,9 @@ async def provision(js: JetStreamContext, subjects: Subjects, config: Config) ->
         stream.config.discard = DiscardPolicy.OLD
         await js.update_stream(stream.config)
     return Buckets(
-        await _bucket(js, hosts), await _bucket(js, limits), cache_kv, await _bucket(js, health)
+        await _bucket(js, hosts),
+        await _bucket(js, limits),
+        cache_kv,
+        await _bucket(js, health),
+        await _bucket(js, claims),
     )

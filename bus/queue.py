@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import nats.errors
 from nats.js import JetStreamContext
 from nats.js.errors import APIError
@@ -11,7 +13,7 @@ from bus.errors import Overloaded, PayloadTooLarge, Unavailable
 from bus.subjects import Subjects
 from schemas import Work, encode
 
-__all__ = ["QueueFull", "enqueue"]
+__all__ = ["QueueFull", "Queued", "enqueue"]
 
 # JetStream's error code for "maximum messages per subject exceeded".
 _PER_SUBJECT_LIMIT = 10077
@@ -19,6 +21,13 @@ _PER_SUBJECT_LIMIT = 10077
 
 class QueueFull(Overloaded):
     """The model's queue holds its bound of waiting work."""
+
+
+class Queued(NamedTuple):
+    """Where the work went: its sequence in the work stream, and whether it was there."""
+
+    seq: int
+    duplicate: bool
 
 
 async def enqueue(
@@ -29,8 +38,8 @@ async def enqueue(
     max_payload: int,
     msg_id: str,
     timeout: float = 5.0,
-) -> bool:
-    """Queue `work` durably on its model and priority; return True if it was a duplicate.
+) -> Queued:
+    """Queue `work` durably on its model and priority.
 
     `msg_id` is the dedup key: the same id within the window is stored once.
     """
@@ -53,4 +62,4 @@ async def enqueue(
         raise Unavailable(f"could not queue the request: {exc!r}") from exc
     except (nats.errors.Error, JetStreamError) as exc:
         raise Unavailable(f"could not queue the request: {exc!r}") from exc
-    return bool(ack.duplicate)
+    return Queued(ack.seq, bool(ack.duplicate))

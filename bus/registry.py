@@ -57,6 +57,12 @@ class HostRegistry:
         if self._health is not None:
             await self._health.start(timeout)
 
+    async def resync(self, timeout: float = 5.0) -> None:
+        """Watch both buckets anew (after a reconnection: they may have been recreated)."""
+        await self._view.resync(timeout)
+        if self._health is not None:
+            await self._health.resync(timeout)
+
     async def stop(self) -> None:
         await self._view.stop()
         if self._health is not None:

@@ -56,3 +56,5 @@ def decode_body(cls: type[T], data: bytes, what: str) -> T:
         return msgspec.json.decode(data or b"{}", type=cls)
     except msgspec.DecodeError as exc:  # ValidationError included
         raise BadRequest(f"invalid {what} request: {exc}") from exc
+    except RecursionError as exc:
+        raise BadRequest(f"invalid {what} request: JSON is nested too deeply") from exc

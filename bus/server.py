@@ -111,6 +111,9 @@ class EmbeddedNats:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             preexec_fn=_die_with_parent,
+            # Its own session: a terminal's Ctrl-C reaches the whole foreground process
+            # group, and the server must outlive the drain that signal starts here.
+            start_new_session=True,
         )
         try:
             await asyncio.wait_for(self._await_ready(), self._start_timeout)

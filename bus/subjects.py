@@ -188,6 +188,11 @@ class Subjects:
     def limit_bucket(self) -> str:
         return f"{self.prefix}_limits"
 
+    @property
+    def claim_bucket(self) -> str:
+        """Who ends each request that has a deadline (the router, or its executor)."""
+        return f"{self.prefix}_claims"
+
     def work_consumer(self, model: str, priority: str = "interactive") -> str:
         """The durable consumer every executor serving `model` pulls `priority` work from."""
         return f"{priority}-{model_token(model)}"

@@ -48,8 +48,12 @@ def encode(message: Any) -> bytes:
 
 
 def decode_request(kind: Kind, data: bytes) -> GenerateRequest | ChatRequest | EmbedRequest:
-    """Decode a client request of `kind`; raises `msgspec.DecodeError` or `ValidationError`."""
-    return _request_decoders[kind].decode(data)
+    """Decode a client request of `kind`; raises `msgspec.DecodeError` or `ValidationError`
+    (a body nested too deeply to decode included)."""
+    try:
+        return _request_decoders[kind].decode(data)
+    except RecursionError as exc:
+        raise msgspec.DecodeError("JSON is nested too deeply") from exc
 
 
 def decode_stream(data: bytes) -> StreamMessage:

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from msgspec import Meta, Struct
 
 from schemas.replies import Error
+from schemas.requests import Name
 
 __all__ = [
     "FleetStatus",
@@ -26,7 +27,7 @@ __all__ = [
 ]
 
 Verb = Literal["list", "show", "ps", "pull", "load", "unload", "delete"]
-ModelName = Annotated[str, Meta(min_length=1, max_length=512)]
+ModelName = Annotated[Name, Meta(min_length=1)]
 
 
 class HostState(enum.StrEnum):
@@ -124,7 +125,7 @@ class ModelsRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     """
 
     model: ModelName | None = None
-    host: str | None = None
+    host: Name | None = None
     keep_alive: float | str | None = None
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "GenerateResult",
     "QueueDepth",
     "QueueStats",
+    "RecorderState",
     "Reply",
     "Result",
     "Stats",
@@ -143,12 +144,30 @@ class StatsRow(Struct, kw_only=True, omit_defaults=True):
     cache_hit_rate: float | None = None
 
 
+class RecorderState(Struct, kw_only=True, omit_defaults=True):
+    """How the recorder answering the stats is doing: figures missing from the windows
+    show here first."""
+
+    # Its loop writing events to the table is running (not crashed, waiting to restart).
+    running: bool = False
+    # Times that loop crashed and was started again, and its last crash.
+    restarts: int = 0
+    last_error: str | None = None
+    failed_at: float | None = None
+    # Since this recorder started: events written, events set aside in dead_letters.
+    written: int = 0
+    set_aside: int = 0
+    # Every request event kept in dead_letters so far, by any recorder.
+    dead_letters: int = 0
+
+
 class FleetStats(Struct, kw_only=True, tag_field="type", tag="stats"):
     """The answer on `<prefix>.v1.stats`: per model and per host, for each window
     (`1m`, `1h`, `1d`)."""
 
     windows: dict[str, list[StatsRow]]
     at: float
+    recorder: RecorderState | None = None
 
 
 Result = GenerateResult | ChatResult | EmbedResult

@@ -17,6 +17,7 @@ __all__ = [
     "GenerateRequest",
     "Kind",
     "Message",
+    "Name",
     "Options",
     "Priority",
     "Request",
@@ -56,9 +57,14 @@ class Priority(enum.StrEnum):
 
 NonNegInt = Annotated[int, Meta(ge=0)]
 Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
+# Patterns are anchored with \A and \Z: `$` would also match before a final newline.
 # A request id becomes a NATS subject token, so it is restricted to subject-safe characters.
-RequestId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-DeadlineMs = Annotated[int, Meta(gt=0)]
+RequestId = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9_-]{1,64}\Z")]
+# A name (model, role, task, template, host): bounded and free of control characters, which
+# no log line or Postgres text column takes safely (Postgres refuses NUL outright).
+Name = Annotated[str, Meta(max_length=256, pattern=r"\A[^\x00-\x1f\x7f]*\Z")]
+# At most a day: queued work older than that is dropped as stale.
+DeadlineMs = Annotated[int, Meta(gt=0, le=24 * 3600 * 1000)]
 
 
 class Options(Struct, omit_defaults=True, forbid_unknown_fields=False):
@@ -125,14 +131,16 @@ KeepAlive = str | int | float
 class _Routed(Struct, kw_only=True, omit_defaults=True, tag_field="type"):
     """Fields every request carries: Ollama's model choice plus ollamesh's routing."""
 
-    model: str | None = None
+    model: Name | None = None
     request_id: RequestId | None = None
-    role: str | None = None
+    role: Name | None = None
     # A hint for choosing a model when none is named: "mathematical" picks that role.
-    task: str | None = None
+    task: Name | None = None
     deadline_ms: DeadlineMs | None = None
-    # False: fail rather than run on the model's fallback chain.
-    fallback: bool = True
+    # Whether the model's fallback chain may serve: unset, it may for a model the fleet
+    # knows (a host has it or a role names it) whose hosts are down or slow, and not for
+    # an unknown one, which is `model_not_found`; true also for an unknown one; false never.
+    fallback: bool | None = None
     priority: Priority = Priority.INTERACTIVE
     cache: CacheMode = CacheMode.AUTO
     options: Options | None = None
@@ -147,9 +155,9 @@ class _Templated(_Routed):
     """A stored prompt template instead of (generate) or after (chat) the text itself."""
 
     # The template's name (`<prefix>.v1.prompts.*`); its `{{variables}}` come from below.
-    prompt_template: str | None = None
+    prompt_template: Name | None = None
     template_version: Annotated[int, Meta(gt=0)] | None = None
-    variables: dict[str, TemplateValue] | None = None
+    variables: dict[Name, TemplateValue] | None = None
 
 
 class GenerateRequest(_Templated, tag="generate"):

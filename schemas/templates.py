@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from msgspec import Meta, Struct
 
-from schemas.requests import TemplateValue
+from schemas.requests import Name, TemplateValue
 
 __all__ = [
     "Prompt",
@@ -20,7 +20,7 @@ __all__ = [
     "TemplateUsage",
 ]
 
-TemplateName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,128}$")]
+TemplateName = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9_.-]{1,128}\Z")]
 Version = Annotated[int, Meta(gt=0)]
 
 
@@ -50,7 +50,7 @@ class PromptRender(Struct, kw_only=True, forbid_unknown_fields=True):
 
     name: TemplateName
     version: Version | None = None
-    variables: dict[str, TemplateValue] = {}
+    variables: dict[Name, TemplateValue] = {}
 
 
 class TemplateUsage(Struct, kw_only=True):

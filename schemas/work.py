@@ -92,6 +92,8 @@ class HostLoad(Struct, kw_only=True, tag_field="type", tag="load"):
     executor: str
     host: str
     models: dict[str, ModelLoad] = {}
+    # The requests it is serving now: a redelivered one is left to a live owner.
+    serving: list[str] = []
     at: float = 0.0
 
 

@@ -7,11 +7,26 @@ import json
 import os
 import signal
 import sys
+from asyncio.subprocess import PIPE, Process
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from nats.aio.msg import Msg
 
 from bus.client import Client
+from bus.connection import NATS
+from bus.subjects import Subjects, canonical_model
 from tests.helpers import eventually, ollamesh_up
 
 MODELS = ["llama3.2:3b", "qwen2.5:7b"]
+# After SIGINT a command ends well within a second or two; this bound only tells a
+# process that ended from one that hangs, on a busy machine too.
+_ENDS_WITHIN_S = 8.0
+# How long a command may take to get going (start Python, connect, reach the work).
+_STARTS_WITHIN_S = 60.0
 
 
 async def run(
@@ -188,23 +203,277 @@ async def test_models_and_status_from_the_terminal(
     assert "yes" in row and "GB" in row and "0/4" in row and "closed" in row, out
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """In the child: SIGINT at its default disposition, as Ctrl-C in a terminal finds it.
+
+    A test run started as a shell script's background job ignores SIGINT, and children
+    inherit that: the signal would never arrive.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+async def start(*args: str, env: dict[str, str] | None = None, stdin: bool = False) -> Process:
+    """Start `python -m actors ARGS` with its output piped, for a test to interrupt."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "actors", *args,
+        stdin=PIPE if stdin else asyncio.subprocess.DEVNULL, stdout=PIPE, stderr=PIPE,
+        env={**os.environ, **(env or {})}, preexec_fn=_sigint_as_in_a_terminal,
+    )  # fmt: skip
+
+
+async def interrupt(proc: Process) -> str:
+    """SIGINT `proc`; assert it ended (exit 130, no traceback) and return its stderr.
+
+    Its stdin stays open meanwhile: end of input would end some commands by itself.
+    """
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err, _ = await asyncio.wait_for(
+            asyncio.gather(proc.stdout.read(), proc.stderr.read(), proc.wait()), _ENDS_WITHIN_S
+        )
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        if proc.stdin is not None:
+            proc.stdin.close()
+    text = err.decode()
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text, text
+    return text
+
+
+async def lines_until(stream: asyncio.StreamReader | None, done: Callable[[str], bool]) -> None:
+    """Read lines from `stream` until one makes `done` true; fail if the stream ends."""
+    assert stream is not None
+    async with asyncio.timeout(_STARTS_WITHIN_S):
+        while not done(line := (await stream.readline()).decode()):
+            assert line, "the command ended by itself"
+
+
 async def test_status_watch_redraws_until_interrupted(
     sim_factory, stack_factory, nats_server, prefix
 ) -> None:
+    """`status --watch` redraws the table until SIGINT, then ends at once with 130."""
     sim = await sim_factory(models=MODELS)
     await stack_factory([sim.url], actors=("health",))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "actors", "status", "--watch", "--interval", "0.1",
+    proc = await start(
+        "status", "--watch", "--interval", "0.1", "--nats", nats_server.url, "--prefix", prefix
+    )
+    titles = 0
+
+    def third_title(line: str) -> bool:
+        nonlocal titles
+        titles += line.startswith("ollamesh fleet: 1 hosts")
+        return titles == 3
+
+    await lines_until(proc.stdout, third_title)
+    await interrupt(proc)
+
+
+def _subject(subjects: Subjects, name: str) -> str:
+    """The subject named `name` (`stats`, `prompts.list`, `models.load`, ...)."""
+    family, _, verb = name.partition(".")
+    if family == "prompts":
+        return subjects.prompts(verb)
+    if family == "models":
+        return subjects.models(verb)
+    return str(getattr(subjects, name))
+
+
+def _asking(subject: str, *args: str) -> object:
+    return pytest.param(subject, list(args), id=" ".join(args))
+
+
+@pytest.mark.parametrize(
+    ("subject", "args"),
+    [
+        _asking("queue_stats", "queues"),
+        _asking("stats", "stats"),
+        _asking("cache_invalidate", "cache", "invalidate"),
+        _asking("prompts.list", "prompts", "list"),
+        _asking("prompts.render", "prompts", "render", "site", "--var", "site=x"),
+        _asking("generate", "generate", "hi", "--no-stream"),
+        _asking("generate", "generate", "hi"),
+        _asking("chat", "chat", "hi"),
+        _asking("health", "status"),
+        _asking("health", "status", "--watch"),
+        _asking("models.list", "models", "list"),
+        _asking("models.load", "models", "load", "qwen2.5:7b"),
+    ],
+)
+async def test_ctrl_c_ends_a_command_waiting_for_an_answer(
+    nc: NATS, nats_server, prefix, subject: str, args: list[str]
+) -> None:
+    """A command waiting on an actor that never answers ends on SIGINT: 130, no traceback."""
+    asked = asyncio.Event()
+
+    async def hold(msg: Msg) -> None:
+        asked.set()  # and never answer
+
+    await nc.subscribe(_subject(Subjects(prefix), subject), cb=hold)
+    await nc.flush()
+    proc = await start(*args, "--nats", nats_server.url, "--prefix", prefix)
+    async with asyncio.timeout(_STARTS_WITHIN_S):
+        await asked.wait()
+    await interrupt(proc)
+
+
+class _Relay:
+    """A TCP relay to the NATS server that can stop relaying: a server that hangs."""
+
+    def __init__(self, url: str) -> None:
+        target = urlsplit(url)
+        self._target = (target.hostname or "127.0.0.1", target.port or 4222)
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+        self.url = ""
+
+    async def __aenter__(self) -> _Relay:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.url = f"nats://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(*self._target)
+        self._writers += [client_w, server_w]
+        for r, w in ((client_r, server_w), (server_r, client_w)):
+            task = asyncio.create_task(self._pipe(r, w))
+            self._tasks.add(task)
+
+    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while data := await r.read(65536):
+            await self.flowing.wait()
+            w.write(data)
+            await w.drain()
+
+
+async def test_ctrl_c_ends_a_command_whose_server_stopped_answering(
+    nc: NATS, nats_server, prefix
+) -> None:
+    """A command ends on SIGINT though its NATS server no longer answers (no drain waits)."""
+    asked = asyncio.Event()
+
+    async def hold(msg: Msg) -> None:
+        asked.set()
+
+    await nc.subscribe(Subjects(prefix).queue_stats, cb=hold)
+    await nc.flush()
+    async with _Relay(nats_server.url) as relay:
+        proc = await start("queues", "--nats", relay.url, "--prefix", prefix)
+        async with asyncio.timeout(_STARTS_WITHIN_S):
+            await asked.wait()
+        relay.flowing.clear()  # from now on the server seems to hang
+        await interrupt(proc)
+
+
+async def test_ctrl_c_ends_a_long_streamed_answer(
+    sim_factory, stack_factory, nc: NATS, nats_server, prefix
+) -> None:
+    """`generate` of a long answer from a slow host ends on SIGINT mid-stream, and cancels
+    the request on its way out."""
+    sim = await sim_factory(models=MODELS, tokens_per_second=20)
+    await stack_factory([sim.url])
+    cancelled = asyncio.Event()
+
+    async def on_cancel(msg: Msg) -> None:
+        cancelled.set()
+
+    await nc.subscribe(Subjects(prefix).cancels, cb=on_cancel)
+    await nc.flush()
+    proc = await start(
+        "generate", "the whole manual", "-m", "fast", "--num-predict", "5000",
         "--nats", nats_server.url, "--prefix", prefix,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None
-    titles = 0
-    async with asyncio.timeout(30):
-        while titles < 3:
-            line = (await proc.stdout.readline()).decode()
-            assert line, "status --watch ended by itself"
-            titles += line.startswith("ollamesh fleet: 1 hosts")
-    proc.send_signal(signal.SIGINT)
-    _, err = await asyncio.wait_for(proc.communicate(), 10)
-    assert proc.returncode == 130 and "Traceback" not in err.decode()
+    async with asyncio.timeout(_STARTS_WITHIN_S):
+        assert await proc.stdout.read(1), "generate ended by itself"
+    await interrupt(proc)
+    async with asyncio.timeout(_ENDS_WITHIN_S):
+        await cancelled.wait()
+
+
+async def test_ctrl_c_ends_chat_waiting_for_the_next_line(
+    sim_factory, stack_factory, nats_server, prefix
+) -> None:
+    """Interactive `chat`, reading stdin for the next message, ends on SIGINT."""
+    sim = await sim_factory(models=MODELS)
+    await stack_factory([sim.url])
+    proc = await start(
+        "chat", "-m", "fast", "--num-predict", "3", "--nats", nats_server.url, "--prefix", prefix,
+        stdin=True,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    proc.stdin.write(b"hello\n")
+    await proc.stdin.drain()
+    await lines_until(proc.stderr, lambda line: "tokens" in line)  # answered; reading again
+    await interrupt(proc)
+
+
+async def test_ctrl_c_ends_a_pull_in_progress(
+    sim_factory, stack_factory, nc: NATS, nats_server, prefix
+) -> None:
+    """`models pull` of a big model over a slow link ends on SIGINT mid-download."""
+    sim = await sim_factory(models=MODELS, pull_bytes_per_second=1e6)  # 4 GB: over an hour
+    await stack_factory([sim.url], actors=("router", "executor", "health"))
+    progressed = asyncio.Event()
+
+    async def on_progress(msg: Msg) -> None:
+        progressed.set()
+
+    subject = Subjects(prefix).pull_progresses(canonical_model("mistral:7b"))
+    await nc.subscribe(subject, cb=on_progress)
+    await nc.flush()
+    proc = await start(
+        "models", "pull", "mistral:7b", "--nats", nats_server.url, "--prefix", prefix
+    )
+    async with asyncio.timeout(_STARTS_WITHIN_S):
+        await progressed.wait()
+    await interrupt(proc)
+
+
+async def test_ctrl_c_ends_the_simulator_mid_answer() -> None:
+    """`ollamesh sim` serving a slow answer ends on SIGINT without waiting for it."""
+    proc = await start("sim", "--port", "0", "--tokens-per-second", "5")
+    url = ""
+
+    def listening(line: str) -> bool:
+        nonlocal url
+        if "simulator listening" in line:
+            url = json.loads(line)["url"]
+        return bool(url)
+
+    await lines_until(proc.stderr, listening)
+    body = {"model": "llama3.2:3b", "prompt": "a long one", "options": {"num_predict": 5000}}
+    async with (
+        httpx.AsyncClient(base_url=url, timeout=30) as http,
+        http.stream("POST", "/api/generate", json=body) as resp,
+    ):
+        async for _ in resp.aiter_lines():
+            break  # the answer has begun
+        await interrupt(proc)
+
+
+async def test_ctrl_c_ends_the_demo_and_cleans_up(tmp_path: Path) -> None:
+    """`ollamesh demo` ends on SIGINT mid-tour, its Postgres stopped and its files removed."""
+    proc = await start("demo", "--tokens-per-second", "5", env={"TMPDIR": str(tmp_path)})
+    await lines_until(proc.stdout, lambda line: line.startswith("1. A streamed chat answer"))
+    await interrupt(proc)
+    assert not _demo_dirs(tmp_path)
+
+
+def _demo_dirs(tmp: Path) -> list[Path]:
+    """The demo's scratch directories (its Postgres data) still in `tmp`."""
+    return list(tmp.glob("ollamesh-demo-*"))

@@ -31,7 +31,7 @@ def test_schemas_exports_are_the_contract() -> None:
             "REQUEST_TYPES", "ROUTING_FIELDS", "Accepted", "Answer", "CacheMode", "CacheStore", "ChatRequest",
             "ChatResult", "Chunk", "Done", "EmbedRequest", "EmbedResult", "Error", "ErrorCode",
             "Figures", "FleetStats", "GenerateRequest", "GenerateResult", "HostInfo", "HostLoad", "Kind",
-            "Message", "ModelLoad", "Options", "Priority", "QueueDepth", "QueueStats", "Reply",
+            "Message", "ModelLoad", "Name", "Options", "Priority", "QueueDepth", "QueueStats", "RecorderState", "Reply",
             "Request", "RequestEvent", "Result", "Stats", "StatsRow", "StreamMessage", "ToolCall",
             "ToolCallFunction", "Work", "decode_answer", "decode_cache_store", "decode_event",
             "decode_host", "decode_load", "decode_reply", "decode_request", "decode_stream",

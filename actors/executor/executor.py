@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import secrets
@@ -12,26 +13,30 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+import nats.errors
 import structlog
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
 
 from actors.answers import STAT_FIELDS, done_of, result_of
 from actors.executor.circuit import Circuit, CircuitState
-from actors.executor.emit import Emitter
+from actors.executor.emit import Emitter, NotStored, StreamEnded
 from actors.executor.ollama import HostUnavailable, Line, OllamaHost, StreamTimeouts
 from actors.executor.puller import FETCH_EXPIRY_S, Puller, Tally
+from actors.executor.redelivery import Redelivery, judge_redelivery
 from actors.metrics import Metrics
 from actors.model_policy import ModelPolicy
 from bus.actor import Actor, reply_error
 from bus.board import HEARTBEAT_S, Board
+from bus.claims import ROUTER, Claims
 from bus.config import Config
+from bus.connection import KEEP_S, Connection
 from bus.errors import (
     Cancelled,
     Internal,
     ModelNotFound,
     OllameshError,
+    PayloadTooLarge,
     Timeout,
     UpstreamError,
 )
@@ -59,6 +64,10 @@ _PATHS = {Kind.GENERATE: "/api/generate", Kind.CHAT: "/api/chat", Kind.EMBED: "/
 _CANCEL_MEMORY_S = 600.0
 # Load changes are published at most this often (the first at once).
 _BOARD_MIN_INTERVAL_S = 0.002
+# Keep-alives sent within one ack wait: one lost still leaves three to arrive in time.
+_KEEPALIVES_PER_ACK_WAIT = 4
+# A stopping executor's longest try to hand back or end one request.
+_HAND_BACK_S = 2.0
 
 
 def _stats(line: Line) -> dict[str, Any]:
@@ -92,15 +101,17 @@ class Executor(Actor):
 
     def __init__(
         self,
-        nc: NATS,
+        nc: Connection,
         subjects: Subjects,
         config: Config,
         host_url: str,
         registry: HostRegistry,
         board: Board,
         metrics: Metrics,
+        claims: KeyValue,
     ) -> None:
         super().__init__(nc, subjects)
+        self._claims = Claims(claims)
         self.cfg = config.executor
         self._routing = config.routing
         self._policy = ModelPolicy(config)
@@ -118,7 +129,12 @@ class Executor(Actor):
         self._pullers: dict[str, Puller] = {}
         self._tallies: dict[str, Tally] = {}
         self._dirty = asyncio.Event()
+        self.nc: Connection = nc
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._emitters: dict[str, Emitter] = {}
+        self._finished: collections.deque[tuple[float, Emitter]] = collections.deque()
+        # Requests whose stream someone else ended: their task stops, sending nothing.
+        self._superseded: set[str] = set()
         self._cancelled: dict[str, float] = {}
         self._accepting = True
         self._up = False
@@ -144,8 +160,8 @@ class Executor(Actor):
         self.js = self.nc.jetstream()
         await self.serve(self.subjects.cancels, self._on_cancel)
         await self.refresh()
-        self.spawn(self._maintain())
-        self.spawn(self._publish_loads())
+        self.supervise("refresh", self._maintain)
+        self.supervise("board", self._publish_loads)
 
     # -- host state -------------------------------------------------------------------
 
@@ -305,6 +321,7 @@ class Executor(Actor):
             cold_after_s=self._routing.cold_after_ms / 1000,
             serve=self._take,
             spawn=self.spawn,
+            supervise=self.supervise,
             paused=self._pause_left,
             changed=self._load_changed,
             ack_wait_s=self.cfg.ack_wait_s,
@@ -335,6 +352,7 @@ class Executor(Actor):
             executor=self.executor_id,
             host=self.host_url,
             models={m: p.load() for m, p in self._pullers.items()},
+            serving=sorted(self._running),
             at=time.time(),
         )
 
@@ -369,12 +387,30 @@ class Executor(Actor):
             self.log.error("work_unreadable", error=str(exc))
             await msg.term()
             return
+        if work.request_id in self._running:
+            # Delivered again while this executor still serves it (a restart made the
+            # server forget its keep-alives): the running task acknowledges it.
+            self.log.info("redelivery_left_to_owner", request_id=work.request_id, owner="self")
+            return
         task = self.spawn(self._serve(work, msg, msg.metadata.num_delivered))
         self._running[work.request_id] = task
+        self._load_changed()
         try:
             await asyncio.wait({task})
         finally:
             self._running.pop(work.request_id, None)
+            if emitter := self._emitters.pop(work.request_id, None):
+                self._keep(emitter)
+            self._superseded.discard(work.request_id)
+            self._load_changed()
+
+    def _keep(self, emitter: Emitter) -> None:
+        """Keep a finished stream for `KEEP_S`: its last messages left without a round
+        trip, and a server dying right then loses them; `reconnected` sends them again."""
+        now = time.monotonic()
+        self._finished.append((now, emitter))
+        while self._finished and self._finished[0][0] < now - KEEP_S:
+            self._finished.popleft()
 
     # -- serving one request ----------------------------------------------------------
 
@@ -388,6 +424,8 @@ class Executor(Actor):
         log = self.log.bind(model=work.model, attempt=attempt)
         emitter = Emitter(
             self.nc,
+            self.js,
+            self.subjects.chunk_stream,
             self.subjects.stream(rid),
             rid,
             window_s=self.cfg.coalesce_ms / 1000,
@@ -395,12 +433,23 @@ class Executor(Actor):
             # requests that arrive meanwhile follow it (single-flight).
             publish=work.stream or work.cache_key is not None,
         )
-        keepalive = loop.create_task(self._keep_alive(msg))
+        self._emitters[rid] = emitter
+        keepalive = loop.create_task(self._keep_alive(msg, log))
         failure: OllameshError | None = None
         last = Line()
         calling = False  # failures while the host works count against its circuit
         try:
-            await self._check_admissible(work, attempt)
+            if attempt > 1 and not await self._take_over(work, msg, emitter, log):
+                return
+            if work.model not in self._pullers:
+                # The model was withdrawn (its circuit opened) while this work waited.
+                log.info("request_handed_back", reason="model withdrawn")
+                await self._release(work)
+                await msg.nak()
+                return
+            if not await self._claim(work, msg, log):
+                return
+            await self._check_admissible(work)
             body = _ollama_body(work, self._policy)
             timeouts = self._timeouts(work)
             path = _PATHS[work.kind]
@@ -417,20 +466,32 @@ class Executor(Actor):
             service_ms = (loop.time() - called) * 1000 - (last.load_duration or 0) / 1e6
             await self._host_served(work.model, max(service_ms, 0.0))
             await self._deliver(work, emitter, last)
-        except asyncio.CancelledError:
+        except (StreamEnded, asyncio.CancelledError) as exc:
+            if rid in self._superseded or isinstance(exc, StreamEnded):
+                # Someone else ended the stream (a retry elsewhere while we were cut off):
+                # send nothing more, and leave the work and its event to them.
+                log.warning("request_superseded")
+                if isinstance(exc, asyncio.CancelledError):
+                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                return
             if rid not in self._cancelled:
                 await self._hand_back(work, msg, emitter, log)
                 raise
             # The client's cancel ends this request normally; the task goes on to report it.
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             failure = Cancelled("cancelled by the client", request_id=rid)
+        except NotStored:
+            # NATS was out of reach for the whole wait: the work stays unacknowledged,
+            # so it is delivered again and the stream ended then.
+            log.error("request_end_not_stored")
+            return
         except (HostUnavailable, ModelNotFound) as exc:
             if isinstance(exc, HostUnavailable):
                 self._host_failed(work.model)
             if emitter.started or attempt >= self.cfg.max_attempts:
                 failure = exc
             else:
-                await self._retry(msg, exc, attempt, log)
+                await self._retry(work, msg, exc, log)
                 return
         except OllameshError as exc:
             if calling and isinstance(exc, UpstreamError | Timeout):
@@ -448,29 +509,65 @@ class Executor(Actor):
             emitter.close()
         if failure is not None:
             log.warning("request_failed", code=failure.code, error=failure.message)
-            await self._fail(work, emitter, failure)
+            try:
+                await self._fail(work, emitter, failure)
+            except StreamEnded:
+                log.warning("request_superseded")
+                return
+            except NotStored:
+                log.error("request_end_not_stored")
+                return
         else:
             log.debug("request_done", chunks=emitter.seq)
         await msg.ack()
         await self._emit_event(work, emitter, last, failure, attempt, started)
 
-    async def _check_admissible(self, work: Work, attempt: int) -> None:
+    async def _take_over(
+        self, work: Work, msg: Msg, emitter: Emitter, log: structlog.BoundLogger
+    ) -> bool:
+        """Work delivered again: whether to serve it (True), or leave it as judged."""
+        rid = work.request_id
+        verdict, stored = await judge_redelivery(
+            self._board,
+            self.js,
+            stream=self.subjects.chunk_stream,
+            subject=self.subjects.stream(rid),
+            request_id=rid,
+            published=emitter.publishing,
+            me=self.executor_id,
+        )
+        match verdict:
+            case Redelivery.OWNED:
+                log.info("redelivery_left_to_owner")
+                return False
+            case Redelivery.ENDED:
+                log.info("redelivery_already_ended")
+                await msg.ack()
+                return False
+            case Redelivery.BROKEN:
+                # Tokens already reached the client from an executor that is gone: never
+                # restart the answer under the same seq numbers; end it after them.
+                emitter.continue_after(stored)
+                raise UpstreamError("the host serving this request stopped mid-stream")
+        return True
+
+    async def _claim(self, work: Work, msg: Msg, log: structlog.BoundLogger) -> bool:
+        """A request with a deadline is ended by whoever claims it first: this executor
+        (it serves it, and stops at the deadline) or its router (at the deadline, while
+        it was still queued). False when the router did: the work is dropped unsent."""
+        if work.deadline_at is None:
+            return True
+        if await self._claims.claim(work.request_id, self.executor_id) != ROUTER:
+            return True
+        log.info("request_expired_in_queue", by="router")
+        await msg.ack()
+        return False
+
+    async def _check_admissible(self, work: Work) -> None:
         if work.request_id in self._cancelled:
             raise Cancelled("cancelled while queued", request_id=work.request_id)
         if work.deadline_at is not None and time.time() >= work.deadline_at:
             raise Timeout("the deadline passed while the request was queued")
-        published = work.stream or work.cache_key is not None
-        if attempt > 1 and published and await self._already_streamed(work.request_id):
-            # Tokens already reached the client from a host that died: never restart the
-            # answer under the same seq numbers.
-            raise UpstreamError("the host serving this request stopped mid-stream")
-
-    async def _already_streamed(self, request_id: str) -> bool:
-        try:
-            await self.js.get_last_msg(self.subjects.chunk_stream, self.subjects.stream(request_id))
-        except NotFoundError:
-            return False
-        return True
 
     def _timeouts(self, work: Work) -> StreamTimeouts:
         total = self.cfg.total_timeout_s
@@ -482,11 +579,18 @@ class Executor(Actor):
             total=total,
         )
 
-    async def _keep_alive(self, msg: Msg) -> None:
-        """Tell JetStream the work is still being served, so it is not redelivered."""
+    async def _keep_alive(self, msg: Msg, log: structlog.BoundLogger) -> None:
+        """Tell JetStream the work is still being served, so it is not redelivered.
+
+        The keep-alives are the executor's heartbeat for this request: when they stop
+        (the process died), the work is delivered again within `ack_wait_s`.
+        """
         while True:
-            await asyncio.sleep(self.cfg.ack_wait_s / 3)
-            await msg.in_progress()
+            await asyncio.sleep(self.cfg.ack_wait_s / _KEEPALIVES_PER_ACK_WAIT)
+            try:
+                await msg.in_progress()
+            except nats.errors.Error as exc:  # down for now: the next one may get through
+                log.debug("keepalive_failed", error=repr(exc))
 
     def _answer(self, work: Work, emitter: Emitter, last: Line) -> Answer:
         return Answer(
@@ -503,14 +607,25 @@ class Executor(Actor):
 
     async def _deliver(self, work: Work, emitter: Emitter, last: Line) -> None:
         answer = self._answer(work, emitter, last)
+        result = None
+        if not work.stream and work.reply is not None:
+            result = encode(result_of(answer, work.request_id))
+            if len(result) > self.nc.max_payload:  # the server would refuse it
+                raise PayloadTooLarge(
+                    f"the answer is {len(result)} bytes, over the server's max_payload of"
+                    f" {self.nc.max_payload}: ask for it streamed"
+                )
         if emitter.publishing:
             await emitter.finish(done_of(answer, work.request_id))
-        if not work.stream and work.reply is not None:
-            await self.nc.publish(work.reply, encode(result_of(answer, work.request_id)))
+        if result is not None and work.reply is not None:
+            await self.nc.publish(work.reply, result)
         if work.cache_key is not None:
             # Captured by the event stream: the cache actor keeps it, even if it is down now.
             store = CacheStore(key=work.cache_key, answer=answer, at=time.time())
-            await self.nc.publish(self.subjects.event("cache"), encode(store))
+            try:
+                await self.nc.publish(self.subjects.event("cache"), encode(store))
+            except nats.errors.MaxPayloadError:
+                self.log.warning("answer_not_cached", reason="larger than max_payload")
 
     async def _fail(self, work: Work, emitter: Emitter, failure: OllameshError) -> None:
         if emitter.publishing:
@@ -545,25 +660,45 @@ class Executor(Actor):
         return None
 
     async def _retry(
-        self, msg: Msg, exc: OllameshError, attempt: int, log: structlog.BoundLogger
+        self, work: Work, msg: Msg, exc: OllameshError, log: structlog.BoundLogger
     ) -> None:
         """Put the work back for any host, and rest this one a little."""
         pause = self._note_failure()
         log.warning("request_retry", error=exc.message, backoff_s=pause)
+        await self._release(work)
         await msg.nak(delay=pause)
+
+    async def _release(self, work: Work) -> None:
+        """No longer serving `work` (about to hand it back): say so on the board first,
+        so the executor it is delivered to next does not leave it to this one."""
+        self._running.pop(work.request_id, None)
+        try:
+            await self._board.publish(self._load())
+        except Exception as exc:
+            self.log.warning("board_publish_failed", error=repr(exc))
 
     async def _hand_back(
         self, work: Work, msg: Msg, emitter: Emitter, log: structlog.BoundLogger
     ) -> None:
-        """The executor is stopping: return unstarted work, end started streams cleanly."""
-        with contextlib.suppress(Exception):
-            if not emitter.started:
-                log.info("request_handed_back")
-                await msg.nak()
-                return
-            failure = UpstreamError("the executor stopped mid-stream", request_id=work.request_id)
-            await self._fail(work, emitter, failure)
-            await msg.ack()
+        """The executor is stopping: return unstarted work, end started streams cleanly.
+
+        Within `_HAND_BACK_S`: with NATS out of reach the work stays unacknowledged, and
+        is delivered again (and ended there) within `ack_wait_s`.
+        """
+        try:
+            async with asyncio.timeout(_HAND_BACK_S):
+                if not emitter.started:
+                    log.info("request_handed_back")
+                    await self._release(work)
+                    await msg.nak()
+                    return
+                failure = UpstreamError(
+                    "the executor stopped mid-stream", request_id=work.request_id
+                )
+                await self._fail(work, emitter, failure)
+                await msg.ack()
+        except (TimeoutError, nats.errors.Error, StreamEnded, NotStored) as exc:
+            log.warning("request_not_handed_back", error=repr(exc))
 
     async def _emit_event(
         self,
@@ -593,7 +728,11 @@ class Executor(Actor):
             template=work.template,
             at=time.time(),
         )
-        await self.nc.publish(self.subjects.event("request"), encode(event))
+        # Once (the request id is the message id: a request that somehow ends twice is
+        # recorded once), and again after a reconnection.
+        await self.nc.publish_once(
+            self.subjects.event("request"), encode(event), msg_id=work.request_id
+        )
 
     # -- cancels and shutdown ---------------------------------------------------------
 
@@ -618,6 +757,24 @@ class Executor(Actor):
         """
         await super().stop(max(grace, FETCH_EXPIRY_S + 0.5))
 
+    async def reconnected(self) -> None:
+        """After a reconnection: announce again, and complete every stream in flight."""
+        self._wake.set()
+        for puller in list(self._pullers.values()):
+            await puller.ensure_consumers()
+        since = time.monotonic() - KEEP_S
+        finished = [e for at, e in self._finished if at >= since]
+        for emitter in [*self._emitters.values(), *finished]:
+            rid = emitter.request_id
+            try:
+                await emitter.resync()
+            except StreamEnded:
+                if task := self._running.get(rid):
+                    self._superseded.add(rid)
+                    task.cancel()
+            except Exception:
+                self.log.exception("stream_resync_failed", request_id=rid)
+
     async def before_drain(self) -> None:
         self._accepting = False
         for timer in self._timers:
@@ -627,5 +784,6 @@ class Executor(Actor):
         self._wake.set()
 
     async def teardown(self) -> None:
-        await self._registry.withdraw(self._key)
+        if self.nc.is_connected:  # otherwise the entry expires with the registry's TTL
+            await self._registry.withdraw(self._key)
         await self.host.close()

@@ -22,6 +22,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import nats.errors
@@ -49,6 +50,8 @@ _BATCH_HOLD_S = 0.005
 _EWMA = 0.2
 
 Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
+# Runs a loop (a coroutine function) that is started again if it crashes.
+Supervise = Callable[..., "asyncio.Task[None]"]
 
 
 @dataclass
@@ -101,6 +104,7 @@ class Puller:
         cold_after_s: float,
         serve: Callable[[Msg], Awaitable[None]],
         spawn: Spawn,
+        supervise: Supervise,
         paused: Callable[[], float],
         changed: Callable[[], None],
         ack_wait_s: float,
@@ -118,6 +122,7 @@ class Puller:
         self._cold_after_s = cold_after_s
         self._serve = serve
         self._spawn = spawn
+        self._supervise = supervise
         self._paused = paused
         self._changed = changed
         self._ack_wait_s = ack_wait_s
@@ -153,7 +158,12 @@ class Puller:
         for priority in Priority:
             consumer = await self._consumer(priority)
             for _ in range(self.slots):
-                self._spawn(self._worker(priority, consumer))
+                self._supervise(f"pull {priority}", partial(self._worker, priority, consumer))
+
+    async def ensure_consumers(self) -> None:
+        """Create the consumers again if a server lost them (workers pull by name)."""
+        for priority in Priority:
+            await self._consumer(priority)
 
     def stop(self) -> None:
         """Stop pulling; each worker ends once its pull request expired."""
@@ -242,7 +252,7 @@ class Puller:
                 msgs: list[Msg] = []
                 try:
                     msgs = await psub.fetch(1, timeout=FETCH_EXPIRY_S)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py raises its own, or a bare asyncio one
                     self._backlog[priority] = False
                 except (nats.errors.Error, OSError) as exc:
                     self._log.warning("fetch_failed", error=repr(exc))

@@ -20,7 +20,14 @@ from actors.executor.ollama import HostUnavailable
 from actors.health.admin import OllamaAdmin
 from actors.health.pulls import Pulls
 from actors.model_policy import FOREVER, ModelPolicy
-from bus.errors import BadRequest, ModelNotFound, NoHealthyHost, OllameshError, error_from_wire
+from bus.errors import (
+    BadRequest,
+    ModelNotFound,
+    NoHealthyHost,
+    OllameshError,
+    error_from_wire,
+    quote,
+)
 from bus.rpc import decode_body
 from bus.subjects import canonical_model
 from schemas import encode
@@ -102,7 +109,7 @@ class ModelManager:
             host = req.host.rstrip("/")
             if host not in healths:
                 known = ", ".join(sorted(healths)) or "none"
-                raise BadRequest(f"unknown host {req.host!r}; known hosts: {known}")
+                raise BadRequest(f"unknown host {quote(req.host)}; known hosts: {known}")
             return [host]
         up = [h for h in healths.values() if h.state is not HostState.DOWN]
         if not up:
@@ -111,7 +118,7 @@ class ModelManager:
             return sorted(h.host for h in up)
         having = sorted(h.host for h in up if any(m.name == req.model for m in h.models))
         if not having:
-            raise ModelNotFound(f"no host that is up has {req.model!r}; pull it first")
+            raise ModelNotFound(f"no host that is up has {quote(req.model)}; pull it first")
         return having[:1] if verb == "show" else having
 
     async def _on(self, host: str, action: HostAction, req: ModelsRequest) -> HostResult:

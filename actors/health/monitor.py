@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import msgspec
@@ -126,7 +127,7 @@ class HealthMonitor(Actor):
 
     async def setup(self) -> None:
         self._sync_hosts()
-        self._follower = self.spawn(self._follow_registry())
+        self.supervise("registry", self._follow_registry, endless=True)
         await self.serve(self.subjects.event("request"), self._on_request)
         await self.serve(self.subjects.health, self._on_health, queue="health")
         for verb in VERBS:
@@ -136,9 +137,13 @@ class HealthMonitor(Actor):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*first), self.cfg.timeout_s + 1.0)
 
+    async def reconnected(self) -> None:
+        """The health bucket may be new and empty: check every host now."""
+        for watched in self._hosts.values():
+            watched.wake.set()
+
     async def before_drain(self) -> None:
         self._running = False
-        self._follower.cancel()
         for watched in list(self._hosts.values()):
             if watched.task is not None:
                 watched.task.cancel()
@@ -170,7 +175,7 @@ class HealthMonitor(Actor):
         admin = OllamaAdmin(url, connect_timeout=min(self._connect_timeout_s, self.cfg.timeout_s))
         watched = _Watched(admin=admin, configured=configured)
         self._hosts[url] = watched
-        watched.task = self.spawn(self._check_loop(url, watched))
+        watched.task = self.supervise("check", partial(self._check_loop, url, watched))
         self.log.info("host_watched", host=url, configured=configured)
 
     async def _forget(self, url: str) -> None:

@@ -83,7 +83,7 @@ def _simulator(args: argparse.Namespace) -> SimulatorServer:
     return sim
 
 
-def _runner() -> Callable[[Coroutine[Any, Any, None]], None]:
+def _runner() -> Callable[[Coroutine[Any, Any, bool]], bool]:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
@@ -92,7 +92,7 @@ def _runner() -> Callable[[Coroutine[Any, Any, None]], None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until SIGINT or SIGTERM, then stop gracefully; return the exit status."""
+    """Serve until SIGTERM (then stop gracefully: 0) or SIGINT (at once: 130)."""
     from actors.logs import configure_logging
 
     configure_logging("info")
@@ -102,10 +102,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        _runner()(run_forever(sim))
+        interrupted = _runner()(run_forever(sim))
     except OSError as exc:
         print(f"error: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # before the signal handlers were in place
         return 130
-    return 0
+    return 130 if interrupted else 0

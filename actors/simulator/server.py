@@ -191,13 +191,24 @@ class SimulatorServer:
 
 async def run_forever(
     sim: SimulatorServer, *, until: asyncio.Event | None = None, grace: float = 5.0
-) -> None:
-    """Serve until `until` is set (default: SIGINT or SIGTERM), then stop gracefully."""
+) -> bool:
+    """Serve until `until` is set (default: SIGINT or SIGTERM), then stop gracefully.
+
+    SIGINT is Ctrl-C: answers in flight are dropped at once rather than given `grace`.
+    Returns whether SIGINT ended it.
+    """
     loop = asyncio.get_running_loop()
     done = until or asyncio.Event()
+    interrupted = False
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal interrupted
+        interrupted = interrupted or sig == signal.SIGINT
+        done.set()
+
     signals = [] if until is not None else [signal.SIGINT, signal.SIGTERM]
     for sig in signals:
-        loop.add_signal_handler(sig, done.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     try:
         await sim.start()
         engine = sim.engine
@@ -214,4 +225,5 @@ async def run_forever(
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
-        await sim.stop(grace)
+        await (sim.kill() if interrupted else sim.stop(grace))
+    return interrupted
