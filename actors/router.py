@@ -56,6 +56,8 @@ __all__ = ["Router"]
 _QUEUE = "router"
 _ENQUEUE_TIMEOUT_S = 5.0
 _TRACKED_MAX = 100_000
+# Events remembered to tell one sent again (after a reconnection) from a new one.
+_SEEN_MAX = 10_000
 
 
 class Router(Actor):
@@ -102,6 +104,8 @@ class Router(Actor):
         self.stats: dict[str, ModelStats] = {}
         # This router's rate-limited requests not yet finished: id -> (model, tokens charged).
         self._charged: dict[str, tuple[str, int]] = {}
+        # The latest request events, oldest first, to count each once.
+        self._seen: dict[tuple[str, float], None] = {}
 
     async def setup(self) -> None:
         self.js = self.nc.jetstream()
@@ -126,6 +130,12 @@ class Router(Actor):
     async def _finished(self, msg: Msg) -> None:
         """Learn how a request ended, whichever router took it (for balancing and limits)."""
         event = decode_event(msg.data)
+        key = (event.request_id, event.at)
+        if key in self._seen:  # sent again after a reconnection: counted already
+            return
+        self._seen[key] = None
+        if len(self._seen) > _SEEN_MAX:
+            self._seen.pop(next(iter(self._seen)))
         self.metrics.finished(event)
         self.deadlines.ended(event.request_id)
         if event.outcome != "cancelled":  # the client's choice says nothing of the model

@@ -16,8 +16,8 @@ long-running process needs.
   `wait_connected` waits for the connection to be up again.
 - `publish_once` is for messages a stream must keep (request events): published at once
   with no round trip, stored at most once (its message id), and published again after a
-  reconnection if it left in the last `KEEP_S` seconds, since what was written into a
-  connection as its server died is lost.
+  reconnection if it left within `CRASH_WINDOW_S` before the connection dropped, or
+  after: what was written into a connection as its server died is lost.
 """
 
 from __future__ import annotations
@@ -36,15 +36,17 @@ from nats.aio.client import Client as NATS
 
 from bus.errors import Unavailable
 
-__all__ = ["KEEP_S", "NATS", "Connection", "close_within", "connect", "publish_size"]
+__all__ = ["CRASH_WINDOW_S", "NATS", "Connection", "close_within", "connect", "publish_size"]
 
 _FIRST_CONNECT_ATTEMPTS = 2
 # nats-py skips its closed callback when flushing on the way out fails (the server
 # reset the socket): how often `wait_lost` looks at the state itself.
 _CLOSED_CHECK_S = 0.5
-# How long `publish_once` keeps a message to publish again after a reconnection: nats-py
-# sees a server stop or restart within milliseconds (the socket closes).
-KEEP_S = 10.0
+# What was published this long before the connection dropped may have been lost with
+# it: nats-py sees a server stop or restart within milliseconds (the socket closes).
+CRASH_WINDOW_S = 1.0
+# `publish_once` keeps messages this long (while connected) to publish them again.
+_KEEP_S = 5.0
 # What a header block costs beyond its keys and values: `NATS/1.0\r\n`, `: ` and `\r\n`
 # per header, and the closing `\r\n`.
 _HEADER_LINE = len(b"NATS/1.0\r\n")
@@ -72,6 +74,8 @@ class Connection(NATS):
         super().__init__()
         self.lost = asyncio.Event()
         self.reconnects = 0
+        # When the connection last dropped (monotonic), for what to send again.
+        self.dropped_at = 0.0
         self._up = asyncio.Event()
         self._closing = False
         self._listeners: list[Listener] = []
@@ -125,7 +129,7 @@ class Connection(NATS):
 
     async def publish_once(self, subject: str, payload: bytes, *, msg_id: str | None) -> None:
         """Publish on a stream-captured subject; stored at most once, and sent again
-        after a reconnection if it left within the last `KEEP_S` seconds.
+        after a reconnection if it left within `CRASH_WINDOW_S` before the drop or after.
 
         `msg_id` None: the stream may store a copy sent again twice (for a consumer that
         takes identical messages as one, such as the stats recorder).
@@ -133,7 +137,7 @@ class Connection(NATS):
         headers = {"Nats-Msg-Id": msg_id} if msg_id else {}
         now = time.monotonic()
         self._kept.append((now, subject, payload, headers))
-        while self._kept and self._kept[0][0] < now - KEEP_S:
+        while self.is_connected and self._kept and self._kept[0][0] < now - _KEEP_S:
             self._kept.popleft()
         with contextlib.suppress(
             nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError
@@ -142,7 +146,7 @@ class Connection(NATS):
 
     async def _publish_kept(self) -> int:
         """Publish again what `publish_once` sent lately (the stream drops what it has)."""
-        since = time.monotonic() - KEEP_S
+        since = self.dropped_at - CRASH_WINDOW_S
         kept = [m for m in self._kept if m[0] >= since]
         for _, subject, payload, headers in kept:
             await self.publish(subject, payload, headers=headers or None)
@@ -172,6 +176,7 @@ async def connect(
 
     async def on_disconnected() -> None:
         nc._up.clear()
+        nc.dropped_at = time.monotonic()
         if nc.closing:
             log.debug("nats_disconnected", reason="closing")
         else:

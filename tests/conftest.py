@@ -6,7 +6,6 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import asyncpg
 import msgspec
 import pytest
 import pytest_asyncio
@@ -17,6 +16,7 @@ from bus.client import Client
 from bus.config import Config
 from bus.connection import NATS, connect
 from bus.server import EmbeddedNats
+from tests.helpers import own_database
 
 pytest_plugins = ["tests._sim_fixtures"]
 
@@ -40,17 +40,8 @@ async def postgres(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Em
 @pytest_asyncio.fixture(loop_scope="session")
 async def database_url(postgres: EmbeddedPostgres, prefix: str) -> AsyncIterator[str]:
     """A database of this test's own on the session's Postgres."""
-    admin = await asyncpg.connect(postgres.url())
-    try:
-        await admin.execute(f'CREATE DATABASE "{prefix}"')
-    finally:
-        await admin.close()
-    yield postgres.url(prefix)
-    admin = await asyncpg.connect(postgres.url())
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{prefix}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with own_database(postgres.url(), prefix):
+        yield postgres.url(prefix)
 
 
 @pytest.fixture

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import sys
 from asyncio.subprocess import Process
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
+import asyncpg
 import httpx
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -89,3 +92,30 @@ async def ollamesh_up(env: dict[str, str], *args: str, timeout: float = 30.0) ->
             if not line:
                 raise AssertionError(f"ollamesh up exited with {await proc.wait()}")
     return proc
+
+
+async def query(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """Run one statement on the database at `url`; return its rows."""
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def own_database(server_url: str, name: str) -> AsyncIterator[None]:
+    """A database `name` on the server at `server_url`, dropped afterwards."""
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield
+    finally:
+        admin = await asyncpg.connect(server_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()

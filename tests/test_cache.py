@@ -12,7 +12,7 @@ from actors.simulator import Fault
 from bus.client import Client
 from bus.errors import RateLimited, UpstreamError
 from schemas import ChatRequest, EmbedRequest, GenerateRequest, Kind, Message, Options
-from tests.helpers import eventually
+from tests.helpers import eventually, query
 
 MODEL = "llama3.2:3b"
 MODELS = [MODEL, "qwen2.5:7b"]
@@ -168,11 +168,8 @@ async def test_purge_drops_expired_answers_and_keeps_the_size_bound(
 
 
 async def _rows(url: str, n: int) -> bool:
-    conn = await asyncpg.connect(url)
-    try:
-        return await conn.fetchval("SELECT count(*) FROM ollama_cache") == n
-    finally:
-        await conn.close()
+    [row] = await query(url, "SELECT count(*) FROM ollama_cache")
+    return bool(row[0] == n)
 
 
 async def test_identical_requests_in_flight_reach_the_host_once(

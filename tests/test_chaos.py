@@ -10,7 +10,6 @@ import socket
 import time
 from pathlib import Path
 
-import asyncpg
 from nats.js.errors import NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
@@ -21,7 +20,7 @@ from bus.errors import OllameshError
 from bus.server import EmbeddedNats
 from bus.subjects import Subjects
 from tests.conftest import make_config
-from tests.helpers import assert_well_formed, eventually, ollamesh_up, stored_stream
+from tests.helpers import assert_well_formed, eventually, ollamesh_up, query, stored_stream
 
 MODEL = "llama3.2:3b"
 
@@ -109,13 +108,9 @@ async def _has_keys(kv: KeyValue) -> bool:
 
 async def _stats_rows(database_url: str) -> dict[str, int]:
     """Rows per request id in `ollama_performance`."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        rows = await conn.fetch(
-            "SELECT request_id, count(*) AS n FROM ollama_performance GROUP BY 1"
-        )
-    finally:
-        await conn.close()
+    rows = await query(
+        database_url, "SELECT request_id, count(*) AS n FROM ollama_performance GROUP BY 1"
+    )
     return {r["request_id"]: r["n"] for r in rows}
 
 

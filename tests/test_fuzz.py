@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import msgspec
 import nats.errors
 import pytest
@@ -22,6 +21,7 @@ from bus.actor import State
 from bus.client import Client
 from schemas import ErrorCode
 from tests.conftest import make_config
+from tests.helpers import own_database
 
 MODEL = "llama3.2:3b"
 
@@ -82,27 +82,22 @@ BODIES = st.one_of(
 async def fleet(nats_server, postgres) -> AsyncIterator[Fleet]:
     """Every actor in one stack, on a database and a prefix of this module's own."""
     prefix = f"f{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(postgres.url())
-    await admin.execute(f'CREATE DATABASE "{prefix}"')
-    await admin.close()
-    sim = await SimulatorServer(models=[MODEL, "nomic-embed-text"]).start()
-    config = make_config(
-        nats_server.url,
-        prefix,
-        [sim.url],
-        database={"url": postgres.url(prefix)},
-        router={"max_num_predict": 64},  # a valid fuzzed body never generates for long
-    )
-    stack = Stack(config)
-    await stack.start()
-    client = await Client(nats_server.url, prefix=prefix, timeout=10).connect()
-    yield Fleet(stack, client)
-    await client.close()
-    await stack.stop(grace=2.0)
-    await sim.kill()
-    admin = await asyncpg.connect(postgres.url())
-    await admin.execute(f'DROP DATABASE IF EXISTS "{prefix}" WITH (FORCE)')
-    await admin.close()
+    async with own_database(postgres.url(), prefix):
+        sim = await SimulatorServer(models=[MODEL, "nomic-embed-text"]).start()
+        config = make_config(
+            nats_server.url,
+            prefix,
+            [sim.url],
+            database={"url": postgres.url(prefix)},
+            router={"max_num_predict": 64},  # a valid fuzzed body never generates for long
+        )
+        stack = Stack(config)
+        await stack.start()
+        client = await Client(nats_server.url, prefix=prefix, timeout=10).connect()
+        yield Fleet(stack, client)
+        await client.close()
+        await stack.stop(grace=2.0)
+        await sim.kill()
 
 
 def _subjects(stack: Stack) -> list[str]:

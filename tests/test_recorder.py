@@ -18,7 +18,7 @@ from bus.errors import Timeout
 from bus.subjects import Subjects
 from schemas import RequestEvent, encode
 from tests.conftest import StackFactory
-from tests.helpers import eventually
+from tests.helpers import eventually, query
 
 MODEL = "llama3.2:3b"
 MODELS = [MODEL, "qwen2.5:7b"]
@@ -29,13 +29,9 @@ HOSTS = ["http://127.0.0.1:9"]
 
 async def count_rows(url: str) -> tuple[int, int]:
     """Rows in ollama_performance, and distinct request ids among them."""
-    conn = await asyncpg.connect(url)
-    try:
-        row = await conn.fetchrow(
-            "SELECT count(*) AS n, count(DISTINCT request_id) AS ids FROM ollama_performance"
-        )
-    finally:
-        await conn.close()
+    [row] = await query(
+        url, "SELECT count(*) AS n, count(DISTINCT request_id) AS ids FROM ollama_performance"
+    )
     return row["n"], row["ids"]
 
 
@@ -138,18 +134,10 @@ async def publish(nc: NATS, prefix: str, *payloads: bytes) -> None:
         await nc.jetstream().publish(Subjects(prefix).event("request"), payload)
 
 
-async def fetch(url: str, sql: str) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(url)
-    try:
-        return await conn.fetch(sql)
-    finally:
-        await conn.close()
-
-
 async def recorded_ids(url: str) -> list[str]:
     return [
         r["request_id"]
-        for r in await fetch(url, "SELECT request_id FROM ollama_performance ORDER BY request_id")
+        for r in await query(url, "SELECT request_id FROM ollama_performance ORDER BY request_id")
     ]
 
 
@@ -166,7 +154,7 @@ async def test_an_event_postgres_refuses_is_set_aside_and_nothing_is_stuck(
     await publish(nc, prefix, event("r1"), poison, event("r3"))
     stack = await stack_factory(HOSTS, **sections)
     await eventually(lambda: _equals(recorded_ids(database_url), ["r1", "r3"]))
-    [letter] = await fetch(database_url, "SELECT * FROM dead_letters")
+    [letter] = await query(database_url, "SELECT * FROM dead_letters")
     assert (letter["consumer"], letter["subject"]) == (
         "recorder",
         Subjects(prefix).event("request"),
@@ -186,7 +174,7 @@ async def test_an_event_postgres_refuses_is_set_aside_and_nothing_is_stuck(
     stack = await stack_factory(HOSTS, **sections)
     await publish(nc, prefix, event("r4"))
     await eventually(lambda: _equals(recorded_ids(database_url), ["r1", "r3", "r4"]))
-    assert len(await fetch(database_url, "SELECT * FROM dead_letters")) == 1
+    assert len(await query(database_url, "SELECT * FROM dead_letters")) == 1
     assert stack.recorder is not None and stack.recorder.sink.set_aside == 0
 
 
@@ -215,7 +203,7 @@ async def test_an_event_that_cannot_be_a_row_is_set_aside_not_lost(
     )
     await publish(nc, prefix, payload, event("after"))
     await eventually(lambda: _equals(recorded_ids(database_url), ["after"]))
-    [letter] = await fetch(database_url, "SELECT payload, reason FROM dead_letters")
+    [letter] = await query(database_url, "SELECT payload, reason FROM dead_letters")
     assert bytes(letter["payload"]) == payload
     assert letter["reason"].startswith(why), letter["reason"]
 
@@ -236,7 +224,7 @@ async def test_a_schema_fault_restarts_the_loop_visibly_and_sets_nothing_aside(
         HOSTS, actors=("recorder",), database={"url": database_url}, recorder={"flush_s": 0.2}
     )
     assert stack.recorder is not None
-    await fetch(database_url, "ALTER TABLE ollama_performance RENAME COLUMN template TO t")
+    await query(database_url, "ALTER TABLE ollama_performance RENAME COLUMN template TO t")
     await publish(nc, prefix, event("r1"))
 
     async def restarted() -> bool:
@@ -250,9 +238,9 @@ async def test_a_schema_fault_restarts_the_loop_visibly_and_sets_nothing_aside(
     assert line.startswith("recorder: ") and "UndefinedColumnError" in line, line
     assert (
         stack.recorder.sink.set_aside == 0
-        and await fetch(database_url, "SELECT * FROM dead_letters") == []
+        and await query(database_url, "SELECT * FROM dead_letters") == []
     )
-    await fetch(database_url, "ALTER TABLE ollama_performance RENAME COLUMN t TO template")
+    await query(database_url, "ALTER TABLE ollama_performance RENAME COLUMN t TO template")
     await eventually(lambda: _equals(recorded_ids(database_url), ["r1"]), timeout=10)
     assert stack.recorder.loops["sink"].running == 1
 

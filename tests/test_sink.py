@@ -21,7 +21,7 @@ from bus.server import EmbeddedNats
 from bus.subjects import Subjects, model_token
 from schemas import Answer, CacheStore, Kind, RequestEvent, encode
 from tests.conftest import StackFactory, make_config
-from tests.helpers import eventually
+from tests.helpers import eventually, query
 
 # No executor runs in these stacks: the host is never asked.
 HOSTS = ["http://127.0.0.1:9"]
@@ -69,20 +69,12 @@ def test_a_reason_names_the_sqlstate_and_can_be_stored() -> None:
 
 async def dead_letters(url: str) -> list[asyncpg.Record]:
     """Every row of dead_letters, oldest first."""
-    conn = await asyncpg.connect(url)
-    try:
-        return await conn.fetch("SELECT * FROM dead_letters ORDER BY stream_seq")
-    finally:
-        await conn.close()
+    return await query(url, "SELECT * FROM dead_letters ORDER BY stream_seq")
 
 
 async def rows(url: str, sql: str) -> int:
-    conn = await asyncpg.connect(url)
-    try:
-        n: int = await conn.fetchval(sql)
-    finally:
-        await conn.close()
-    return n
+    [row] = await query(url, sql)
+    return int(row[0])
 
 
 class FlakyRecorder(Recorder):

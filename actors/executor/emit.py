@@ -283,7 +283,7 @@ class Emitter:
 
         Connected and caught up, it goes out at once, with no round trip: should the
         server die before storing it, `resync` after the reconnection stores it (the
-        executor keeps finished emitters for `KEEP_S`). Otherwise it waits for the
+        executor keeps finished emitters a while). Otherwise it waits for the
         connection and `resync`. Raises `StreamEnded` if someone else ended the stream
         first, and `NotStored` if the server could not be reached in time.
         """

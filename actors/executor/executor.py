@@ -30,7 +30,7 @@ from bus.actor import Actor, reply_error
 from bus.board import HEARTBEAT_S, Board
 from bus.claims import ROUTER, Claims
 from bus.config import Config
-from bus.connection import KEEP_S, Connection
+from bus.connection import CRASH_WINDOW_S, Connection
 from bus.errors import (
     Cancelled,
     Internal,
@@ -68,6 +68,10 @@ _BOARD_MIN_INTERVAL_S = 0.002
 _KEEPALIVES_PER_ACK_WAIT = 4
 # A stopping executor's longest try to hand back or end one request.
 _HAND_BACK_S = 2.0
+# Finished streams kept to complete after a reconnection (those that ended within the
+# crash window before the drop), and how many are read back at once.
+_FINISHED_KEEP_S = 5.0
+_RESYNCS_AT_ONCE = 32
 
 
 def _stats(line: Line) -> dict[str, Any]:
@@ -405,11 +409,15 @@ class Executor(Actor):
             self._load_changed()
 
     def _keep(self, emitter: Emitter) -> None:
-        """Keep a finished stream for `KEEP_S`: its last messages left without a round
-        trip, and a server dying right then loses them; `reconnected` sends them again."""
+        """Keep a finished stream a while: its last messages left without a round trip,
+        and a server dying right then loses them; `reconnected` sends them again."""
         now = time.monotonic()
         self._finished.append((now, emitter))
-        while self._finished and self._finished[0][0] < now - KEEP_S:
+        while (
+            self.nc.is_connected
+            and self._finished
+            and self._finished[0][0] < now - _FINISHED_KEEP_S
+        ):
             self._finished.popleft()
 
     # -- serving one request ----------------------------------------------------------
@@ -762,18 +770,23 @@ class Executor(Actor):
         self._wake.set()
         for puller in list(self._pullers.values()):
             await puller.ensure_consumers()
-        since = time.monotonic() - KEEP_S
+        since = self.nc.dropped_at - CRASH_WINDOW_S
         finished = [e for at, e in self._finished if at >= since]
-        for emitter in [*self._emitters.values(), *finished]:
+        limit = asyncio.Semaphore(_RESYNCS_AT_ONCE)
+
+        async def resync(emitter: Emitter) -> None:
             rid = emitter.request_id
             try:
-                await emitter.resync()
+                async with limit:
+                    await emitter.resync()
             except StreamEnded:
                 if task := self._running.get(rid):
                     self._superseded.add(rid)
                     task.cancel()
             except Exception:
                 self.log.exception("stream_resync_failed", request_id=rid)
+
+        await asyncio.gather(*(resync(e) for e in [*self._emitters.values(), *finished]))
 
     async def before_drain(self) -> None:
         self._accepting = False
