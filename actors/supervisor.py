@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -206,16 +207,20 @@ class Stack:
         or everything on a fresh server), watch the buckets anew, let each actor redo
         its part (executors announce and complete their streams, the monitor checks)."""
         assert self.nc is not None
-        await provision(self.nc.jetstream(), self.subjects, self.config)
+        nc = self.nc
         if self.board:
             self.board.reconnected()
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("provision", lambda: provision(nc.jetstream(), self.subjects, self.config))
+        ]
         if self.registry:
-            await self.registry.resync()
-        for actor in self.actors:
+            steps.append(("registry", self.registry.resync))
+        steps.extend((actor.name, actor.reconnected) for actor in self.actors)
+        for name, step in steps:  # each on its own: one failing leaves the others to run
             try:
-                await actor.reconnected()
+                await step()
             except Exception:
-                log.exception("actor_resync_failed", actor=actor.name)
+                log.exception("resync_failed", step=name)
         log.info("stack_resynced")
 
     async def wait_for_executors(self, timeout: float = _READY_TIMEOUT_S) -> None:

@@ -48,10 +48,15 @@ class KvView(Generic[T]):
         await asyncio.wait_for(self._ready.wait(), timeout)
 
     async def resync(self, timeout: float = 5.0) -> None:
-        """Watch anew (the bucket may have been recreated); return once loaded again."""
+        """Watch anew (the bucket may have been recreated); return once loaded again, or
+        after `timeout` (the watch goes on trying by itself)."""
         await self.stop()
         self._ready = asyncio.Event()
-        await self.start(timeout)
+        self._task = asyncio.create_task(self._run(None), name=f"kv-view-{self.name}")
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            log.warning("kv_watch_not_ready", bucket=self.name, timeout_s=timeout)
 
     async def _run(self, watcher: KeyValue.KeyWatcher | None) -> None:
         retry = _RETRY_MIN_S

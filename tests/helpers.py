@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
 import sys
 from asyncio.subprocess import Process
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -75,6 +76,17 @@ async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float
     async with asyncio.timeout(timeout):
         while not await holds():  # noqa: ASYNC110 - no event exists for what `check` reads
             await asyncio.sleep(0.05)
+
+
+def up_env(
+    nats_url: str, *hosts: str, prefix: str | None = None, **settings: str
+) -> dict[str, str]:
+    """The environment of an `ollamesh up` child: this one, plus where NATS and the hosts
+    are, the prefix, and any other setting (`OLLAMESH_CONFIG=...`, `XDG_DATA_HOME=...`)."""
+    env = {**os.environ, "NATS_URL": nats_url, "OLLAMA_HOSTS": ",".join(hosts), **settings}
+    if prefix is not None:
+        env["OLLAMESH_PREFIX"] = prefix
+    return env
 
 
 async def ollamesh_up(env: dict[str, str], *args: str, timeout: float = 30.0) -> Process:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import socket
 import time
@@ -20,7 +19,7 @@ from bus.errors import OllameshError
 from bus.server import EmbeddedNats
 from bus.subjects import Subjects
 from tests.conftest import make_config
-from tests.helpers import assert_well_formed, eventually, ollamesh_up, query, stored_stream
+from tests.helpers import assert_well_formed, eventually, ollamesh_up, query, stored_stream, up_env
 
 MODEL = "llama3.2:3b"
 
@@ -125,13 +124,7 @@ async def test_a_killed_executor_s_requests_end_or_move_within_seconds(
     steady = await sim_factory(models=[MODEL])
     config = tmp_path / "executor.toml"
     config.write_text("[executor]\nmax_inflight_per_model = 2\n[metrics]\nport = 0\n")
-    env = {
-        **os.environ,
-        "NATS_URL": nats_server.url,
-        "OLLAMA_HOSTS": doomed.url,
-        "OLLAMESH_PREFIX": prefix,
-        "OLLAMESH_CONFIG": str(config),
-    }
+    env = up_env(nats_server.url, doomed.url, prefix=prefix, OLLAMESH_CONFIG=str(config))
     proc = await ollamesh_up(env, "--actors", "executor")
     try:
         await stack_factory([doomed.url], actors=("router",))
@@ -180,12 +173,7 @@ async def test_sigterm_while_nats_is_down_ends_within_the_grace(
     sim = await sim_factory(models=[MODEL], tokens_per_second=20.0)
     config = tmp_path / "up.toml"
     config.write_text("[executor]\nshutdown_grace_s = 2.0\n[metrics]\nport = 0\n")
-    env = {
-        **os.environ,
-        "NATS_URL": url,
-        "OLLAMA_HOSTS": sim.url,
-        "OLLAMESH_CONFIG": str(config),
-    }
+    env = up_env(url, sim.url, OLLAMESH_CONFIG=str(config))
     proc = await ollamesh_up(env, "--actors", "router,executor")
     try:
         async with Client(url, timeout=30.0) as client:

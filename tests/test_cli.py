@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from bus.client import Client
 from bus.connection import NATS
 from bus.subjects import Subjects, canonical_model
-from tests.helpers import eventually, ollamesh_up
+from tests.helpers import eventually, ollamesh_up, up_env
 
 MODELS = ["llama3.2:3b", "qwen2.5:7b"]
 # After SIGINT a command ends well within a second or two; this bound only tells a
@@ -92,13 +92,8 @@ async def test_up_serves_and_stops_cleanly_on_sigterm(
     """`ollamesh up` (with its embedded Postgres) serves requests, records them for
     `ollamesh stats`, and on SIGTERM drains and exits 0 with JSON logs."""
     sim = await sim_factory(models=MODELS)
-    env = {
-        **os.environ,
-        "NATS_URL": nats_server.url,
-        "OLLAMA_HOSTS": sim.url,
-        "OLLAMESH_PREFIX": prefix,
-        "XDG_DATA_HOME": str(tmp_path),  # the embedded Postgres goes here
-    }
+    # The embedded Postgres goes into XDG_DATA_HOME.
+    env = up_env(nats_server.url, sim.url, prefix=prefix, XDG_DATA_HOME=str(tmp_path))
     proc = await ollamesh_up(env)
     assert proc.stderr is not None
     try:

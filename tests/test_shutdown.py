@@ -4,14 +4,13 @@ serves none twice."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from collections import Counter
 
 from bus.client import Client
 from bus.subjects import Subjects
 from schemas import Done
-from tests.helpers import assert_well_formed, ollamesh_up, stored_stream
+from tests.helpers import assert_well_formed, ollamesh_up, stored_stream, up_env
 
 MODEL = "llama3.2:3b"
 MODELS = [MODEL]
@@ -31,13 +30,7 @@ async def test_sigterm_on_a_busy_executor_loses_nothing_and_serves_nothing_twice
     config.write_text(
         "[executor]\nmax_inflight_per_model = 2\nshutdown_grace_s = 10.0\n[metrics]\nport = 0\n"
     )
-    env = {
-        **os.environ,
-        "NATS_URL": nats_server.url,
-        "OLLAMA_HOSTS": doomed.url,
-        "OLLAMESH_PREFIX": prefix,
-        "OLLAMESH_CONFIG": str(config),
-    }
+    env = up_env(nats_server.url, doomed.url, prefix=prefix, OLLAMESH_CONFIG=str(config))
     proc = await ollamesh_up(env, "--actors", "executor")
     try:
         await stack_factory([steady.url], routing={"host_strategy": "round-robin"})
