@@ -159,6 +159,21 @@ class RateLimiter:
             waits.append(step.wait)
         return max(waits)
 
+    async def release(self, model: str, tokens: int) -> None:
+        """Give back a reservation whose request never ran (refused, or a duplicate)."""
+        lim = self._limits.get(model)
+        if lim is None:
+            return
+        token = model_token(model)
+        charges = []
+        if lim.rpm is not None:
+            charges.append(_Charge(f"{token}.rpm", 1, lim.rpm, "requests"))
+        if lim.tpm is not None and tokens:
+            charges.append(_Charge(f"{token}.tpm", tokens, lim.tpm, "tokens"))
+        async with self._locks[model]:
+            for charge in charges:
+                await self._cas(charge, -charge.cost, None, None)
+
     async def settle(self, model: str, extra_tokens: int) -> None:
         """Charge (or, when negative, refund) the tokens a request used beyond its estimate."""
         lim = self._limits.get(model)

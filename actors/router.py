@@ -20,7 +20,7 @@ from actors.limits import RateLimiter
 from actors.metrics import Metrics
 from actors.queues import QueueWatch, retry_after_ms
 from actors.selection import ModelStats, Selector, task_role
-from actors.sharing import SharedAnswers, Ticket
+from actors.sharing import Generate, SharedAnswers, Ticket
 from actors.templating import apply_template
 from bus.actor import Actor
 from bus.board import Board
@@ -106,22 +106,19 @@ class Router(Actor):
         self._charged: dict[str, tuple[str, int]] = {}
         # The latest request events, oldest first, to count each once.
         self._seen: dict[tuple[str, float], None] = {}
+        self.js = nc.jetstream()
+        self.queues = QueueWatch(self.js, subjects, board, metrics.queues)
+        self.shared = SharedAnswers(
+            nc, subjects, self.cache, limit_s=config.executor.total_timeout_s, spawn=self.spawn
+        )
 
     async def setup(self) -> None:
-        self.js = self.nc.jetstream()
-        self.queues = QueueWatch(self.js, self.subjects, self.board, self.metrics.queues)
+        # Handlers run as soon as they are subscribed: everything they use exists already.
         for kind in Kind:
             await self.serve(self.subjects.request(kind), partial(self.admit, kind), queue=_QUEUE)
         await self.serve(self.subjects.event("request"), self._finished)
         await self.serve(self.subjects.queue_stats, self._queue_stats, queue=_QUEUE)
         await self.serve(self.subjects.cache_invalidated, self._forget)
-        self.shared = SharedAnswers(
-            self.nc,
-            self.subjects,
-            self.cache,
-            limit_s=self.config.executor.total_timeout_s,
-            spawn=self.spawn,
-        )
         self.supervise("queues", self.queues.poll, endless=True)
 
     async def before_drain(self) -> None:
@@ -247,10 +244,13 @@ class Router(Actor):
             raise BadRequest("a non-streamed request needs a reply subject (use request/reply)")
         now = time.time()
         key = cache_key(kind, model, request)  # type: ignore[arg-type]
+        leading = False  # whether identical requests follow this one
         if key is not None:
             ticket = Ticket(kind, request_id, model, stream, now, template)
-            if (reply := await self.shared.answer(key, ticket)) is not None:
-                return reply
+            got = await self.shared.answer(key, ticket)
+            if isinstance(got, bytes):
+                return got
+            leading = got is Generate.LEAD
         try:
             deadline_ms: int | None = request.deadline_ms  # type: ignore[attr-defined]
             charged = await self._within_limits(request, model)  # type: ignore[arg-type]
@@ -278,11 +278,15 @@ class Router(Actor):
                     msg_id=request_id,
                     timeout=_ENQUEUE_TIMEOUT_S,
                 )
-            except QueueFull as exc:
-                drain = self.queues.drain_per_s(model)
-                exc.retry_after_ms = retry_after_ms(self.config.routing.queue_max, drain)
+            except OllameshError as exc:
+                if isinstance(exc, QueueFull):
+                    drain = self.queues.drain_per_s(model)
+                    exc.retry_after_ms = retry_after_ms(self.config.routing.queue_max, drain)
+                await self._give_back(model, charged)  # it never ran
                 raise
-            if not duplicate:
+            if duplicate:
+                await self._give_back(model, charged)  # the first one holds the reservation
+            else:
                 self.deadlines.watch(work, seq)
             if duplicate and not stream:
                 raise BadRequest(f"request_id {request_id} is already in use")
@@ -301,9 +305,14 @@ class Router(Actor):
                 )
             return None
         except OllameshError as exc:
-            if key is not None:  # this request leads the identical ones following it
+            if leading and key is not None:  # the identical requests following it end too
                 await self.shared.abandon(key, ticket, exc)
             raise
+
+    async def _give_back(self, model: str, charged: int) -> None:
+        """Release the rate-limit reservation of a request that will not run."""
+        if self.limiter.limited(model):
+            await self.limiter.release(model, charged)
 
     async def _forget(self, msg: Msg) -> None:
         """Another process invalidated cached answers: drop them from memory too."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -33,7 +34,18 @@ from schemas import (
     encode,
 )
 
-__all__ = ["SharedAnswers", "Ticket"]
+__all__ = ["Generate", "SharedAnswers", "Ticket"]
+
+
+class Generate(enum.Enum):
+    """How a cacheable request that nothing answered yet is to be generated."""
+
+    # It generates, and identical requests arriving meanwhile follow it.
+    LEAD = "lead"
+    # It is the leading request itself, sent again (the same `request_id`): queued again,
+    # it is a duplicate there (the same stream, or a reused id refused), and it must not
+    # follow itself nor, refused, end the stream of its first copy.
+    AGAIN = "again"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,15 +79,17 @@ class SharedAnswers:
         self._limit_s = limit_s
         self._spawn = spawn
 
-    async def answer(self, key: str, ticket: Ticket) -> bytes | None:
-        """The reply for a cacheable request answered without generating it, or None
-        when this request must generate (it then leads any identical ones that follow)."""
+    async def answer(self, key: str, ticket: Ticket) -> bytes | Generate:
+        """The reply for a cacheable request answered without generating it, or how it
+        is to be generated."""
         claim = await self._cache.claim(key, ticket.request_id)
         if claim is None:
-            return None
+            return Generate.LEAD
         if isinstance(claim, Answer):
             return await self._from_cache(ticket, claim)
         leader = claim
+        if leader == ticket.request_id:
+            return Generate.AGAIN
         relay = self._relay(ticket, leader, key)
         if not ticket.stream:
             return await relay

@@ -7,6 +7,10 @@ a 5 MB field is a few hundred bytes on the wire.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
 from schemas import Error, ErrorCode, is_retryable
 
 __all__ = [
@@ -24,6 +28,7 @@ __all__ = [
     "Unavailable",
     "UpstreamError",
     "error_from_wire",
+    "logged",
     "quote",
 ]
 
@@ -157,3 +162,13 @@ def error_from_wire(error: Error) -> OllameshError:
     if cls is OllameshError:
         exc.code = error.code
     return exc
+
+
+@contextlib.contextmanager
+def logged(log: Any, event: str, **fields: Any) -> Iterator[None]:
+    """Go on past a failure of a best-effort step (an ack, a cleanup): log it as `event`
+    with its traceback rather than hide it."""
+    try:
+        yield
+    except Exception as exc:
+        log.warning(event, error=repr(exc), exc_info=True, **fields)

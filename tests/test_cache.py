@@ -10,9 +10,10 @@ import pytest
 from actors.cache import cache_key
 from actors.simulator import Fault
 from bus.client import Client
-from bus.errors import RateLimited, UpstreamError
+from bus.errors import BadRequest, RateLimited, UpstreamError
+from bus.subjects import Subjects
 from schemas import ChatRequest, EmbedRequest, GenerateRequest, Kind, Message, Options
-from tests.helpers import eventually, query
+from tests.helpers import assert_well_formed, eventually, query, stored_stream
 
 MODEL = "llama3.2:3b"
 MODELS = [MODEL, "qwen2.5:7b"]
@@ -229,4 +230,23 @@ async def test_followers_end_when_their_leader_is_refused(
         return_exceptions=True,
     )
     assert all(isinstance(o, RateLimited) for o in outcomes), outcomes
+    assert sim.engine.stats.requests["/api/generate"] == 1
+
+
+async def test_a_cacheable_request_sent_again_does_not_follow_itself(
+    database_url: str, sim_factory, stack_factory, client: Client, prefix: str
+) -> None:
+    """The same cacheable request (same `request_id`) sent again while it generates is the
+    same request: its stream gets each chunk once and one `done`, and a non-streamed copy
+    is refused as a reused id."""
+    sim = await sim_factory(models=MODELS, tokens_per_second=50)
+    await stack_factory([sim.url], actors=CACHED, database={"url": database_url})
+    options = {"temperature": 0, "num_predict": 20}
+    first = await client.generate(MODEL, "same", stream=True, options=options, request_id="sf-1")
+    again = await client.generate(MODEL, "same", stream=True, options=options, request_id="sf-1")
+    with pytest.raises(BadRequest, match="already in use"):
+        await client.generate(MODEL, "same", options=options, request_id="sf-1")
+    assert await first.text()
+    await again.aclose()
+    assert_well_formed(await stored_stream(client.nc, Subjects(prefix), "sf-1"))
     assert sim.engine.stats.requests["/api/generate"] == 1

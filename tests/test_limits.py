@@ -12,9 +12,10 @@ from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
 from actors.limits import RateLimiter, Step, gcra
+from bus.client import Client
 from bus.config import ModelLimits
 from bus.connection import NATS, connect
-from bus.errors import BadRequest, RateLimited
+from bus.errors import BadRequest, Overloaded, RateLimited
 from bus.server import EmbeddedNats
 from bus.subjects import model_token
 
@@ -230,3 +231,40 @@ async def test_routers_sharing_a_bucket_never_admit_beyond_the_limit(
     assert sum(isinstance(r, RateLimited) for r in results) == 10
     for unit, tat in tats.items():
         assert await stored(kv, unit) == tat
+
+
+# Through the router: a reservation whose request never runs is given back.
+
+
+@pytest.fixture
+async def limited(sim_factory, stack_factory):
+    """A router and an executor in front of one slow host with one slot; the model is
+    limited to two requests a minute, and its queue holds one request."""
+    sim = await sim_factory(models=["llama3.2:3b"], tokens_per_second=20.0, num_parallel=1)
+    await stack_factory(
+        [sim.url],
+        executor={"max_inflight_per_model": 1},
+        routing={"limits": {"llama3.2:3b": {"rpm": 2}}, "queue_max": 1},
+    )
+    return sim
+
+
+async def test_a_duplicate_request_id_reserves_nothing(limited, client: Client) -> None:
+    """The same request sent twice (a client retrying) is one request: the limit of two
+    still admits another."""
+    first = await client.generate("llama3.2:3b", "a", stream=True, request_id="dup-1")
+    again = await client.generate("llama3.2:3b", "a", stream=True, request_id="dup-1")
+    assert again.request_id == first.request_id
+    await first.text()
+    await again.aclose()
+    assert (await client.generate("llama3.2:3b", "b", options={"num_predict": 2})).done
+
+
+async def test_a_request_refused_by_a_full_queue_reserves_nothing(limited, client: Client) -> None:
+    """A request turned away with `overloaded` did not run: the limit still admits one."""
+    running = await client.generate("llama3.2:3b", "a", stream=True, options={"num_predict": 40})
+    await limited.engine.wait_for(lambda s: s.in_flight == 1, timeout=10)
+    with pytest.raises(Overloaded):
+        await client.generate("llama3.2:3b", "b", options={"num_predict": 2})
+    await running.text()
+    assert (await client.generate("llama3.2:3b", "c", options={"num_predict": 2})).done

@@ -10,12 +10,13 @@ import msgspec
 import nats.errors
 import nats.js.errors
 import pytest
+import structlog
 from nats.aio.msg import Msg
 
 from actors.recorder import Recorder
 from actors.store import open_pool
 from actors.store.failures import Verdict, reason, verdict
-from bus.connection import NATS
+from bus.connection import NATS, connect
 from bus.provision import provision
 from bus.server import EmbeddedNats
 from bus.subjects import Subjects, model_token
@@ -169,3 +170,37 @@ async def test_the_cache_keeper_sets_aside_what_it_cannot_keep(
         )
         == 3
     )
+
+
+class ClosingRecorder(Recorder):
+    """A recorder whose connection to NATS closes right after its first batch commits."""
+
+    async def _write(self, rows: list[tuple[object, ...]]) -> None:
+        await super()._write(rows)
+        self.sink.stop()
+        await self.nc.close()
+
+
+async def test_an_ack_lost_after_a_commit_is_logged(
+    database_url: str, nats_server: EmbeddedNats, nc: NATS, prefix: str
+) -> None:
+    """The batch committed, its acks could not be sent: that is said in the log (the
+    events come again and their rows are written once), never swallowed."""
+    config = make_config(nats_server.url, prefix, HOSTS, recorder={"flush_s": 0.2})
+    subjects = Subjects(prefix)
+    await provision(nc.jetstream(), subjects, config)
+    pool = await open_pool(database_url)
+    own = await connect(nats_server.url, name="recorder")
+    recorder = ClosingRecorder(own, subjects, config, pool)
+    await recorder.start()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            event = RequestEvent(request_id="r1", kind="generate", model="m", at=time.time())
+            await nc.jetstream().publish(subjects.event("request"), encode(event))
+            await eventually(lambda: any(e["event"] == "events_ack_failed" for e in logs))
+        [failed] = [e for e in logs if e["event"] == "events_ack_failed"]
+        assert failed["events"] == 1 and "Closed" in failed["error"]
+        assert await rows(database_url, "SELECT count(*) FROM ollama_performance") == 1
+    finally:
+        await recorder.stop(grace=1.0)
+        await pool.close()

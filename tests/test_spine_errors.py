@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
+from actors import supervisor
+from actors.router import Router
+from bus.actor import Handler
 from bus.client import Client
 from bus.errors import BadRequest, ModelNotFound, PayloadTooLarge, Unavailable
-from schemas import Error, decode_reply
+from schemas import Accepted, Error, decode_reply
 
 MODELS = ["llama3.2:3b", "qwen2.5:7b"]
 
@@ -112,3 +117,30 @@ async def test_unreachable_nats_is_a_typed_error() -> None:
     with pytest.raises(Unavailable, match="cannot reach NATS"):
         async with Client("nats://127.0.0.1:1", timeout=1) as c:
             await c.generate("m", "x")
+
+
+class EagerRouter(Router):
+    """A router whose first request arrives the moment it subscribes to generate."""
+
+    first: bytes | None = None
+
+    async def serve(self, subject: str, handler: Handler, *, queue: str = "") -> Subscription:
+        sub = await super().serve(subject, handler, queue=queue)
+        if subject == self.subjects.generate:
+            body = b'{"model": "llama3.2:3b", "prompt": "hi", "cache": "force"}'
+            self.first = await handler(Msg(self.nc, subject=subject, reply="", data=body))
+        return sub
+
+
+async def test_a_request_arriving_the_moment_the_router_subscribes_is_served(
+    sim_factory, stack_factory, monkeypatch: pytest.MonkeyPatch, nc, prefix: str
+) -> None:
+    """The router builds the state its handlers use before it subscribes them: a request
+    that arrives at once is admitted, not failed on a missing attribute."""
+    sim = await sim_factory(models=MODELS)
+    await stack_factory([sim.url], actors=("executor",))
+    monkeypatch.setattr(supervisor, "Router", EagerRouter)
+    stack = await stack_factory([sim.url], actors=("router",))
+    assert isinstance(stack.router, EagerRouter)
+    accepted = decode_reply(stack.router.first or b"")
+    assert isinstance(accepted, Accepted), accepted

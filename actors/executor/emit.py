@@ -315,9 +315,8 @@ class Emitter:
             return False
 
     def close(self) -> None:
-        """Forget pending work (the request was abandoned)."""
+        """Send no more chunks on a timer (the request ended). A send already under way
+        is left to finish: cancelling it would leave `finish` awaiting a cancelled task."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._sending is not None:
-            self._sending.cancel()

@@ -34,6 +34,7 @@ from nats.js.errors import BadRequestError
 
 from actors.executor.placement import should_take
 from bus.board import Board
+from bus.errors import logged
 from bus.subjects import Subjects
 from schemas import ModelLoad, Priority
 
@@ -46,6 +47,8 @@ _RECHECK_S = 0.1
 _DEFER_LIMIT_S = 0.25
 # A batch pull waits this long after the interactive one, so interactive work comes first.
 _BATCH_HOLD_S = 0.005
+# How long a stopping worker waits for work already delivered to it.
+_LATE_FETCH_S = 0.1
 # Service time memory: each request moves the average a fifth of the way.
 _EWMA = 0.2
 
@@ -264,14 +267,23 @@ class Puller:
                     await self._take(msg, priority)
                 self.tally.changed()  # a claim ended, maybe with a backlog behind it
         finally:
-            # Work that landed after we stopped is handed straight back.
-            while not psub._sub._pending_queue.empty():  # type: ignore[union-attr]
-                msg = psub._sub._pending_queue.get_nowait()  # type: ignore[union-attr]
-                if msg.reply:
-                    with contextlib.suppress(Exception):
-                        await msg.nak()
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
+            await self._hand_back_late(psub)
+
+    async def _hand_back_late(self, psub: JetStreamContext.PullSubscription) -> None:
+        """Hand back work that landed after this worker stopped, then unsubscribe."""
+        while psub.pending_msgs:  # fetch(1) takes what is already here without asking
+            try:
+                msgs = await psub.fetch(1, timeout=_LATE_FETCH_S)
+            except TimeoutError:
+                break  # only the server's status messages were left
+            except nats.errors.Error as exc:
+                self._log.warning("late_work_not_handed_back", error=repr(exc))
+                break
+            for msg in msgs:
+                with logged(self._log, "late_work_not_handed_back"):
+                    await msg.nak()
+        with logged(self._log, "pull_unsubscribe_failed"):
+            await psub.unsubscribe()
 
     async def _ready(self, priority: Priority, consumer: str) -> bool:
         """Wait until this worker may pull: a free slot, no pause, and this host's turn.

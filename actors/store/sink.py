@@ -13,7 +13,6 @@ idempotent: a batch cut short by a crash is delivered again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -28,6 +27,7 @@ from nats.js.errors import BadRequestError
 from actors.metrics import Metrics
 from actors.store.failures import Verdict, reason, verdict
 from bus.config import RecorderConfig
+from bus.errors import logged
 from bus.subjects import Subjects
 
 __all__ = ["ACQUIRE_TIMEOUT_S", "DOWN", "Decode", "EventSink", "Write"]
@@ -111,7 +111,7 @@ class EventSink:
         self._running = False
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
+        with logged(self._log, "events_unsubscribe_failed"):
             await self._psub.unsubscribe()
 
     async def run(self, decode: Decode[Row], write: Write[Row]) -> None:
@@ -128,8 +128,10 @@ class EventSink:
                 continue
             if not await self._settle(msgs, decode, write):
                 return  # stopping: unacknowledged, so the next consumer writes them
-            for msg in msgs:
-                with contextlib.suppress(Exception):
+            # Written: an ack that does not arrive gets them delivered again, and writing
+            # them again changes nothing.
+            with logged(self._log, "events_ack_failed", events=len(msgs)):
+                for msg in msgs:
                     await msg.ack()
 
     async def _settle(self, msgs: list[Msg], decode: Decode[Row], write: Write[Row]) -> bool:
@@ -149,8 +151,10 @@ class EventSink:
                 await self._set_aside(unreadable + refused)
             except Exception as exc:
                 if verdict(exc) is not Verdict.OUTAGE:
-                    for msg in msgs:  # to the next fetch, after the supervisor's restart
-                        with contextlib.suppress(Exception):
+                    # To the next fetch, after the supervisor's restart (or, if the nak is
+                    # lost, after the ack wait).
+                    with logged(self._log, "events_nak_failed", events=len(msgs)):
+                        for msg in msgs:
                             await msg.nak()
                     raise
                 self._log.warning("write_delayed", events=len(msgs), error=repr(exc))
@@ -159,8 +163,10 @@ class EventSink:
                 return True
             if not self._running:
                 return False
-            for msg in msgs:  # keep them from being redelivered meanwhile
-                with contextlib.suppress(Exception):
+            # Keep them from being delivered again meanwhile (if this fails, they are,
+            # and the next fetch writes them: idempotent).
+            with logged(self._log, "events_in_progress_failed", events=len(msgs)):
+                for msg in msgs:
                     await msg.in_progress()
             await asyncio.sleep(backoff)
             backoff = min(self._cfg.retry_max_s, backoff * 2)
