@@ -1,162 +1,213 @@
-"""The answer cache as routers see it: the key, the policy, and two tiers.
+"""The cache keeper: stores answers executors hand over, purges, invalidates, restores.
 
-A router looks in its own memory first (a bounded LRU of the hottest answers), then in
-the shared tier every router sees (a NATS key-value bucket with the cache's TTL). The
-cache keeper actor fills the shared tier from executors' answers and keeps Postgres as
-the durable copy.
+Executors publish each cacheable answer on `<prefix>.v1.events.cache` (captured by the
+durable event stream). The keeper writes it to the shared tier (a NATS key-value bucket
+every router reads, with the cache's TTL) and to `ollama_cache` in Postgres, the durable
+copy: at start it puts the unexpired rows back into the shared tier, so the cache
+survives a restart of everything. Expired rows are purged on a schedule, and the table
+is kept under `cache.max_bytes` by dropping the oldest answers.
+
+Each readable answer goes to the shared tier once per delivery, before its row: a batch
+split to find a row the table refuses (see `actors.store.sink`), or retried while
+Postgres is down, puts nothing twice, and the refused answer is still served from the
+shared tier until its TTL, only its durable copy is set aside.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
+import asyncio
+import datetime as dt
 import time
-from collections import OrderedDict
+from dataclasses import dataclass
 
+import asyncpg
 import msgspec
-import nats.errors
-import nats.js.errors
-import structlog
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
-from bus.subjects import model_token
-from schemas import (
-    Answer,
-    CacheMode,
-    Kind,
-    Options,
-    Request,
-    decode_answer,
-    encode,
-    without_routing,
+from actors.runtime.metrics import Metrics
+from actors.store.sink import ACQUIRE_TIMEOUT_S, DOWN, EventSink
+from bus.actor import Actor
+from bus.config import Config
+from bus.errors import Unavailable
+from bus.rpc import decode_body
+from bus.subjects import Subjects, model_token
+from schemas import Name, decode_answer, decode_cache_store, encode
+
+__all__ = ["CacheKeeper", "Invalidate", "Invalidated"]
+
+_CONSUMER = "cache-keeper"
+
+_UPSERT = """
+INSERT INTO ollama_cache (model, key, kind, answer, size, created_at, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (model, key) DO UPDATE
+SET answer = excluded.answer, size = excluded.size, created_at = excluded.created_at,
+    expires_at = excluded.expires_at
+"""
+
+# Beyond the size bound, the oldest answers go first.
+_TRIM = """
+DELETE FROM ollama_cache WHERE (model, key) IN (
+    SELECT model, key FROM (
+        SELECT model, key, sum(size) OVER (ORDER BY created_at DESC) AS kept
+        FROM ollama_cache
+    ) ranked WHERE kept > $1
 )
-
-__all__ = ["AnswerCache", "cache_key"]
-
-log = structlog.get_logger("actors.cache")
-
-# Options that change how fast an answer comes, not what it says.
-_SPEED_ONLY = {"num_thread", "num_gpu", "main_gpu", "num_batch", "use_mmap", "numa"}
+"""
 
 
-def _deterministic(options: Options | None) -> bool:
-    return options is not None and (options.temperature == 0 or options.seed is not None)
+class Invalidate(msgspec.Struct, kw_only=True):
+    """Body of `<prefix>.v1.cache.invalidate`: one model's answers, or (no model) all."""
+
+    model: Name | None = None
 
 
-def cache_key(kind: Kind, model: str, request: Request) -> str | None:
-    """The cache key of `request` on `model`, or None when it may not be cached.
+class Invalidated(msgspec.Struct, kw_only=True, tag_field="type", tag="invalidated"):
+    """The answer: how many durable rows went (the shared tier is emptied alike)."""
 
-    The key hashes the kind, the model and the canonical request: everything that shapes
-    the answer (prompt or messages, system, format, images, options), and nothing that
-    does not (request id, routing fields, keep_alive, speed-only options).
-    """
-    mode = request.cache
-    if mode == CacheMode.OFF:
-        return None
-    if mode == CacheMode.AUTO and kind is not Kind.EMBED and not _deterministic(request.options):
-        return None
-    options = request.options
-    if options is not None:
-        options = msgspec.structs.replace(options, **dict.fromkeys(_SPEED_ONLY))
-    canonical = without_routing(request, model=model, keep_alive=None, stream=True, options=options)
-    digest = hashlib.sha256(encode(canonical)).hexdigest()
-    return f"{model_token(model)}.{digest}"
+    model: str | None
+    removed: int
 
 
-# A shared-tier value that is not an answer: "<marker> <request id> <unix time>", put
-# there by the request generating the answer (single-flight).
-_MARKER = b"generating "
+@dataclass
+class _Pending:
+    """One delivered answer on its way to both tiers."""
+
+    key: str
+    value: bytes
+    row: tuple[object, ...]
+    # Put in the shared tier already (by an earlier try at this delivery).
+    shared: bool = False
 
 
-class AnswerCache:
-    """A router's view of the cache: its memory first, then the shared tier, where a
-    request generating an answer also leaves its mark for identical ones to follow."""
+class CacheKeeper(Actor):
+    """Keeps the shared and durable tiers of the answer cache."""
+
+    name = "cache"
 
     def __init__(
-        self, kv: KeyValue, *, memory_entries: int, ttl_s: float, stale_s: float = 600.0
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        config: Config,
+        pool: asyncpg.Pool,
+        kv: KeyValue,
+        metrics: Metrics | None = None,
     ) -> None:
-        self._kv = kv
-        self._stale_s = stale_s
-        self._max = memory_entries
-        self._ttl = ttl_s
-        self._memory: OrderedDict[str, tuple[float, Answer]] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
+        super().__init__(nc, subjects)
+        self.cfg = config.cache
+        self.pool = pool
+        self.kv = kv
+        self.sink = EventSink(
+            nc.jetstream(),
+            subjects,
+            durable=_CONSUMER,
+            subject=subjects.event("cache"),
+            config=config.recorder,
+            pool=pool,
+            log=self.log,
+            metrics=metrics,
+        )
 
-    async def claim(self, key: str, request_id: str) -> Answer | str | None:
-        """The cached answer of `key`; or the id of the request generating it now (follow
-        it: single-flight); or None, and this request is to generate it.
+    async def setup(self) -> None:
+        await self.sink.open()
+        await self.restore()
+        await self.serve(self.subjects.cache_invalidate, self._invalidate, queue=_CONSUMER)
+        self.supervise("sink", lambda: self.sink.run(self._decode, self._store))
+        self.supervise("purge", self._purge_forever, endless=True)
 
-        Memory first; then one key-value `create`, atomic across every router, puts this
-        request's marker under the key unless something is there already: a miss costs
-        one round trip. A marker older than `stale_s` (its request died) is taken over.
-        """
-        now = time.monotonic()
-        if (held := self._memory.get(key)) is not None:
-            expires, answer = held
-            if expires > now:
-                self._memory.move_to_end(key)
-                self.hits += 1
-                return answer
-            del self._memory[key]
-        marker = _MARKER + f"{request_id} {time.time()}".encode()
-        for _ in range(3):
+    async def before_drain(self) -> None:
+        self.sink.stop()
+
+    async def teardown(self) -> None:
+        await self.sink.close()
+
+    async def reconnected(self) -> None:
+        await self.sink.ensure_consumer()
+
+    def _decode(self, msg: Msg) -> _Pending:
+        """One handed-over answer, as its shared-tier value and its row."""
+        store = decode_cache_store(msg.data)
+        value = encode(store.answer)
+        created = dt.datetime.fromtimestamp(store.at or time.time(), dt.UTC)
+        expires = created + dt.timedelta(seconds=self.cfg.ttl_s)
+        answer = store.answer
+        row = (answer.model, store.key, answer.kind, value, len(value), created, expires)
+        return _Pending(key=store.key, value=value, row=row)
+
+    async def _store(self, answers: list[_Pending]) -> None:
+        """Put answers (a batch, or one) in the shared tier, then in the table."""
+        for answer in answers:
+            if not answer.shared:
+                # Replaces the generating request's marker: later requests get the answer.
+                await self.kv.put(answer.key, answer.value)
+                answer.shared = True
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            await conn.executemany(_UPSERT, [answer.row for answer in answers])
+
+    async def restore(self) -> int:
+        """Put the table's unexpired answers back into the shared tier; return how many."""
+        restored = 0
+        try:
+            async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                records = await conn.fetch(
+                    "SELECT key, answer FROM ollama_cache WHERE expires_at > now()"
+                    " ORDER BY created_at DESC"
+                )
+            for record in records:
+                decode_answer(record["answer"])  # never restore what a router could not read
+                await self.kv.put(record["key"], bytes(record["answer"]))
+                restored += 1
+        except (*DOWN, msgspec.DecodeError) as exc:
+            self.log.warning("cache_restore_failed", error=repr(exc), restored=restored)
+        if restored:
+            self.log.info("cache_restored", answers=restored)
+        return restored
+
+    async def purge(self) -> int:
+        """Delete expired rows, then the oldest beyond the size bound; return how many."""
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            expired = await conn.execute("DELETE FROM ollama_cache WHERE expires_at <= now()")
+            trimmed = await conn.execute(_TRIM, self.cfg.max_bytes)
+        return int(expired.split()[-1]) + int(trimmed.split()[-1])
+
+    async def _purge_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.purge_every_s)
             try:
-                await self._kv.create(key, marker)
-                self.misses += 1
-                return None
-            except (KeyWrongLastSequenceError, nats.js.errors.BadRequestError):
-                pass  # there is something under the key
-            except (nats.errors.Error, OSError) as exc:
-                log.warning("cache_unreachable", error=repr(exc))
-                return None  # generate independently rather than fail
-            try:
-                entry = await self._kv.get(key)
-            except KeyNotFoundError:
-                continue  # gone meanwhile (purged, or its generation failed): try again
-            except (nats.errors.Error, OSError) as exc:
-                log.warning("cache_unreachable", error=repr(exc))
-                return None
-            value = entry.value or b""
-            if value.startswith(_MARKER):
-                leader, _, since = value[len(_MARKER) :].decode().partition(" ")
-                if time.time() - float(since or 0) < self._stale_s:
-                    return leader
-                with contextlib.suppress(nats.errors.Error, KeyWrongLastSequenceError):
-                    await self._kv.delete(key, last=entry.revision)
-                continue
-            try:
-                answer = decode_answer(value)
-            except msgspec.DecodeError:
-                log.warning("cache_entry_unreadable", key=key)
-                return None
-            self.hits += 1
-            self._remember(key, answer)
-            return answer
-        return None
+                if removed := await self.purge():
+                    self.log.info("cache_purged", rows=removed)
+            except DOWN as exc:
+                self.log.warning("cache_purge_failed", error=repr(exc))
 
-    async def release(self, key: str) -> None:
-        """Take this request's marker off `key`: its generation failed before any host."""
-        with contextlib.suppress(nats.errors.Error, OSError):
-            await self._kv.delete(key)
+    async def _invalidate(self, msg: Msg) -> bytes:
+        """Drop one model's answers (or all) from every tier."""
+        request = decode_body(Invalidate, msg.data, "invalidate")
+        model = request.model
+        try:
+            async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                if model is None:
+                    status = await conn.execute("DELETE FROM ollama_cache")
+                else:
+                    status = await conn.execute("DELETE FROM ollama_cache WHERE model = $1", model)
+            await self._purge_shared(model)
+        except DOWN as exc:
+            raise Unavailable(f"the cache could not be invalidated: {exc}") from exc
+        await self.nc.publish(self.subjects.cache_invalidated, (model or "").encode())
+        removed = int(status.split()[-1])
+        self.log.info("cache_invalidated", model=model, rows=removed)
+        return encode(Invalidated(model=model, removed=removed))
 
-    def _remember(self, key: str, answer: Answer) -> None:
-        if self._max <= 0:
+    async def _purge_shared(self, model: str | None) -> None:
+        # Listed whole and filtered here: nats-py's key filters match nothing (2.16).
+        prefix = f"{model_token(model)}." if model else ""
+        try:
+            keys = await self.kv.keys()
+        except NoKeysError:
             return
-        self._memory[key] = (time.monotonic() + self._ttl, answer)
-        self._memory.move_to_end(key)
-        while len(self._memory) > self._max:
-            self._memory.popitem(last=False)
-
-    def held(self, model: str | None) -> list[str]:
-        """The keys memory holds of `model` (None: every model)."""
-        prefix = f"{model_token(model)}." if model is not None else ""
-        return [k for k in self._memory if k.startswith(prefix)]
-
-    def forget(self, model: str | None) -> int:
-        """Drop what memory holds of `model` (None: everything); return how many."""
-        keys = self.held(model)
-        for k in keys:
-            del self._memory[k]
-        return len(keys)
+        for key in keys:
+            if key.startswith(prefix):
+                await self.kv.purge(key)

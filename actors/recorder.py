@@ -16,7 +16,7 @@ import asyncpg
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from actors.metrics import Metrics
+from actors.runtime.metrics import Metrics
 from actors.store.sink import ACQUIRE_TIMEOUT_S, DOWN, EventSink
 from bus.actor import Actor
 from bus.config import Config

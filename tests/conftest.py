@@ -10,8 +10,8 @@ import msgspec
 import pytest
 import pytest_asyncio
 
+from actors.runtime.supervisor import Stack
 from actors.store import EmbeddedPostgres
-from actors.supervisor import Stack
 from bus.client import Client
 from bus.config import Config
 from bus.connection import NATS, connect

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.admission import resolve_model, validate
+from actors.router.admission import resolve_model, validate
 from bus.config import RouterConfig
 from bus.errors import BadRequest
 from schemas import ChatRequest, EmbedRequest, GenerateRequest, Message, Options

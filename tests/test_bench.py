@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from actors.bench import percentile
+from actors.cli.bench.harness import percentile
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from actors.cache import cache_key
+from actors.router.cache import cache_key
 from actors.simulator import Fault
 from bus.client import Client
 from bus.errors import BadRequest, RateLimited, UpstreamError

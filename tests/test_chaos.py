@@ -12,8 +12,8 @@ from pathlib import Path
 from nats.js.errors import NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
+from actors.runtime.supervisor import Stack
 from actors.simulator.engine import Fault
-from actors.supervisor import Stack
 from bus.client import ChunkStream, Client
 from bus.errors import OllameshError
 from bus.server import EmbeddedNats

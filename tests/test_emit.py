@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from actors.backends.ollama import Line
 from actors.executor.emit import Emitter
-from actors.executor.ollama import Line
 from bus.connection import Connection
 from bus.provision import stream_configs
 from bus.subjects import Subjects

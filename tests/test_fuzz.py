@@ -15,8 +15,8 @@ import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from actors.runtime.supervisor import Stack
 from actors.simulator import SimulatorServer
-from actors.supervisor import Stack
 from bus.actor import State
 from bus.client import Client
 from schemas import ErrorCode

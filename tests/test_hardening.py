@@ -9,7 +9,7 @@ import msgspec
 import nats.errors
 import pytest
 
-from actors.supervisor import Stack, run_until_signalled
+from actors.runtime.supervisor import Stack, run_until_signalled
 from bus.actor import State
 from bus.client import Client
 from bus.connection import NATS

@@ -11,7 +11,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
-from actors.limits import RateLimiter, Step, gcra
+from actors.router.limits import RateLimiter, Step, gcra
 from bus.client import Client
 from bus.config import ModelLimits
 from bus.connection import NATS, connect

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from actors.prompt_store import SEEDS, MissingVariables, render, variables_of
-from actors.templating import template_options
+from actors.prompts import SEEDS, MissingVariables, render, variables_of
+from actors.router.templating import template_options
 from bus.client import Client
 from bus.errors import BadRequest
 from schemas import Options

@@ -9,7 +9,7 @@ import time
 import asyncpg
 import pytest
 
-from actors import terminal
+from actors.cli import terminal
 from actors.store import EmbeddedPostgres, migrate, open_pool
 from actors.store.database import migrations
 from bus.client import Client

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
+from actors.runtime.supervisor import Stack
 from actors.simulator import Fault, SimulatorServer
-from actors.supervisor import Stack
 from bus.client import Client
 from bus.errors import Overloaded, RateLimited
 from schemas import Done

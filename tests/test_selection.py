@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from actors.queues import retry_after_ms
-from actors.selection import ModelStats, Selector, task_role
+from actors.router.queues import retry_after_ms
+from actors.router.selection import ModelStats, Selector, task_role
 from bus.config import RoutingConfig
 from schemas import ChatRequest, GenerateRequest, Message, Options
 

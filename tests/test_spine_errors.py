@@ -7,8 +7,8 @@ import pytest
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from actors import supervisor
 from actors.router import Router
+from actors.runtime import supervisor
 from bus.actor import Handler
 from bus.client import Client
 from bus.errors import BadRequest, ModelNotFound, PayloadTooLarge, Unavailable

@@ -1,6 +1,5 @@
-"""The executor actor: one per Ollama host."""
+"""The executor actor: one per model host, serving the work of the models it has."""
 
 from actors.executor.executor import Executor
-from actors.executor.ollama import HostUnavailable, OllamaHost, StreamTimeouts
 
-__all__ = ["Executor", "HostUnavailable", "OllamaHost", "StreamTimeouts"]
+__all__ = ["Executor"]

@@ -18,14 +18,13 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
-from actors.answers import STAT_FIELDS, done_of, result_of
+from actors.backends.ollama import HostUnavailable, Line, OllamaClient, StreamTimeouts
+from actors.backends.policy import ModelPolicy
 from actors.executor.circuit import Circuit, CircuitState
 from actors.executor.emit import Emitter, NotStored, StreamEnded
-from actors.executor.ollama import HostUnavailable, Line, OllamaHost, StreamTimeouts
 from actors.executor.puller import FETCH_EXPIRY_S, Puller, Tally
 from actors.executor.redelivery import Redelivery, judge_redelivery
-from actors.metrics import Metrics
-from actors.model_policy import ModelPolicy
+from actors.runtime.metrics import Metrics
 from bus.actor import Actor, reply_error
 from bus.board import HEARTBEAT_S, Board
 from bus.claims import ROUTER, Claims
@@ -56,6 +55,7 @@ from schemas import (
     encode,
     without_routing,
 )
+from schemas.answers import STAT_FIELDS, done_of, result_of
 
 __all__ = ["Executor"]
 
@@ -124,7 +124,7 @@ class Executor(Actor):
         self.host_url = host_url.rstrip("/")
         per_host = {url.rstrip("/"): n for url, n in self.cfg.host_slots.items()}
         self._slots = per_host.get(self.host_url, self.cfg.max_inflight_per_model)
-        self.host = OllamaHost(self.host_url, connect_timeout=self.cfg.connect_timeout_s)
+        self.host = OllamaClient(self.host_url, connect_timeout=self.cfg.connect_timeout_s)
         self.executor_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.log = self.log.bind(host=self.host_url)
         self.discovery.metadata["host"] = self.host_url

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from actors.processes import stop_processes
+from actors.runtime.processes import stop_processes
 
 __all__ = ["LocalOllama", "is_local"]
 

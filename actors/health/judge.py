@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from actors.health.admin import Check
+from actors.backends.ollama_admin import Check
 from schemas import HostInfo
 from schemas.fleet import HostState
 

@@ -16,10 +16,10 @@ from typing import Protocol
 import msgspec
 from nats.aio.msg import Msg
 
-from actors.executor.ollama import HostUnavailable
-from actors.health.admin import OllamaAdmin
+from actors.backends.ollama import HostUnavailable
+from actors.backends.ollama_admin import OllamaAdmin
+from actors.backends.policy import FOREVER, ModelPolicy
 from actors.health.pulls import Pulls
-from actors.model_policy import FOREVER, ModelPolicy
 from bus.errors import (
     BadRequest,
     ModelNotFound,

@@ -26,13 +26,13 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
-from actors.health.admin import Check, OllamaAdmin
+from actors.backends.ollama_admin import Check, OllamaAdmin
+from actors.backends.policy import FOREVER, ModelPolicy
 from actors.health.autostart import LocalOllama
 from actors.health.judge import judge
 from actors.health.models import VERBS, ModelManager
 from actors.health.pulls import Pulls
-from actors.metrics import Metrics
-from actors.model_policy import FOREVER, ModelPolicy
+from actors.runtime.metrics import Metrics
 from bus.actor import Actor
 from bus.board import Board
 from bus.config import Config

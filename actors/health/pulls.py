@@ -24,7 +24,7 @@ from nats.aio.subscription import Subscription
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from actors.health.admin import OllamaAdmin, PullLine
+from actors.backends.ollama_admin import OllamaAdmin, PullLine
 from bus.errors import OllameshError, Unavailable, UpstreamError, error_from_wire
 from bus.subjects import Subjects, model_token
 from schemas import encode

@@ -93,7 +93,7 @@ def _runner() -> Callable[[Coroutine[Any, Any, bool]], bool]:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM (then stop gracefully: 0) or SIGINT (at once: 130)."""
-    from actors.logs import configure_logging
+    from actors.runtime.logs import configure_logging
 
     configure_logging("info")
     try:

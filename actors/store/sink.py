@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
 
-from actors.metrics import Metrics
+from actors.runtime.metrics import Metrics
 from actors.store.failures import Verdict, reason, verdict
 from bus.config import RecorderConfig
 from bus.errors import logged

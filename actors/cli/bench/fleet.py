@@ -19,10 +19,10 @@ from typing import Any
 import httpx
 import msgspec
 
-from actors.bench import percentile, progress
+from actors.cli.bench.harness import percentile, progress
 from actors.executor.placement import HOST_STRATEGIES
+from actors.runtime.supervisor import Stack
 from actors.simulator import SimulatorServer
-from actors.supervisor import Stack
 from bus.client import Client
 from bus.config import Config
 from bus.errors import OllameshError

@@ -1,4 +1,4 @@
-"""One Ollama host over a pooled httpx client: NDJSON streams, deadlines, typed failures."""
+"""One Ollama host over warm httpx clients: NDJSON streams, deadlines, typed failures."""
 
 from __future__ import annotations
 
@@ -6,19 +6,17 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import msgspec
-from msgspec import Struct
 
-from bus.errors import BadRequest, ModelNotFound, OllameshError, Timeout, UpstreamError
-from schemas import Message
+from actors.backends.ollama_api import Line, decode_line, decode_tags, decode_version
+from bus.errors import BadRequest, ModelNotFound, OllameshError, Timeout, UpstreamError, quote
 
 __all__ = [
     "HostUnavailable",
     "Line",
-    "OllamaHost",
+    "OllamaClient",
     "StreamTimeouts",
     "error_text",
     "status_error",
@@ -27,38 +25,6 @@ __all__ = [
 
 class HostUnavailable(UpstreamError):
     """The host could not start the work (refused, busy, 5xx): another host may."""
-
-
-class Line(Struct, kw_only=True):
-    """One NDJSON line of `/api/generate` or `/api/chat`, or `/api/embed`'s reply."""
-
-    model: str = ""
-    response: str = ""
-    thinking: str | None = None
-    message: Message | None = None
-    done: bool = False
-    done_reason: str | None = None
-    total_duration: int = 0
-    load_duration: int = 0
-    prompt_eval_count: int = 0
-    prompt_eval_duration: int = 0
-    eval_count: int = 0
-    eval_duration: int = 0
-    embeddings: list[list[float]] | None = None
-    error: str | None = None
-
-
-class _Tags(Struct):
-    models: list[dict[str, Any]] = []
-
-
-class _Version(Struct):
-    version: str = ""
-
-
-_line_decoder = msgspec.json.Decoder(Line)
-_tags_decoder = msgspec.json.Decoder(_Tags)
-_version_decoder = msgspec.json.Decoder(_Version)
 
 
 async def _with_eof(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -91,7 +57,7 @@ def status_error(status: int, body: bytes, model: str) -> OllameshError:
     """Map an HTTP error status from Ollama to the failure it means for the client."""
     text = error_text(body)
     if status == 404:
-        return ModelNotFound(f"model {model!r} not found on host: {text}")
+        return ModelNotFound(f"model {quote(model)} not found on host: {text}")
     if status == 400:
         return BadRequest(f"Ollama rejected the request: {text}")
     if status in (429, 503) or status >= 500:
@@ -99,8 +65,9 @@ def status_error(status: int, body: bytes, model: str) -> OllameshError:
     return UpstreamError(f"host answered {status}: {text}")
 
 
-class OllamaHost:
-    """The executor's client for one Ollama host."""
+class OllamaClient:
+    """A client of one Ollama host: what generating needs (the executor's part); the
+    health monitor's model management extends it (`OllamaAdmin`)."""
 
     def __init__(self, url: str, *, connect_timeout: float) -> None:
         self.url = url.rstrip("/")
@@ -145,19 +112,15 @@ class OllamaHost:
     async def version(self, timeout: float) -> str:
         """The host's Ollama version; raises `HostUnavailable` if it does not answer."""
         body = await self._get("/api/version", timeout)
-        return _version_decoder.decode(body).version
+        return decode_version(body).version
 
     async def models(self, timeout: float) -> list[str]:
         """Names of the models the host has (`/api/tags`)."""
-        return await self._names("/api/tags", timeout)
+        return [m.name for m in decode_tags(await self._get("/api/tags", timeout)).models]
 
     async def loaded(self, timeout: float) -> list[str]:
         """Names of the models in the host's memory now (`/api/ps`)."""
-        return await self._names("/api/ps", timeout)
-
-    async def _names(self, path: str, timeout: float) -> list[str]:
-        body = await self._get(path, timeout)
-        return [m["name"] for m in _tags_decoder.decode(body).models if "name" in m]
+        return [m.name for m in decode_tags(await self._get("/api/ps", timeout)).models]
 
     async def _get(self, path: str, timeout: float) -> bytes:
         try:
@@ -171,7 +134,7 @@ class OllamaHost:
 
     async def call(self, path: str, body: bytes, model: str, timeout: float) -> Line:
         """POST a non-streamed request (`/api/embed`) and return its decoded reply."""
-        line = _line_decoder.decode(await self.send("POST", path, body, model, timeout))
+        line = decode_line(await self.send("POST", path, body, model, timeout))
         if line.error:
             raise UpstreamError(f"host error: {line.error}")
         return line
@@ -214,7 +177,7 @@ class OllamaHost:
                             continue  # the body's end: read it so the connection is reused
                         pending += raw
                         *complete, pending = pending.split(b"\n")
-                        lines = [_line_decoder.decode(c) for c in complete if c.strip()]
+                        lines = [decode_line(c) for c in complete if c.strip()]
                         if not lines:
                             continue
                         if lines[-1].error:

@@ -17,8 +17,7 @@ from typing import Any
 
 from nats.js.api import DeliverPolicy
 
-from actors.answers import STAT_FIELDS, done_of, result_of
-from actors.cache import AnswerCache
+from actors.router.cache import AnswerCache
 from bus.connection import Connection
 from bus.errors import OllameshError, Timeout, error_from_wire
 from bus.subjects import Subjects
@@ -33,6 +32,7 @@ from schemas import (
     decode_stream,
     encode,
 )
+from schemas.answers import STAT_FIELDS, done_of, result_of
 
 __all__ = ["Generate", "SharedAnswers", "Ticket"]
 

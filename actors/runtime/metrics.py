@@ -23,7 +23,7 @@ from schemas import QueueDepth, RequestEvent
 
 __all__ = ["Metrics"]
 
-log = structlog.get_logger("actors.metrics")
+log = structlog.get_logger("actors.runtime.metrics")
 
 # Seconds: from a cache hit (well under a millisecond) to a long generation.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)

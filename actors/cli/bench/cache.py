@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from actors.bench import MODEL, fleet, percentile, progress, wait_for
+from actors.cli.bench.harness import MODEL, fleet, percentile, progress, wait_for
 from actors.store import EmbeddedPostgres
 from bus.client import Client
 from bus.server import EmbeddedNats

@@ -13,13 +13,13 @@ from types import TracebackType
 import asyncpg
 import structlog
 
-from actors.cache_keeper import CacheKeeper
+from actors.cache import CacheKeeper
 from actors.executor import Executor
 from actors.health import HealthMonitor
-from actors.metrics import Metrics
-from actors.prompt_store import PromptStore
+from actors.prompts import PromptStore
 from actors.recorder import Recorder
 from actors.router import Router
+from actors.runtime.metrics import Metrics
 from actors.store import EmbeddedPostgres, open_pool
 from bus.actor import Actor
 from bus.board import Board
@@ -32,7 +32,7 @@ from bus.subjects import Subjects
 
 __all__ = ["ACTORS", "Stack", "default_data_dir", "run_until_signalled"]
 
-log = structlog.get_logger("actors.supervisor")
+log = structlog.get_logger("actors.runtime.supervisor")
 
 ACTORS = ("router", "executor", "recorder", "cache", "prompts", "health")
 # Actors that keep state in Postgres.

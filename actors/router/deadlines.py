@@ -29,7 +29,7 @@ from schemas import RequestEvent, Work, encode
 
 __all__ = ["Deadlines"]
 
-log = structlog.get_logger("actors.deadlines")
+log = structlog.get_logger("actors.router.deadlines")
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
 

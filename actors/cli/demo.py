@@ -13,9 +13,9 @@ from pathlib import Path
 import msgspec
 from rich.console import Console
 
-from actors.fleet_cli import status_table
+from actors.cli.fleet import status_table
+from actors.runtime.supervisor import Stack
 from actors.simulator import SimulatorServer
-from actors.supervisor import Stack
 from bus.client import Client
 from bus.config import Config
 from bus.errors import Cancelled

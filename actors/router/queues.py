@@ -23,7 +23,7 @@ from schemas import Priority, QueueDepth
 
 __all__ = ["QueueWatch", "retry_after_ms"]
 
-log = structlog.get_logger("actors.queues")
+log = structlog.get_logger("actors.router.queues")
 
 # The drain rate is measured over this window.
 _WINDOW_S = 60.0

@@ -25,7 +25,7 @@ from bus.subjects import model_token
 
 __all__ = ["RateLimiter"]
 
-log = structlog.get_logger("actors.limits")
+log = structlog.get_logger("actors.router.limits")
 
 # A limit of L units per minute lets L units through at once, then one every 60/L seconds.
 WINDOW_S = 60.0

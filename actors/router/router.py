@@ -13,15 +13,15 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
-from actors.admission import resolve_model, validate
-from actors.cache import AnswerCache, cache_key
-from actors.deadlines import Deadlines
-from actors.limits import RateLimiter
-from actors.metrics import Metrics
-from actors.queues import QueueWatch, retry_after_ms
-from actors.selection import ModelStats, Selector, task_role
-from actors.sharing import Generate, SharedAnswers, Ticket
-from actors.templating import apply_template
+from actors.router.admission import resolve_model, validate
+from actors.router.cache import AnswerCache, cache_key
+from actors.router.deadlines import Deadlines
+from actors.router.limits import RateLimiter
+from actors.router.queues import QueueWatch, retry_after_ms
+from actors.router.selection import ModelStats, Selector, task_role
+from actors.router.sharing import Generate, SharedAnswers, Ticket
+from actors.router.templating import apply_template
+from actors.runtime.metrics import Metrics
 from bus.actor import Actor
 from bus.board import Board
 from bus.claims import Claims

@@ -4,120 +4,21 @@ models, status."""
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import os
-import signal
 import sys
-import threading
-from collections.abc import Callable, Coroutine
 from typing import Any
 
-from actors.logs import configure_logging
+from actors.cli.run import SERVERS_GRACE_S, run_async
+from actors.runtime.logs import configure_logging
 from bus.config import ConfigError, load_config
-from bus.errors import OllameshError
 
 __all__ = ["main"]
 
 _DEFAULT_NATS = "nats://127.0.0.1:4222"
 
 
-# After Ctrl-C a command has this long to let go (close its connection, stop what it
-# started); then the process ends anyway, whatever it is still waiting for.
-_INTERRUPT_GRACE_S = 1.0
-# A command running servers of its own (the demo's nats-server and Postgres) gets longer:
-# what it leaves behind would go on running.
-_SERVERS_GRACE_S = 5.0
-# How long a hard exit waits for stdout and stderr to flush (a full pipe would block it).
-_FLUSH_S = 0.2
-
-
-def run_async(
-    coro_fn: Callable[[], Coroutine[Any, Any, int]], *, grace: float | None = _INTERRUPT_GRACE_S
-) -> int:
-    """Run a coroutine on uvloop when it is installed; typed failures exit 1, Ctrl-C 130.
-
-    Ctrl-C (SIGINT) cancels the command, which then has `grace` seconds to clean up before
-    the process ends without it; a second Ctrl-C ends it at once. `grace=None` leaves
-    signals to the command (`ollamesh up` drains on its own terms).
-    """
-    try:
-        import uvloop
-
-        runner: Callable[..., int] = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
-        runner = asyncio.run
-    try:
-        return runner(coro_fn() if grace is None else _interruptible(coro_fn, grace))
-    except OllameshError as exc:
-        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
-        return 1
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # before or after the command's own handling of SIGINT
-        return 130
-
-
-async def _interruptible(coro_fn: Callable[[], Coroutine[Any, Any, int]], grace: float) -> int:
-    """Run the command; on SIGINT cancel it, and end the process if it has not ended in time.
-
-    A cancel alone does not always end a command: `asyncio.wait_for` in Python 3.11 (under
-    nats-py's requests and `next_msg`) drops one that arrives as its result does, and
-    threads (a blocked read of stdin) and the drain of a connection outlive the task.
-    """
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    interrupted = False
-
-    def on_sigint(signum: int, frame: object) -> None:
-        nonlocal interrupted
-        if interrupted:
-            _exit_now()
-        interrupted = True
-        watchdog = threading.Timer(grace, _exit_now)
-        watchdog.daemon = True
-        watchdog.start()
-        loop.call_soon_threadsafe(task.cancel)
-
-    # SIGINT ignored (a background job of a shell script) stays ignored.
-    previous = signal.getsignal(signal.SIGINT)
-    handled = previous not in (signal.SIG_IGN, None) and (
-        threading.current_thread() is threading.main_thread()
-    )
-    if handled:
-        signal.signal(signal.SIGINT, on_sigint)
-    try:
-        code = await coro_fn()
-    except (asyncio.CancelledError, Exception):
-        if interrupted:  # whatever it raised on the way out, the user asked it to stop
-            return 130
-        raise
-    finally:
-        if handled:
-            signal.signal(signal.SIGINT, previous)
-    return 130 if interrupted else code
-
-
-def _exit_now() -> None:
-    """End the process with 130 at once, after a bounded flush of stdout and stderr."""
-
-    def flush() -> None:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                if stream.isatty():
-                    stream.write("\x1b[?25h")  # the cursor, should a live display have hidden it
-                stream.flush()
-
-    flusher = threading.Thread(target=flush, daemon=True)
-    flusher.start()
-    flusher.join(_FLUSH_S)
-    os._exit(130)
-
-
 def _up(args: argparse.Namespace) -> int:
-    from actors.supervisor import ACTORS, Stack, run_until_signalled
+    from actors.runtime.supervisor import ACTORS, Stack, run_until_signalled
 
     config = load_config(args.config)
     configure_logging(config.log_level, args.log_format or config.log_format)
@@ -150,49 +51,49 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from actors.terminal import generate
+    from actors.cli.terminal import generate
 
     configure_logging("warning")
     return run_async(lambda: generate(args, _options(args)))
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from actors.terminal import chat
+    from actors.cli.terminal import chat
 
     configure_logging("warning")
     return run_async(lambda: chat(args, _options(args)))
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from actors.terminal import stats
+    from actors.cli.terminal import stats
 
     configure_logging("warning")
     return run_async(lambda: stats(args))
 
 
 def _invalidate(args: argparse.Namespace) -> int:
-    from actors.terminal import invalidate
+    from actors.cli.terminal import invalidate
 
     configure_logging("warning")
     return run_async(lambda: invalidate(args))
 
 
 def _prompts(args: argparse.Namespace) -> int:
-    from actors.terminal import prompts
+    from actors.cli.terminal import prompts
 
     configure_logging("warning")
     return run_async(lambda: prompts(args))
 
 
 def _queues(args: argparse.Namespace) -> int:
-    from actors.terminal import queues
+    from actors.cli.terminal import queues
 
     configure_logging("warning")
     return run_async(lambda: queues(args))
 
 
 def _fleet(args: argparse.Namespace) -> int:
-    from actors.fleet_cli import models, status
+    from actors.cli.fleet import models, status
 
     configure_logging("warning")
     command = status if args.command == "status" else models
@@ -200,16 +101,16 @@ def _fleet(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from actors.demo import demo
+    from actors.cli.demo import demo
 
     configure_logging("info" if args.verbose else "error", "console")
-    return run_async(lambda: demo(tokens_per_second=args.tokens_per_second), grace=_SERVERS_GRACE_S)
+    return run_async(lambda: demo(tokens_per_second=args.tokens_per_second), grace=SERVERS_GRACE_S)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    from actors.bench import register as register_bench
-    from actors.fleet_cli import register as register_fleet
+    from actors.cli.bench import register as register_bench
+    from actors.cli.fleet import register as register_fleet
     from actors.simulator.cli import register as register_sim
 
     parser = argparse.ArgumentParser(prog="ollamesh", description=__doc__)

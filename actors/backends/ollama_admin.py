@@ -10,14 +10,20 @@ from typing import Any
 
 import httpx
 import msgspec
-from msgspec import Struct
 
-from actors.executor.ollama import HostUnavailable, OllamaHost, error_text
-from bus.errors import BadRequest, ModelNotFound, OllameshError, Timeout, UpstreamError
+from actors.backends.ollama import HostUnavailable, OllamaClient, error_text
+from actors.backends.ollama_api import (
+    PullLine,
+    decode_ps,
+    decode_pull_line,
+    decode_tags,
+    decode_version,
+)
+from bus.errors import BadRequest, ModelNotFound, OllameshError, Timeout, UpstreamError, quote
 from schemas import encode
 from schemas.fleet import LoadedModel, StoredModel
 
-__all__ = ["Check", "DiskFull", "OllamaAdmin", "PullLine"]
+__all__ = ["Check", "DiskFull", "OllamaAdmin", "PullLine", "pull_error"]
 
 
 class DiskFull(UpstreamError):
@@ -25,44 +31,6 @@ class DiskFull(UpstreamError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retryable=False)
-
-
-class _Details(Struct, frozen=True):
-    family: str = ""
-    parameter_size: str = ""
-    quantization_level: str = ""
-
-
-class _Tag(Struct):
-    name: str
-    size: int = 0
-    digest: str = ""
-    modified_at: str = ""
-    details: _Details = _Details()
-
-
-class _Tags(Struct):
-    models: list[_Tag] = []
-
-
-class _Ps(Struct):
-    # `/api/ps` entries decode straight into ours: the fields are Ollama's, by name.
-    models: list[LoadedModel] = []
-
-
-class PullLine(Struct, kw_only=True):
-    """One NDJSON line of `/api/pull`."""
-
-    status: str = ""
-    digest: str = ""
-    total: int = 0
-    completed: int = 0
-    error: str | None = None
-
-
-_tags = msgspec.json.Decoder(_Tags)
-_ps = msgspec.json.Decoder(_Ps)
-_pull_line = msgspec.json.Decoder(PullLine)
 
 
 @dataclass
@@ -80,29 +48,16 @@ class Check:
         return self.version is not None or self.models is not None or self.loaded is not None
 
 
-def _stored(tag: _Tag) -> StoredModel:
-    d = tag.details
-    return StoredModel(
-        name=tag.name,
-        size=tag.size,
-        digest=tag.digest,
-        modified_at=tag.modified_at,
-        family=d.family,
-        parameter_size=d.parameter_size,
-        quantization=d.quantization_level,
-    )
-
-
 def pull_error(text: str, model: str) -> OllameshError:
     """The typed failure an `{"error": ...}` line of a pull means."""
     if "file does not exist" in text or "not found" in text:
-        return ModelNotFound(f"no model {model!r} in the registry: {text}")
+        return ModelNotFound(f"no model {quote(model)} in the registry: {text}")
     if "no space left" in text:
         return DiskFull(f"the host's disk is full: {text}")
     return UpstreamError(f"the pull failed: {text}")
 
 
-class OllamaAdmin(OllamaHost):
+class OllamaAdmin(OllamaClient):
     """The health monitor's client for one host: never the generate path's slots."""
 
     async def check(self, timeout: float) -> Check:
@@ -119,11 +74,11 @@ class OllamaAdmin(OllamaHost):
         version, tags, ps = answers
         try:
             if isinstance(version, bytes):
-                check.version = msgspec.json.decode(version, type=dict[str, Any]).get("version", "")
+                check.version = decode_version(version).version
             if isinstance(tags, bytes):
-                check.models = [_stored(t) for t in _tags.decode(tags).models]
+                check.models = [t.stored() for t in decode_tags(tags).models]
             if isinstance(ps, bytes):
-                check.loaded = _ps.decode(ps).models
+                check.loaded = decode_ps(ps).models
         except msgspec.DecodeError as exc:
             check.failures.append(f"unreadable answer: {exc}")
         for path, answer in zip(("version", "tags", "ps"), answers, strict=True):
@@ -175,7 +130,7 @@ class OllamaAdmin(OllamaHost):
                     async for raw in resp.aiter_lines():
                         if not raw.strip():
                             continue
-                        line = _pull_line.decode(raw)
+                        line = decode_pull_line(raw)
                         if line.error:
                             raise pull_error(line.error, model)
                         # No deadline may be armed across a yield: it would cancel the

@@ -1,0 +1,82 @@
+"""`ollamesh bench`: the spine, the cache and host strategies on a skewed fleet, measured
+against a direct call in the same run; one JSON object on stdout."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+
+from actors.cli.bench.harness import BenchError, machine
+from actors.cli.run import run_async
+from actors.runtime.logs import configure_logging
+from bus.server import NatsServerError
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `bench` subcommand."""
+    p = subparsers.add_parser("bench", help="measure ollamesh against direct calls; print JSON")
+    p.add_argument("--requests", type=int, default=400, help="requests per measured scenario")
+    p.add_argument("--tokens", type=int, default=16, help="num_predict of each request")
+    p.add_argument("--stream-tokens", type=int, default=512, help="num_predict of the 64 streams")
+    p.add_argument("--warmup", type=int, default=50, help="unmeasured requests before each")
+    f = p.add_argument_group("host strategies on a skewed fleet (instead of the above)")
+    f.add_argument("--fleet", action="store_true", help="compare the host strategies")
+    f.add_argument("--fleet-requests", type=int, default=256, help="requests per strategy")
+    f.add_argument("--fleet-tokens", type=int, default=32, help="num_predict of each request")
+    f.add_argument("--fleet-streams", type=int, default=64, help="concurrent streams")
+    c = p.add_argument_group("the answer cache (instead of the above)")
+    c.add_argument("--cache", action="store_true", help="cache hits and single-flight")
+    c.add_argument("--cache-requests", type=int, default=400, help="requests per figure")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the bench on uvloop with quiet logs; return the exit code."""
+    configure_logging("warning", "json")
+    return run_async(lambda: bench(args))
+
+
+async def bench(args: argparse.Namespace) -> int:
+    """Run the bench asked for; print one JSON object on stdout."""
+    sizes = (args.fleet_requests, args.fleet_tokens, args.fleet_streams, args.cache_requests)
+    if min(args.requests, args.tokens, args.stream_tokens, *sizes) < 1 or args.warmup < 0:
+        print("error: request counts, token counts and streams must be positive", file=sys.stderr)
+        return 2
+    # SIGTERM unwinds like Ctrl-C does, so every child is stopped and temp files removed.
+    main, terminated = asyncio.current_task(), asyncio.Event()
+    assert main is not None
+
+    def on_sigterm() -> None:
+        terminated.set()
+        main.cancel()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        if args.cache:
+            from actors.cli.bench.cache import cache_bench
+
+            figures = await cache_bench(args.cache_requests)
+        elif args.fleet:
+            from actors.cli.bench.fleet import fleet_bench
+
+            figures = await fleet_bench(args.fleet_requests, args.fleet_tokens, args.fleet_streams)
+        else:
+            from actors.cli.bench.spine import spine_bench
+
+            figures = await spine_bench(args)
+    except (BenchError, NatsServerError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except asyncio.CancelledError:
+        if not terminated.is_set():
+            raise
+        main.uncancel()
+        print("error: terminated", file=sys.stderr)
+        return 143
+    print(json.dumps({"machine": machine(), **figures}, indent=2))
+    return 0
