@@ -258,7 +258,7 @@ class Client:
     @property
     def fleet(self) -> Fleet:
         """Hosts and models: the health view, list, show, ps, pull, load, unload, delete."""
-        return Fleet(self)
+        return Fleet(self.nc, self.subjects)
 
     @property
     def nc(self) -> NATS:

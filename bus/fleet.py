@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import msgspec
+import structlog
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from bus.errors import logged
 from bus.rpc import call
-from bus.subjects import canonical_model
+from bus.subjects import Subjects, canonical_model
 from schemas import Error, encode
 from schemas.fleet import FleetStatus, ModelsReply, ModelsRequest, PullProgress, Verb
 
-if TYPE_CHECKING:
-    from bus.client import Client
-
 __all__ = ["Fleet"]
+
+log = structlog.get_logger("bus.fleet")
 
 _status = msgspec.json.Decoder(FleetStatus | Error).decode
 _models = msgspec.json.Decoder(ModelsReply | Error).decode
@@ -34,13 +34,14 @@ class Fleet:
     the first failure is raised typed instead (`ModelNotFound`, `UpstreamError`, ...).
     """
 
-    def __init__(self, client: Client) -> None:
-        self._client = client
+    def __init__(self, nc: NATS, subjects: Subjects) -> None:
+        self._nc = nc
+        self._subjects = subjects
 
     async def status(self, timeout: float = 10.0) -> FleetStatus:
         """Every host's state and, per host, each model's memory, load and circuit."""
-        c = self._client
-        return await call(c.nc, c.subjects.health, b"{}", _status, timeout, service="monitor")
+        subject = self._subjects.health
+        return await call(self._nc, subject, b"{}", _status, timeout, service="monitor")
 
     async def models(
         self,
@@ -52,10 +53,9 @@ class Fleet:
         timeout: float = _ADMIN_TIMEOUT_S,
     ) -> ModelsReply:
         """Run `verb` (list, show, ps, load, unload, delete, pull) for `model`."""
-        c = self._client
         body = encode(ModelsRequest(model=model, host=host, keep_alive=keep_alive))
-        subject = c.subjects.models(verb)
-        return await call(c.nc, subject, body, _models, timeout, service="monitor")
+        subject = self._subjects.models(verb)
+        return await call(self._nc, subject, body, _models, timeout, service="monitor")
 
     async def pull(
         self,
@@ -66,22 +66,25 @@ class Fleet:
         timeout: float = 3600.0,
     ) -> ModelsReply:
         """Pull `model` onto `host` (or every host that is up), reporting progress."""
-        c = self._client
         sub = None
         if on_progress is not None:
 
             async def deliver(msg: Msg) -> None:
-                with contextlib.suppress(msgspec.DecodeError):
-                    on_progress(_progress.decode(msg.data))
+                try:
+                    progress = _progress.decode(msg.data)
+                except msgspec.DecodeError as exc:
+                    log.warning("pull_progress_unreadable", error=str(exc))
+                    return
+                on_progress(progress)
 
             # The monitor names the pull by the model's full name (`llama3:latest`).
-            subject = c.subjects.pull_progresses(canonical_model(model))
-            sub = await c.nc.subscribe(subject, cb=deliver)
+            subject = self._subjects.pull_progresses(canonical_model(model))
+            sub = await self._nc.subscribe(subject, cb=deliver)
             await asyncio.sleep(0)  # let the SUB go out before the request (nats-py)
-            await c.nc.flush()
+            await self._nc.flush()
         try:
             return await self.models("pull", model, host=host, timeout=timeout)
         finally:
             if sub is not None:
-                with contextlib.suppress(Exception):
+                with logged(log, "pull_progress_unsubscribe_failed"):
                     await sub.unsubscribe()
