@@ -34,9 +34,11 @@ from bus.config import Config
 from bus.errors import Unavailable
 from bus.rpc import decode_body
 from bus.subjects import Subjects, model_token
-from schemas import Name, decode_answer, decode_cache_store, encode
+from schemas import encode
+from schemas.cache import Invalidate, Invalidated
+from schemas.internal import decode_answer, decode_cache_store
 
-__all__ = ["CacheKeeper", "Invalidate", "Invalidated"]
+__all__ = ["CacheKeeper"]
 
 _CONSUMER = "cache-keeper"
 
@@ -57,19 +59,6 @@ DELETE FROM ollama_cache WHERE (model, key) IN (
     ) ranked WHERE kept > $1
 )
 """
-
-
-class Invalidate(msgspec.Struct, kw_only=True):
-    """Body of `<prefix>.v1.cache.invalidate`: one model's answers, or (no model) all."""
-
-    model: Name | None = None
-
-
-class Invalidated(msgspec.Struct, kw_only=True, tag_field="type", tag="invalidated"):
-    """The answer: how many durable rows went (the shared tier is emptied alike)."""
-
-    model: str | None
-    removed: int
 
 
 @dataclass

@@ -22,7 +22,8 @@ from bus.actor import Actor
 from bus.config import Config
 from bus.errors import Unavailable
 from bus.subjects import Subjects
-from schemas import FleetStats, RecorderState, RequestEvent, StatsRow, decode_event, encode
+from schemas import FleetStats, RecorderState, StatsRow, encode
+from schemas.internal import RequestEvent, decode_event
 
 __all__ = ["WINDOWS", "Recorder"]
 

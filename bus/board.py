@@ -19,7 +19,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from bus.subjects import Subjects
-from schemas import HostLoad, ModelLoad, decode_load, encode
+from schemas import encode
+from schemas.internal import HostLoad, ModelLoad, decode_load
 
 __all__ = ["Board"]
 

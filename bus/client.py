@@ -49,6 +49,7 @@ from schemas import (
     decode_stream,
     encode,
 )
+from schemas.cache import Invalidate, Invalidated
 from schemas.templates import (
     Prompt,
     PromptDeleted,
@@ -78,11 +79,7 @@ def _reconnects(nc: NATS) -> int:
 _decode_stats = msgspec.json.Decoder(FleetStats | Error).decode
 
 
-class _Invalidated(msgspec.Struct, tag_field="type", tag="invalidated"):
-    removed: int = 0
-
-
-_decode_invalidated = msgspec.json.Decoder(_Invalidated | Error).decode
+_decode_invalidated = msgspec.json.Decoder(Invalidated | Error).decode
 _decode_prompt = msgspec.json.Decoder(Prompt | Error).decode
 _decode_prompts = msgspec.json.Decoder(Prompts | Error).decode
 _decode_deleted = msgspec.json.Decoder(PromptDeleted | Error).decode
@@ -433,8 +430,8 @@ class Client:
 
     async def invalidate_cache(self, model: str | None = None) -> int:
         """Drop cached answers of `model` (None: all) from every tier; return the rows."""
-        body = msgspec.json.encode({"model": model})
-        reply: _Invalidated = await self._call(
+        body = encode(Invalidate(model=model))
+        reply: Invalidated = await self._call(
             self.subjects.cache_invalidate,
             body,
             _decode_invalidated,

@@ -11,7 +11,8 @@ from nats.js.errors import Error as JetStreamError
 
 from bus.errors import Overloaded, PayloadTooLarge, Unavailable
 from bus.subjects import Subjects
-from schemas import Work, encode
+from schemas import encode
+from schemas.internal import Work
 
 __all__ = ["QueueFull", "Queued", "enqueue"]
 

@@ -12,8 +12,9 @@ from nats.js.kv import KeyValue
 
 from bus.kv_view import KvView
 from bus.subjects import model_token
-from schemas import HostInfo, decode_host, encode
+from schemas import encode
 from schemas.fleet import HostHealth, HostState
+from schemas.internal import HostInfo, decode_host
 
 __all__ = ["HostRegistry"]
 

@@ -1,18 +1,22 @@
-"""The wire contract of ollamesh: msgspec Structs, error codes and codecs. No I/O."""
+"""The wire contract of ollamesh: msgspec Structs, error codes and codecs. No I/O.
 
-from schemas.codec import (
-    REQUEST_TYPES,
-    decode_answer,
-    decode_cache_store,
-    decode_event,
-    decode_host,
-    decode_load,
-    decode_reply,
-    decode_request,
-    decode_stream,
-    decode_work,
-    encode,
-)
+Modules by protocol: `requests` (generate, chat, embed), `replies` (streams, results,
+errors, stats), `fleet` (health and model management), `templates` (the prompt store),
+`cache` (invalidation). Messages between ollamesh's own processes are in `internal`.
+
+Unknown fields, one rule:
+- requests of the inference API (generate, chat, embed), replies, streams and internal
+  messages ignore fields they do not know: an older reader works with a newer writer
+  (new fields always get defaults; a field's type never changes), and Ollama's own
+  clients send fields ollamesh may not know yet;
+- management requests (`health`, `models.*`, `prompts.*`, `cache.invalidate`) reject
+  them: a misspelt field would change what the command does (`{"modle": "x"}` to
+  `cache.invalidate` would drop every answer);
+- the configuration (`bus.config`) rejects them: a misspelt setting is an error, not a
+  silent default. A test keeps the rule.
+"""
+
+from schemas.codec import REQUEST_TYPES, decode_reply, decode_request, decode_stream, encode
 from schemas.errors import ErrorCode, http_status, is_retryable
 from schemas.replies import (
     Accepted,
@@ -49,15 +53,12 @@ from schemas.requests import (
     ToolCallFunction,
     without_routing,
 )
-from schemas.work import Answer, CacheStore, HostInfo, HostLoad, ModelLoad, RequestEvent, Work
 
 __all__ = [
     "REQUEST_TYPES",
     "ROUTING_FIELDS",
     "Accepted",
-    "Answer",
     "CacheMode",
-    "CacheStore",
     "ChatRequest",
     "ChatResult",
     "Chunk",
@@ -70,11 +71,8 @@ __all__ = [
     "FleetStats",
     "GenerateRequest",
     "GenerateResult",
-    "HostInfo",
-    "HostLoad",
     "Kind",
     "Message",
-    "ModelLoad",
     "Name",
     "Options",
     "Priority",
@@ -83,23 +81,15 @@ __all__ = [
     "RecorderState",
     "Reply",
     "Request",
-    "RequestEvent",
     "Result",
     "Stats",
     "StatsRow",
     "StreamMessage",
     "ToolCall",
     "ToolCallFunction",
-    "Work",
-    "decode_answer",
-    "decode_cache_store",
-    "decode_event",
-    "decode_host",
-    "decode_load",
     "decode_reply",
     "decode_request",
     "decode_stream",
-    "decode_work",
     "encode",
     "http_status",
     "is_retryable",

@@ -5,16 +5,9 @@ from __future__ import annotations
 
 import msgspec
 
-from schemas import (
-    Answer,
-    ChatResult,
-    Done,
-    EmbedResult,
-    Figures,
-    GenerateResult,
-    Kind,
-    Message,
-)
+from schemas.replies import ChatResult, Done, EmbedResult, Figures, GenerateResult
+from schemas.requests import Kind, Message
+from schemas.work import Answer
 
 __all__ = ["STAT_FIELDS", "done_of", "result_of"]
 

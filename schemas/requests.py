@@ -67,7 +67,7 @@ Name = Annotated[str, Meta(max_length=256, pattern=r"\A[^\x00-\x1f\x7f]*\Z")]
 DeadlineMs = Annotated[int, Meta(gt=0, le=24 * 3600 * 1000)]
 
 
-class Options(Struct, omit_defaults=True, forbid_unknown_fields=False):
+class Options(Struct, omit_defaults=True):
     """Ollama's model options; unset fields are left to the model's defaults.
 
     `None` means "not set": `temperature=0` is a real value and is sent as such.
@@ -113,7 +113,7 @@ class ToolCall(Struct, omit_defaults=True):
     function: ToolCallFunction
 
 
-class Message(Struct, omit_defaults=True, forbid_unknown_fields=False):
+class Message(Struct, omit_defaults=True):
     """One chat message, as Ollama's `/api/chat` takes and returns it."""
 
     role: str

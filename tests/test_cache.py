@@ -140,6 +140,10 @@ async def test_invalidating_a_model_drops_its_answers_everywhere(
     assert not (await client.generate(MODEL, "x", options=DETERMINISTIC)).cached
     assert (await client.generate("qwen2.5:7b", "x", options=DETERMINISTIC)).cached
     assert sim.engine.stats.requests["/api/generate"] == 3
+    # A misspelt field is refused, not read as "no model: everything".
+    reply = await client.nc.request(client.subjects.cache_invalidate, b'{"modle": "x"}', timeout=5)
+    assert b'"bad_request"' in reply.data
+    assert (await client.generate("qwen2.5:7b", "x", options=DETERMINISTIC)).cached
 
 
 async def test_purge_drops_expired_answers_and_keeps_the_size_bound(

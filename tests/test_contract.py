@@ -6,7 +6,14 @@ import msgspec
 import pytest
 
 import bus
+import bus.config
 import schemas
+import schemas.cache
+import schemas.fleet
+import schemas.replies
+import schemas.requests
+import schemas.templates
+import schemas.work
 from bus.errors import Cancelled, OllameshError, Timeout, UpstreamError, error_from_wire
 from bus.subjects import Subjects, model_from_token, model_token
 from schemas import (
@@ -21,6 +28,7 @@ from schemas import (
     decode_request,
     decode_stream,
     encode,
+    internal,
 )
 
 
@@ -28,16 +36,28 @@ def test_schemas_exports_are_the_contract() -> None:
     """Changing what `schemas` exports is a visible decision."""
     assert sorted(schemas.__all__) == sorted(
         [
-            "REQUEST_TYPES", "ROUTING_FIELDS", "Accepted", "Answer", "CacheMode", "CacheStore", "ChatRequest",
+            "REQUEST_TYPES", "ROUTING_FIELDS", "Accepted", "CacheMode", "ChatRequest",
             "ChatResult", "Chunk", "Done", "EmbedRequest", "EmbedResult", "Error", "ErrorCode",
-            "Figures", "FleetStats", "GenerateRequest", "GenerateResult", "HostInfo", "HostLoad", "Kind",
-            "Message", "ModelLoad", "Name", "Options", "Priority", "QueueDepth", "QueueStats", "RecorderState", "Reply",
-            "Request", "RequestEvent", "Result", "Stats", "StatsRow", "StreamMessage", "ToolCall",
-            "ToolCallFunction", "Work", "decode_answer", "decode_cache_store", "decode_event",
-            "decode_host", "decode_load", "decode_reply", "decode_request", "decode_stream",
-            "decode_work", "encode", "http_status", "is_retryable", "without_routing",
+            "Figures", "FleetStats", "GenerateRequest", "GenerateResult", "Kind",
+            "Message", "Name", "Options", "Priority", "QueueDepth", "QueueStats", "RecorderState", "Reply",
+            "Request", "Result", "Stats", "StatsRow", "StreamMessage", "ToolCall",
+            "ToolCallFunction", "decode_reply", "decode_request", "decode_stream",
+            "encode", "http_status", "is_retryable", "without_routing",
         ]
     )  # fmt: skip
+
+
+def test_internal_messages_are_apart_from_the_contract() -> None:
+    """Work items, the registry, the load board, events and cache hand-overs are ollamesh's
+    own: exported by `schemas.internal`, none of them by `schemas`."""
+    assert sorted(internal.__all__) == sorted(
+        [
+            "Answer", "CacheStore", "HostInfo", "HostLoad", "ModelLoad", "RequestEvent", "Work",
+            "decode_answer", "decode_cache_store", "decode_event", "decode_host", "decode_load",
+            "decode_work",
+        ]
+    )  # fmt: skip
+    assert not set(internal.__all__) & set(schemas.__all__)
 
 
 def test_bus_exports_are_the_contract() -> None:
@@ -142,3 +162,32 @@ def test_generate_request_defaults_to_streaming_like_ollama() -> None:
     """Without `stream`, a request streams, as Ollama's HTTP API does."""
     req = decode_request(Kind.GENERATE, b'{"model":"m","prompt":"x"}')
     assert isinstance(req, GenerateRequest) and req.stream is True
+
+
+def _structs(module: object) -> list[type[msgspec.Struct]]:
+    return [
+        v for v in vars(module).values()
+        if isinstance(v, type) and issubclass(v, msgspec.Struct) and v.__module__ == module.__name__  # type: ignore[attr-defined]
+    ]  # fmt: skip
+
+
+# The management requests: a misspelt field would change what the command does.
+MANAGEMENT = {"HealthQuery", "ModelsRequest", "PromptPut", "PromptRef", "PromptList",
+              "PromptRender", "Invalidate"}  # fmt: skip
+
+
+def test_only_management_requests_reject_unknown_fields() -> None:
+    """Inference requests, replies and internal messages take a newer writer's extra
+    fields; management requests refuse them."""
+    modules = [schemas.requests, schemas.replies, schemas.fleet, schemas.templates,
+               schemas.cache, schemas.work]  # fmt: skip
+    structs = [s for m in modules for s in _structs(m)]
+    forbidding = {s.__name__ for s in structs if s.__struct_config__.forbid_unknown_fields}
+    assert forbidding == MANAGEMENT
+
+
+def test_configuration_rejects_unknown_fields() -> None:
+    """Every configuration section rejects a setting it does not know (a typo)."""
+    structs = _structs(bus.config)
+    assert structs
+    assert [s.__name__ for s in structs if not s.__struct_config__.forbid_unknown_fields] == []

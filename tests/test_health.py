@@ -15,8 +15,8 @@ from actors.health.judge import judge
 from bus.client import Client
 from bus.errors import BadRequest, NoHealthyHost
 from bus.subjects import model_token
-from schemas import HostInfo
 from schemas.fleet import FleetStatus, HostEvent, HostHealth, HostState
+from schemas.internal import HostInfo
 from tests.helpers import eventually
 
 MODELS = ["llama3.2:3b", "qwen2.5:7b"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from actors.executor.placement import HOST_STRATEGIES, should_take
-from schemas import ModelLoad
+from schemas.internal import ModelLoad
 
 
 def takers(strategy: str, loads: dict[str, ModelLoad]) -> set[str]:

@@ -16,7 +16,8 @@ from bus.client import Client
 from bus.connection import NATS
 from bus.errors import Timeout
 from bus.subjects import Subjects
-from schemas import RequestEvent, encode
+from schemas import encode
+from schemas.internal import RequestEvent
 from tests.conftest import StackFactory
 from tests.helpers import eventually, query
 

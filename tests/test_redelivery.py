@@ -12,7 +12,8 @@ from bus.board import Board
 from bus.connection import NATS
 from bus.provision import stream_configs
 from bus.subjects import Subjects
-from schemas import Chunk, Done, HostLoad, ModelLoad, encode
+from schemas import Chunk, Done, encode
+from schemas.internal import HostLoad, ModelLoad
 from tests.conftest import make_config
 
 ME = "executor-me"

@@ -20,7 +20,8 @@ from bus.connection import NATS, connect
 from bus.provision import provision
 from bus.server import EmbeddedNats
 from bus.subjects import Subjects, model_token
-from schemas import Answer, CacheStore, Kind, RequestEvent, encode
+from schemas import Kind, encode
+from schemas.internal import Answer, CacheStore, RequestEvent
 from tests.conftest import StackFactory, make_config
 from tests.helpers import eventually, query
 

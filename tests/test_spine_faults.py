@@ -11,7 +11,7 @@ from actors.simulator import Fault
 from bus.client import Client
 from bus.errors import Cancelled, NoHealthyHost, Timeout, UpstreamError
 from bus.subjects import Subjects
-from schemas import RequestEvent, decode_event
+from schemas.internal import RequestEvent, decode_event
 from tests.helpers import assert_well_formed, stored_stream, warm
 
 MODELS = ["llama3.2:3b", "qwen2.5:7b"]

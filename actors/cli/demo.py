@@ -19,8 +19,9 @@ from actors.simulator import SimulatorServer
 from bus.client import Client
 from bus.config import Config
 from bus.errors import Cancelled
-from schemas import RequestEvent, StatsRow, decode_event
+from schemas import StatsRow
 from schemas.fleet import FleetStatus, HostState, PullProgress
+from schemas.internal import RequestEvent, decode_event
 
 __all__ = ["demo"]
 

@@ -13,10 +13,7 @@ from bus.board import HEARTBEAT_S
 from bus.errors import (
     OllameshError,
 )
-from schemas import (
-    HostInfo,
-    HostLoad,
-)
+from schemas.internal import HostInfo, HostLoad
 
 __all__ = ["HostState"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from schemas import ModelLoad
+from schemas.internal import ModelLoad
 
 __all__ = ["HOST_STRATEGIES", "should_take"]
 

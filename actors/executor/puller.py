@@ -36,7 +36,8 @@ from actors.executor.placement import should_take
 from bus.board import Board
 from bus.errors import logged
 from bus.subjects import Subjects
-from schemas import ModelLoad, Priority
+from schemas import Priority
+from schemas.internal import ModelLoad
 
 __all__ = ["FETCH_EXPIRY_S", "Puller", "Tally"]
 

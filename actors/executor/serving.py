@@ -30,18 +30,9 @@ from bus.errors import (
 )
 from bus.queue import enqueue
 from bus.subjects import model_token
-from schemas import (
-    Answer,
-    CacheStore,
-    Kind,
-    RequestEvent,
-    Work,
-    decode_request,
-    decode_work,
-    encode,
-    without_routing,
-)
+from schemas import Kind, decode_request, encode, without_routing
 from schemas.answers import STAT_FIELDS, done_of, result_of
+from schemas.internal import Answer, CacheStore, RequestEvent, Work, decode_work
 
 __all__ = ["Serving"]
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from actors.backends.ollama_admin import Check
-from schemas import HostInfo
 from schemas.fleet import HostState
+from schemas.internal import HostInfo
 
 __all__ = ["judge"]
 

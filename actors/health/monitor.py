@@ -39,8 +39,9 @@ from bus.config import Config
 from bus.registry import HostRegistry
 from bus.rpc import decode_body
 from bus.subjects import Subjects, canonical_model, model_token
-from schemas import decode_event, encode
+from schemas import encode
 from schemas.fleet import FleetStatus, HealthQuery, HostEvent, HostHealth, HostState, ModelRow
+from schemas.internal import decode_event
 
 __all__ = ["HealthMonitor"]
 

@@ -21,16 +21,8 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from bus.subjects import model_token
-from schemas import (
-    Answer,
-    CacheMode,
-    Kind,
-    Options,
-    Request,
-    decode_answer,
-    encode,
-    without_routing,
-)
+from schemas import CacheMode, Kind, Options, Request, encode, without_routing
+from schemas.internal import Answer, decode_answer
 
 __all__ = ["AnswerCache", "cache_key"]
 

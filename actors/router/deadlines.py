@@ -25,7 +25,8 @@ from bus.claims import ROUTER, Claims
 from bus.connection import Connection
 from bus.errors import Timeout
 from bus.subjects import Subjects
-from schemas import RequestEvent, Work, encode
+from schemas import encode
+from schemas.internal import RequestEvent, Work
 
 __all__ = ["Deadlines"]
 

@@ -45,11 +45,10 @@ from schemas import (
     Kind,
     QueueStats,
     Request,
-    Work,
-    decode_event,
     decode_request,
     encode,
 )
+from schemas.internal import Work, decode_event
 
 __all__ = ["Router"]
 

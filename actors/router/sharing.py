@@ -21,18 +21,9 @@ from actors.router.cache import AnswerCache
 from bus.connection import Connection
 from bus.errors import OllameshError, Timeout, error_from_wire
 from bus.subjects import Subjects
-from schemas import (
-    Accepted,
-    Answer,
-    Chunk,
-    Done,
-    Error,
-    Kind,
-    RequestEvent,
-    decode_stream,
-    encode,
-)
+from schemas import Accepted, Chunk, Done, Error, Kind, decode_stream, encode
 from schemas.answers import STAT_FIELDS, done_of, result_of
+from schemas.internal import Answer, RequestEvent
 
 __all__ = ["Generate", "SharedAnswers", "Ticket"]
 

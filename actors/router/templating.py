@@ -11,20 +11,14 @@ from bus.errors import BadRequest
 from bus.rpc import call
 from bus.subjects import Subjects
 from schemas import ChatRequest, Error, GenerateRequest, Message, Options, Request, encode
+from schemas.templates import PromptRender, Rendered
 
 __all__ = ["apply_template", "template_options"]
 
 _RENDER_TIMEOUT_S = 5.0
 
 
-class _Rendered(msgspec.Struct, tag_field="type", tag="rendered"):
-    """What the prompt store answers on `prompts.render` (the fields used here)."""
-
-    text: str
-    parameters: dict[str, Any] = {}
-
-
-_decode = msgspec.json.Decoder(_Rendered | Error).decode
+_decode = msgspec.json.Decoder(Rendered | Error).decode
 
 
 def template_options(parameters: dict[str, Any], asked: Options | None) -> Options | None:
@@ -48,14 +42,14 @@ async def apply_template(nc: NATS, subjects: Subjects, request: Request) -> Requ
     if not isinstance(request, GenerateRequest | ChatRequest) or not request.prompt_template:
         return request
     body = encode(
-        {
-            "name": request.prompt_template,
-            "version": request.template_version,
-            "variables": request.variables or {},
-        }
+        PromptRender(
+            name=request.prompt_template,
+            version=request.template_version,
+            variables=request.variables or {},
+        )
     )
     subject = subjects.prompts("render")
-    reply: _Rendered = await call(
+    reply: Rendered = await call(
         nc, subject, body, _decode, _RENDER_TIMEOUT_S, service="prompt store"
     )
     options = template_options(reply.parameters, request.options)

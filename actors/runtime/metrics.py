@@ -19,7 +19,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from bus.actor import Actor
-from schemas import QueueDepth, RequestEvent
+from schemas import QueueDepth
+from schemas.internal import RequestEvent
 
 __all__ = ["Metrics"]
 
