@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta, Struct
@@ -25,6 +27,7 @@ __all__ = [
     "RecorderConfig",
     "RouterConfig",
     "RoutingConfig",
+    "check",
     "load_config",
 ]
 
@@ -44,7 +47,7 @@ DEFAULT_WEIGHTS = {"primary": 1.0, "fast": 0.7, "vision": 0.8, "mathematical": 0
 
 
 class ConfigError(ValueError):
-    """The configuration file or environment holds something unusable."""
+    """The configuration file or environment holds something unusable (one line each)."""
 
 
 class NatsConfig(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -268,6 +271,101 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         config = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid config: {exc}") from exc
-    if not config.ollama_hosts:
-        raise ConfigError("ollama_hosts is empty: name at least one Ollama host")
+    if problems := check(config):
+        raise ConfigError("\n".join(problems))
     return config
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_LOG_FORMATS = ("auto", "json", "console")
+_PREFIX = re.compile(r"\A[A-Za-z0-9_-]{1,32}\Z")
+
+
+def check(config: Config) -> list[str]:
+    """Every problem of a decoded configuration, one line each naming the setting.
+
+    Names that stand for models (candidates, fallbacks, weights, limits, pins, warm-up,
+    load options) must be a role or a model name with its tag (`name:tag`) or namespace
+    (`ns/name`): a bare word that is no role is a misspelt role far more often than a
+    model, and would otherwise route to a model no host has.
+    """
+    problems: list[str] = []
+    if not _PREFIX.match(config.prefix):
+        problems.append(
+            f"prefix: {config.prefix!r} is not a subject token ([A-Za-z0-9_-], 1 to 32)"
+        )
+    if config.log_level.lower() not in _LOG_LEVELS:
+        problems.append(f"log_level: {config.log_level!r}; one of {', '.join(_LOG_LEVELS)}")
+    if config.log_format not in _LOG_FORMATS:
+        problems.append(f"log_format: {config.log_format!r}; one of {', '.join(_LOG_FORMATS)}")
+    if not config.ollama_hosts:
+        problems.append("ollama_hosts is empty: name at least one Ollama host")
+    for i, url in enumerate(config.ollama_hosts):
+        problems += _url(f"ollama_hosts[{i}]", url)
+    for url in config.executor.host_slots:
+        problems += _url(f"executor.host_slots[{url!r}]", url)
+    problems += _names(config)
+    problems += _timeouts(config)
+    return problems
+
+
+def _url(setting: str, url: str) -> list[str]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return [f"{setting}: {url!r} is not an http:// or https:// URL with a host"]
+    try:
+        parts.port  # noqa: B018 - a port out of range raises here
+    except ValueError:
+        return [f"{setting}: {url!r} has a port that is not a number from 0 to 65535"]
+    return []
+
+
+def _names(config: Config) -> list[str]:
+    roles, routing, health = config.roles, config.routing, config.health
+
+    def named(setting: str, name: str) -> list[str]:
+        if name in roles or ":" in name or "/" in name:
+            return []
+        return [
+            f"{setting}: {name!r} is no role ({', '.join(sorted(roles))}) and no model name"
+            f" with a tag (e.g. '{name}:latest')"
+        ]
+
+    problems = [f"roles.{role} is empty" for role, model in roles.items() if not model.strip()]
+    for setting, names in (
+        ("routing.candidates", routing.candidates),
+        ("routing.default_fallbacks", routing.default_fallbacks),
+        # The default weights name every default role, configured or not.
+        ("routing.weights", [w for w in routing.weights if w not in DEFAULT_WEIGHTS]),
+        ("routing.limits", list(routing.limits)),
+        ("routing.fallbacks", list(routing.fallbacks)),
+        ("health.pin", health.pin),
+        ("health.warm", health.warm),
+        ("load_options", list(config.load_options)),
+    ):
+        problems += [p for name in names for p in named(setting, name)]
+    for key, chain in routing.fallbacks.items():
+        problems += [p for name in chain for p in named(f"routing.fallbacks.{key}", name)]
+    return problems
+
+
+def _timeouts(config: Config) -> list[str]:
+    ex, health, recorder = config.executor, config.health, config.recorder
+    rules = [
+        (ex.first_token_timeout_s <= ex.total_timeout_s,
+         "executor.first_token_timeout_s is over executor.total_timeout_s"),
+        (ex.idle_timeout_s <= ex.total_timeout_s,
+         "executor.idle_timeout_s is over executor.total_timeout_s"),
+        (ex.retry_backoff_ms <= ex.retry_backoff_max_ms,
+         "executor.retry_backoff_ms is over executor.retry_backoff_max_ms"),
+        (ex.tags_refresh_s < ex.registry_ttl_s,
+         "executor.registry_ttl_s must be over executor.tags_refresh_s (entries would"
+         " expire before they are refreshed)"),
+        (health.timeout_s <= health.interval_s,
+         "health.timeout_s is over health.interval_s"),
+        (health.slow_ms <= health.timeout_s * 1000,
+         "health.slow_ms is over health.timeout_s"),
+        (recorder.retry_s <= recorder.retry_max_s,
+         "recorder.retry_s is over recorder.retry_max_s"),
+    ]  # fmt: skip
+    return [message for holds, message in rules if not holds]

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from actors.cli.run import SERVERS_GRACE_S, run_async
+from actors.cli.run import SERVERS_GRACE_S, config_failed, run_async
 from actors.runtime.logs import configure_logging
 from bus.config import ConfigError, load_config
 
@@ -187,8 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         code: int = args.func(args)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return config_failed(exc)
     except KeyboardInterrupt:  # Ctrl-C while still importing or parsing: no traceback
         return 130
     return code

@@ -17,7 +17,7 @@ from typing import Any
 from bus.config import ConfigError
 from bus.errors import OllameshError
 
-__all__ = ["SERVERS_GRACE_S", "run_async"]
+__all__ = ["SERVERS_GRACE_S", "config_failed", "run_async"]
 
 # After Ctrl-C a command has this long to let go (close its connection, stop what it
 # started); then the process ends anyway, whatever it is still waiting for.
@@ -27,6 +27,13 @@ _INTERRUPT_GRACE_S = 1.0
 SERVERS_GRACE_S = 5.0
 # How long a hard exit waits for stdout and stderr to flush (a full pipe would block it).
 _FLUSH_S = 0.2
+
+
+def config_failed(exc: ConfigError) -> int:
+    """Print each problem of the configuration on its own line; return the exit code, 2."""
+    for line in str(exc).splitlines():
+        print(f"error: {line}", file=sys.stderr)
+    return 2
 
 
 def run_async(
@@ -50,8 +57,7 @@ def run_async(
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
         return 1
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return config_failed(exc)
     except KeyboardInterrupt:  # before or after the command's own handling of SIGINT
         return 130
 
