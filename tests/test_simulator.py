@@ -735,7 +735,7 @@ async def test_the_cli_serves_until_sigterm(unused_port: int) -> None:
     """`ollamesh sim` logs where it listens, serves, and exits 0 on SIGTERM."""
     script = (
         "import argparse, sys\n"
-        "from actors.simulator.cli import register\n"
+        "from actors.cli.sim import register\n"
         "parser = argparse.ArgumentParser(prog='ollamesh')\n"
         "register(parser.add_subparsers())\n"
         "args = parser.parse_args(sys.argv[1:])\n"

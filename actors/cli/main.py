@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     from actors.cli.bench import register as register_bench
     from actors.cli.fleet import register as register_fleet
-    from actors.simulator.cli import register as register_sim
+    from actors.cli.sim import register as register_sim
 
     parser = argparse.ArgumentParser(prog="ollamesh", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -1,4 +1,4 @@
-"""`ollamesh sim`: serve a simulated Ollama host until SIGINT or SIGTERM."""
+"""`ollamesh sim`: serve a simulated Ollama host (`actors.simulator`) until SIGINT or SIGTERM."""
 
 from __future__ import annotations
 
