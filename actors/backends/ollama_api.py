@@ -10,7 +10,7 @@ from __future__ import annotations
 import msgspec
 from msgspec import Struct
 
-from schemas import Message
+from schemas import Figures, Message
 from schemas.fleet import LoadedModel, StoredModel
 
 __all__ = [
@@ -28,21 +28,15 @@ __all__ = [
 ]
 
 
-class Line(Struct, kw_only=True):
-    """One NDJSON line of `/api/generate` or `/api/chat`, or `/api/embed`'s reply."""
+class Line(Figures, kw_only=True):
+    """One NDJSON line of `/api/generate` or `/api/chat`, or `/api/embed`'s reply; the
+    last one carries Ollama's figures (the same fields ollamesh passes on)."""
 
     model: str = ""
     response: str = ""
     thinking: str | None = None
     message: Message | None = None
     done: bool = False
-    done_reason: str | None = None
-    total_duration: int = 0
-    load_duration: int = 0
-    prompt_eval_count: int = 0
-    prompt_eval_duration: int = 0
-    eval_count: int = 0
-    eval_duration: int = 0
     embeddings: list[list[float]] | None = None
     error: str | None = None
 
