@@ -96,7 +96,7 @@ def test_the_package_exports_exactly_its_contract() -> None:
     """The public names are a deliberate list; changing it is a visible decision."""
     assert sorted(simulator.__all__) == sorted(
         ["BUSY_ERROR", "DEFAULT_MODELS", "VERSION", "Busy", "Engine", "Fault", "FaultKind",
-         "Loaded", "ModelInfo", "SimulatorServer", "Stats", "build_app", "canonical_name",
+         "Loaded", "ModelInfo", "Script", "SimulatorServer", "Stats", "build_app", "canonical_name",
          "describe", "parse_keep_alive", "run_forever"]
     )  # fmt: skip
 
@@ -637,6 +637,46 @@ async def test_the_control_api_sets_lists_and_clears_faults(
         resp = await http.post("/_sim/faults", json=bad)
         assert resp.status_code == 400 and resp.json()["error"].startswith("invalid fault")
     assert sim.engine.faults == []
+
+
+async def test_scripts_answer_a_matching_prompt_with_their_text(
+    sim: SimulatorServer, http: httpx.AsyncClient
+) -> None:
+    """POST /_sim/scripts makes the host answer a prompt containing `match` with `text`,
+    streamed token by token with the usual figures, `count` times; DELETE clears."""
+    text = '{"steps": [{"id": 1, "text": "count the floors"}]}'
+    added = await http.post("/_sim/scripts", json={"match": "Plan:", "text": text, "count": 1})
+    assert added.json()["scripts"][0]["count"] == 1
+    lines = [
+        json.loads(line)
+        async for line in _lines(http, {"model": GEN, "prompt": "Plan: how many windows?"})
+    ]
+    assert "".join(line["response"] for line in lines) == text
+    assert lines[-1]["done"] and lines[-1]["eval_count"] == len(lines) - 1
+    again = (
+        await http.post("/api/generate", json={**ASK, "prompt": "Plan: again", "stream": False})
+    ).json()
+    assert again["response"] != text  # the script was used up
+    chat = {**CHAT, "messages": [{"role": "user", "content": "Plan: chat"}]}
+    await http.post("/_sim/scripts", json={"match": "Plan:", "text": "scripted"})
+    assert (await http.post("/api/chat", json={**chat, "stream": False})).json()["message"][
+        "content"
+    ] == "scripted"
+    assert (await http.delete("/_sim/scripts")).json() == {"scripts": []}
+    for bad in [
+        {"match": "", "text": "x"},
+        {"match": "a"},
+        {"match": "a", "text": "x", "count": 0},
+    ]:
+        resp = await http.post("/_sim/scripts", json=bad)
+        assert resp.status_code == 400 and resp.json()["error"].startswith("invalid script")
+
+
+async def _lines(http: httpx.AsyncClient, body: dict[str, object]) -> AsyncIterator[str]:
+    async with http.stream("POST", "/api/generate", json=body) as resp:
+        async for line in resp.aiter_lines():
+            if line.strip():
+                yield line
 
 
 async def test_stats_count_requests_and_generations(http: httpx.AsyncClient) -> None:

@@ -12,6 +12,7 @@ from actors.simulator.engine import (
     Stats,
     parse_keep_alive,
 )
+from actors.simulator.scripts import Script
 from actors.simulator.server import SimulatorServer, run_forever
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "FaultKind",
     "Loaded",
     "ModelInfo",
+    "Script",
     "SimulatorServer",
     "Stats",
     "build_app",

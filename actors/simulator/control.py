@@ -7,11 +7,13 @@ from starlette.routing import Route
 
 from actors.simulator.engine import Engine, Fault
 from actors.simulator.exchange import Endpoint, Exchange
+from actors.simulator.scripts import Script
 from actors.simulator.wire import BadRequest
 
 __all__ = ["control_routes"]
 
 _fault_decoder = msgspec.json.Decoder(Fault)
+_script_decoder = msgspec.json.Decoder(Script)
 
 
 class _Control:
@@ -33,6 +35,19 @@ class _Control:
             self.engine.clear_faults()
         await ex.json(200, self._faults())
 
+    async def scripts(self, ex: Exchange) -> None:
+        """List the scripted answers (GET), add one from a Script body (POST), clear all
+        (DELETE)."""
+        scripts = self.engine.scripts
+        if ex.method == "POST":
+            try:
+                scripts.add(_script_decoder.decode(ex.body))
+            except (msgspec.DecodeError, ValueError) as exc:
+                raise BadRequest(f"invalid script: {exc}") from exc
+        elif ex.method == "DELETE":
+            scripts.clear()
+        await ex.json(200, {"scripts": msgspec.to_builtins(scripts.armed)})
+
     async def stats(self, ex: Exchange) -> None:
         await ex.json(200, self.engine.stats.snapshot())
 
@@ -46,6 +61,7 @@ def control_routes(engine: Engine) -> list[Route]:
     control = _Control(engine)
     return [
         Route("/_sim/faults", Endpoint(control.faults, None), methods=["GET", "POST", "DELETE"]),
+        Route("/_sim/scripts", Endpoint(control.scripts, None), methods=["GET", "POST", "DELETE"]),
         Route("/_sim/stats", Endpoint(control.stats, None), methods=["GET"]),
         Route("/_sim/reset", Endpoint(control.reset, None), methods=["POST"]),
     ]

@@ -17,6 +17,7 @@ from typing import Literal
 import msgspec
 
 from actors.simulator.catalogue import ModelInfo, canonical_name, describe
+from actors.simulator.scripts import Scripts
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -209,6 +210,8 @@ class Engine:
         for name in models:
             self.add(name, modified_at=started)
         self._faults: list[_Armed] = []
+        # Scripted answers to given prompts (`/_sim/scripts`).
+        self.scripts = Scripts()
         self._loaded: dict[str, Loaded] = {}
         self._loading: dict[str, asyncio.Task[None]] = {}
         self._slots: dict[str, _Slots] = {}

@@ -22,6 +22,7 @@ from actors.simulator.generation import (
     plan_generate,
     token_ids,
 )
+from actors.simulator.scripts import pieces
 from actors.simulator.text import count_tokens, embedding
 from actors.simulator.wire import (
     BadRequest,
@@ -122,6 +123,9 @@ class InferenceApi:
             if isinstance(req, ChatRequest)
             else plan_generate(req, info, label)
         )
+        asked = (req.messages[-1].content if isinstance(req, ChatRequest) else req.prompt) or ""
+        if (scripted := self.engine.scripts.take(info.name, asked)) is not None:
+            turn.content, turn.limited = pieces(scripted), False
         await self._answer(ex, info, turn, keep_alive, num_ctx, req.stream is not False)
 
     @staticmethod
