@@ -2,36 +2,29 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
 import msgspec
-import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
-from nats.js.api import DeliverPolicy
 
 from bus.connection import close_within, connect
 from bus.errors import (
     BadRequest,
     Internal,
     PayloadTooLarge,
-    Timeout,
-    Unavailable,
-    error_from_wire,
 )
 from bus.fleet import Fleet
 from bus.rpc import call
+from bus.stream import ChainStream, ChunkStream, Stream, replay
 from bus.subjects import Subjects
 from schemas import (
     Accepted,
     ChatRequest,
     ChatResult,
-    Chunk,
-    Done,
     EmbedRequest,
     EmbedResult,
     Error,
@@ -44,9 +37,7 @@ from schemas import (
     QueueStats,
     Request,
     Result,
-    StreamMessage,
     decode_reply,
-    decode_stream,
     encode,
 )
 from schemas.cache import Invalidate, Invalidated
@@ -61,19 +52,11 @@ from schemas.templates import (
     Rendered,
 )
 
-__all__ = ["ChunkStream", "Client"]
+__all__ = ["ChainStream", "ChunkStream", "Client"]
 
 T = TypeVar("T")
+S = TypeVar("S", bound=Stream)
 _decode_queue_stats = msgspec.json.Decoder(QueueStats | Error).decode
-# How long a gap in a live stream may stay open before the stored copy is read, and how
-# often a stream waiting for its next message looks whether the connection came back.
-_GAP_WAIT_S = 1.0
-_LOOK_EVERY_S = 1.0
-
-
-def _reconnects(nc: NATS) -> int:
-    """How often `nc` reconnected (a connection ollamesh opened counts them)."""
-    return int(getattr(nc, "reconnects", 0))
 
 
 _decode_stats = msgspec.json.Decoder(FleetStats | Error).decode
@@ -96,134 +79,6 @@ def _convert(value: Any, cls: type[Any], what: str) -> Any:
         return msgspec.convert(value, cls, from_attributes=True)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"invalid {what}: {exc}") from exc
-
-
-class ChunkStream:
-    """The chunks of one streamed request, in `seq` order, ending at `done` or an error.
-
-    Iterate it for `Chunk`s; after the loop, `done` holds the final stats. A failure
-    ends the loop with the matching exception (`UpstreamError`, `Cancelled`, ...).
-    Chunks are put back in `seq` order and a repeated one is skipped: after a server
-    restart a lost chunk is sent again, after later ones. A gap that stays open for
-    `_GAP_WAIT_S`, or a reconnection of the client (messages sent meanwhile never came),
-    makes the stream read the stored copy instead.
-    """
-
-    def __init__(
-        self,
-        client: Client,
-        sub: Subscription,
-        request_id: str,
-        *,
-        model: str = "",
-        from_seq: int = 1,
-        timeout: float,
-    ) -> None:
-        self._client = client
-        self._sub = sub
-        self.request_id = request_id
-        self.model = model
-        self.done: Done | None = None
-        self._next = from_seq
-        self._timeout = timeout
-        self._closed = False
-        self._replaying = False
-        # Messages that came before their turn, by seq; when the oldest gap opened.
-        self._ahead: dict[int, StreamMessage] = {}
-        self._gap_since: float | None = None
-        self._reconnects = _reconnects(client.nc)
-        client._open.add(self)
-
-    def __aiter__(self) -> ChunkStream:
-        return self
-
-    async def __anext__(self) -> Chunk:
-        while not self._closed:
-            message = self._ahead.pop(self._next, None) or await self._receive()
-            if message is None:
-                continue
-            seq = message.seq or self._next
-            if seq < self._next:
-                if isinstance(message, Chunk):
-                    continue  # before `from_seq`, or seen already
-                seq = self._next  # the ending, resumed from past it
-            if seq > self._next:
-                self._ahead[seq] = message
-                self._gap_since = self._gap_since or time.monotonic()
-                continue
-            self._gap_since = None if not self._ahead else time.monotonic()
-            match message:
-                case Chunk():
-                    self._next += 1
-                    return message
-                case Done():
-                    self.done = message
-                    await self.aclose()
-                case Error():
-                    await self.aclose()
-                    raise error_from_wire(message)
-        raise StopAsyncIteration
-
-    async def _receive(self) -> StreamMessage | None:
-        """The next message from the subscription; None when it is time to look at the
-        stored stream instead (a gap left open, a reconnection)."""
-        deadline = time.monotonic() + self._timeout
-        while True:
-            now = time.monotonic()
-            if not self._replaying and (
-                _reconnects(self._client.nc) != self._reconnects
-                or (self._gap_since is not None and now - self._gap_since >= _GAP_WAIT_S)
-            ):
-                await self._refill()
-                return None
-            wait = min(deadline - now, _LOOK_EVERY_S)
-            if wait <= 0:
-                await self.aclose()
-                raise Timeout(
-                    f"no message on the stream for {self._timeout:.0f}s",
-                    request_id=self.request_id,
-                )
-            try:
-                msg = await self._sub.next_msg(timeout=wait)
-            except nats.errors.TimeoutError:
-                continue
-            except nats.errors.Error as exc:  # the connection closed for good
-                await self.aclose()
-                raise Unavailable(f"the stream broke off: {exc!r}") from exc
-            try:
-                return decode_stream(msg.data)
-            except msgspec.DecodeError as exc:
-                await self.aclose()
-                raise Internal(f"unreadable stream message: {exc}") from exc
-
-    async def _refill(self) -> None:
-        """Replace the live subscription by a replay of the stored stream (then live)."""
-        old = self._sub
-        self._sub = await self._client._replay(self.request_id)
-        self._replaying = True
-        self._gap_since = None
-        await old.unsubscribe()
-
-    async def text(self) -> str:
-        """Read the rest of the stream and return its text."""
-        return "".join([chunk.text async for chunk in self])
-
-    async def cancel(self) -> None:
-        """Ask ollamesh to stop this request; the stream then ends with `Cancelled`."""
-        await self._client.cancel(self.request_id)
-
-    async def aclose(self) -> None:
-        """Stop listening (the request itself goes on unless cancelled)."""
-        if not self._closed:
-            self._closed = True
-            self._client._open.discard(self)
-            await self._sub.unsubscribe()
-
-    async def __aenter__(self) -> ChunkStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
 
 class Client:
@@ -250,7 +105,7 @@ class Client:
         self._nc = nc
         self._owns_nc = nc is None
         # Streams nobody read to the end: their subscriptions would keep drain waiting.
-        self._open: set[ChunkStream] = set()
+        self._open: set[Stream] = set()
 
     @property
     def fleet(self) -> Fleet:
@@ -394,7 +249,7 @@ class Client:
         if not isinstance(reply, Accepted):
             await sub.unsubscribe()
             raise Internal(f"expected `accepted`, got {type(reply).__name__}")
-        return ChunkStream(self, sub, request_id, model=reply.model, timeout=self.timeout)
+        return self._open_stream(ChunkStream, sub, request_id, model=reply.model)
 
     async def _request(self, kind: Kind, request: Request) -> Accepted | Result:
         data = encode(request)
@@ -499,18 +354,16 @@ class Client:
         await self.nc.publish(self.subjects.cancel(request_id), b"")
         await self.nc.flush()
 
-    async def resume(self, request_id: str, from_seq: int = 1) -> ChunkStream:
-        """Replay a request's stream from `from_seq`, then follow it live to its end."""
-        sub = await self._replay(request_id)
-        stream = ChunkStream(self, sub, request_id, from_seq=from_seq, timeout=self.timeout)
-        stream._replaying = True
+    def _open_stream(self, cls: type[S], sub: Subscription, request_id: str, **kw: Any) -> S:
+        """A stream of `cls` on `sub`, closed with the client if nobody reads it to its end."""
+        stream = cls(
+            self.nc, self.subjects, sub, request_id, timeout=self.timeout,
+            on_close=self._open.discard, **kw,
+        )  # fmt: skip
+        self._open.add(stream)
         return stream
 
-    async def _replay(self, request_id: str) -> Subscription:
-        js = self.nc.jetstream()
-        return await js.subscribe(
-            self.subjects.stream(request_id),
-            stream=self.subjects.chunk_stream,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
-        )
+    async def resume(self, request_id: str, from_seq: int = 1) -> ChunkStream:
+        """Replay a request's stream from `from_seq`, then follow it live to its end."""
+        sub = await replay(self.nc, self.subjects, request_id)
+        return self._open_stream(ChunkStream, sub, request_id, from_seq=from_seq, replaying=True)

@@ -2,7 +2,7 @@
 
 Modules by protocol: `requests` (generate, chat, embed), `replies` (streams, results,
 errors, stats), `fleet` (health and model management), `templates` (the prompt store),
-`cache` (invalidation). Messages between ollamesh's own processes are in `internal`.
+`cache` (invalidation), `reasoning` (the reasoning coordinator). Messages between ollamesh's own processes are in `internal`.
 
 Unknown fields, one rule:
 - requests of the inference API (generate, chat, embed), replies, streams and internal
@@ -30,6 +30,7 @@ from schemas.replies import (
     GenerateResult,
     QueueDepth,
     QueueStats,
+    ReasonResult,
     RecorderState,
     Reply,
     Result,
@@ -78,6 +79,7 @@ __all__ = [
     "Priority",
     "QueueDepth",
     "QueueStats",
+    "ReasonResult",
     "RecorderState",
     "Reply",
     "Request",

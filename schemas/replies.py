@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 from msgspec import Struct
 
+from schemas.reasoning import Step, StepResult
 from schemas.requests import Message, ToolCall
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "GenerateResult",
     "QueueDepth",
     "QueueStats",
+    "ReasonResult",
     "RecorderState",
     "Reply",
     "Result",
@@ -34,6 +36,8 @@ class Accepted(Struct, kw_only=True, tag_field="type", tag="accepted"):
     request_id: str
     model: str
     stream: str
+    # Set for a reasoning chain (`reason`): its id (the same as request_id).
+    chain_id: str | None = None
 
 
 class Chunk(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="chunk"):
@@ -71,9 +75,24 @@ class Stats(Figures, kw_only=True, omit_defaults=True, tag_field="type"):
 
 
 class Done(Stats, tag="done"):
-    """The last message of a successful stream; `seq` follows the last chunk's."""
+    """The last message of a successful stream; `seq` follows the last chunk's.
+
+    A reasoning chain's carries its id, its steps and its answer too; its figures are the
+    whole chain's (tokens of every call, the chain's duration).
+    """
 
     seq: int = 0
+    chain_id: str | None = None
+    steps: list[StepResult] | None = None
+    answer: str | None = None
+
+
+class ReasonResult(Stats, kw_only=True, tag="reason_result"):
+    """A whole reasoning chain (`reason` with `stream: false`)."""
+
+    chain_id: str
+    answer: str
+    steps: list[StepResult] = []
 
 
 class GenerateResult(Stats, kw_only=True, tag="generate_result"):
@@ -171,5 +190,6 @@ class FleetStats(Struct, kw_only=True, tag_field="type", tag="stats"):
 
 
 Result = GenerateResult | ChatResult | EmbedResult
-StreamMessage = Chunk | Done | Error
+# A reasoning chain's stream has `step` messages too; a model's never does.
+StreamMessage = Chunk | Step | Done | Error
 Reply = Accepted | GenerateResult | ChatResult | EmbedResult | Error

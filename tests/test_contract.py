@@ -10,6 +10,7 @@ import bus.config
 import schemas
 import schemas.cache
 import schemas.fleet
+import schemas.reasoning
 import schemas.replies
 import schemas.requests
 import schemas.templates
@@ -39,7 +40,7 @@ def test_schemas_exports_are_the_contract() -> None:
             "REQUEST_TYPES", "ROUTING_FIELDS", "Accepted", "CacheMode", "ChatRequest",
             "ChatResult", "Chunk", "Done", "EmbedRequest", "EmbedResult", "Error", "ErrorCode",
             "Figures", "FleetStats", "GenerateRequest", "GenerateResult", "Kind",
-            "Message", "Name", "Options", "Priority", "QueueDepth", "QueueStats", "RecorderState", "Reply",
+            "Message", "Name", "Options", "Priority", "QueueDepth", "QueueStats", "ReasonResult", "RecorderState", "Reply",
             "Request", "Result", "Stats", "StatsRow", "StreamMessage", "ToolCall",
             "ToolCallFunction", "decode_reply", "decode_request", "decode_stream",
             "encode", "http_status", "is_retryable", "without_routing",
@@ -173,14 +174,14 @@ def _structs(module: object) -> list[type[msgspec.Struct]]:
 
 # The management requests: a misspelt field would change what the command does.
 MANAGEMENT = {"HealthQuery", "ModelsRequest", "PromptPut", "PromptRef", "PromptList",
-              "PromptRender", "Invalidate"}  # fmt: skip
+              "PromptRender", "Invalidate", "ReasonGet", "ReasonList"}  # fmt: skip
 
 
 def test_only_management_requests_reject_unknown_fields() -> None:
     """Inference requests, replies and internal messages take a newer writer's extra
     fields; management requests refuse them."""
     modules = [schemas.requests, schemas.replies, schemas.fleet, schemas.templates,
-               schemas.cache, schemas.work]  # fmt: skip
+               schemas.cache, schemas.work, schemas.reasoning]  # fmt: skip
     structs = [s for m in modules for s in _structs(m)]
     forbidding = {s.__name__ for s in structs if s.__struct_config__.forbid_unknown_fields}
     assert forbidding == MANAGEMENT
