@@ -18,6 +18,7 @@ from bus.errors import (
     PayloadTooLarge,
 )
 from bus.fleet import Fleet
+from bus.reasoning import Reasoning
 from bus.rpc import call
 from bus.stream import ChainStream, ChunkStream, Stream, replay
 from bus.subjects import Subjects
@@ -35,12 +36,14 @@ from schemas import (
     Message,
     Options,
     QueueStats,
+    ReasonResult,
     Request,
     Result,
     decode_reply,
     encode,
 )
 from schemas.cache import Invalidate, Invalidated
+from schemas.reasoning import Chain, ChainSummary
 from schemas.templates import (
     Prompt,
     PromptDeleted,
@@ -106,6 +109,26 @@ class Client:
         self._owns_nc = nc is None
         # Streams nobody read to the end: their subscriptions would keep drain waiting.
         self._open: set[Stream] = set()
+
+    async def reason(self, query: str, **kw: Any) -> ChainStream | ReasonResult:
+        """Answer `query` through a chain of steps (see `bus.reasoning.Reasoning.reason`):
+        with `stream=True` (the default) a `ChainStream` of its steps and answer chunks."""
+        return await self._reasoning.reason(query, **kw)
+
+    async def get_chain(self, chain_id: str) -> Chain:
+        """A stored reasoning chain, with its steps and its answer or error."""
+        return await self._reasoning.chain(chain_id)
+
+    async def list_chains(self, limit: int = 20) -> list[ChainSummary]:
+        """The latest reasoning chains, newest first."""
+        return await self._reasoning.chains(limit)
+
+    @property
+    def _reasoning(self) -> Reasoning:
+        def open_stream(sub: Subscription, chain_id: str) -> ChainStream:
+            return self._open_stream(ChainStream, sub, chain_id)
+
+        return Reasoning(self.nc, self.subjects, self.timeout, open_stream)
 
     @property
     def fleet(self) -> Fleet:

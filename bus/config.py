@@ -24,6 +24,7 @@ __all__ = [
     "MetricsConfig",
     "ModelLimits",
     "NatsConfig",
+    "ReasoningConfig",
     "RecorderConfig",
     "RouterConfig",
     "RoutingConfig",
@@ -202,6 +203,20 @@ class HealthConfig(Struct, forbid_unknown_fields=True, kw_only=True):
         return max(30.0, 6 * self.interval_s)
 
 
+class ReasoningConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """The reasoning coordinator: which role does what, how many chains at once."""
+
+    # Roles (or models) for each part of a chain; `mathematical` steps go to that role
+    # when it is configured, else to `solve`'s.
+    decompose: str = "fast"
+    solve: str = "primary"
+    synthesise: str = "primary"
+    # Chains one coordinator runs at once (more wait in the queue for any coordinator).
+    max_chains: PositiveInt = 16
+    # The context a prompt must fit in when a request sets no `num_ctx` (Ollama's default).
+    context_tokens: PositiveInt = 4096
+
+
 class LoadOptions(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
     """Options that make Ollama reload a model when they change: fixed per model."""
 
@@ -226,6 +241,7 @@ class Config(Struct, forbid_unknown_fields=True, kw_only=True):
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     executor: ExecutorConfig = msgspec.field(default_factory=ExecutorConfig)
     health: HealthConfig = msgspec.field(default_factory=HealthConfig)
+    reasoning: ReasoningConfig = msgspec.field(default_factory=ReasoningConfig)
     # Load-time options per model or role, applied to every request over the client's.
     load_options: dict[str, LoadOptions] = msgspec.field(default_factory=dict)
     log_format: str = "auto"
@@ -341,6 +357,9 @@ def _names(config: Config) -> list[str]:
         ("routing.fallbacks", list(routing.fallbacks)),
         ("health.pin", health.pin),
         ("health.warm", health.warm),
+        ("reasoning.decompose", [config.reasoning.decompose]),
+        ("reasoning.solve", [config.reasoning.solve]),
+        ("reasoning.synthesise", [config.reasoning.synthesise]),
         ("load_options", list(config.load_options)),
     ):
         problems += [p for name in names for p in named(setting, name)]

@@ -103,6 +103,20 @@ class Subjects:
     def works(self) -> str:
         return f"{self._base}.work.*.*"
 
+    @property
+    def chain_work(self) -> str:
+        """The queue of reasoning chains (`_chains` is no model's token: `_` escapes hex)."""
+        return f"{self._base}.work._chains.all"
+
+    @property
+    def reason(self) -> str:
+        """Request/reply: start a reasoning chain."""
+        return f"{self._base}.reason"
+
+    def reasoning(self, verb: str) -> str:
+        """Request/reply to the reasoning coordinators: get, list."""
+        return f"{self._base}.reason.{verb}"
+
     def board(self, executor: str) -> str:
         """Where one executor publishes its load (core NATS, not stored)."""
         return f"{self._base}.board.{model_token(executor)}"

@@ -2,7 +2,8 @@
 
 Modules by protocol: `requests` (generate, chat, embed), `replies` (streams, results,
 errors, stats), `fleet` (health and model management), `templates` (the prompt store),
-`cache` (invalidation), `reasoning` (the reasoning coordinator). Messages between ollamesh's own processes are in `internal`.
+`cache` (invalidation), `reasoning` (the reasoning coordinator). Messages between
+ollamesh's own processes are in `internal`.
 
 Unknown fields, one rule:
 - requests of the inference API (generate, chat, embed), replies, streams and internal

@@ -14,11 +14,21 @@ from schemas.codec import (
     decode_load,
     decode_work,
 )
-from schemas.work import Answer, CacheStore, HostInfo, HostLoad, ModelLoad, RequestEvent, Work
+from schemas.work import (
+    Answer,
+    CacheStore,
+    ChainWork,
+    HostInfo,
+    HostLoad,
+    ModelLoad,
+    RequestEvent,
+    Work,
+)
 
 __all__ = [
     "Answer",
     "CacheStore",
+    "ChainWork",
     "HostInfo",
     "HostLoad",
     "ModelLoad",

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
-from schemas.requests import DeadlineMs, Name, Options, Priority, RequestId
+from schemas.requests import DeadlineMs, Name, Options, Priority
 
 __all__ = [
     "Chain",

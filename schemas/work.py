@@ -8,7 +8,16 @@ from msgspec import Struct
 from schemas.replies import Figures
 from schemas.requests import Kind, Priority, ToolCall
 
-__all__ = ["Answer", "CacheStore", "HostInfo", "HostLoad", "ModelLoad", "RequestEvent", "Work"]
+__all__ = [
+    "Answer",
+    "CacheStore",
+    "ChainWork",
+    "HostInfo",
+    "HostLoad",
+    "ModelLoad",
+    "RequestEvent",
+    "Work",
+]
 
 
 class Work(Struct, kw_only=True, tag_field="type", tag="work"):
@@ -116,3 +125,16 @@ class CacheStore(Struct, kw_only=True, tag_field="type", tag="cache_store"):
     key: str
     answer: Answer
     at: float = 0.0
+
+
+class ChainWork(Struct, kw_only=True, tag_field="type", tag="chain_work"):
+    """A reasoning chain a coordinator accepted, queued for any coordinator to run (and
+    to take over, should the one running it die)."""
+
+    chain_id: str
+    # The client's `ReasonRequest` exactly as sent.
+    body: msgspec.Raw
+    # Where the whole result goes when the client did not ask for a stream.
+    reply: str | None = None
+    accepted_at: float = 0.0
+    deadline_at: float | None = None

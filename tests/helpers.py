@@ -19,6 +19,7 @@ from nats.js.api import DeliverPolicy
 
 from bus.subjects import Subjects
 from schemas import Chunk, Done, Error, StreamMessage, decode_stream
+from schemas.reasoning import Step
 
 
 async def stored_stream(
@@ -34,7 +35,7 @@ async def stored_stream(
     out: list[StreamMessage] = []
     try:
         async with asyncio.timeout(timeout):
-            while not out or isinstance(out[-1], Chunk):
+            while not out or isinstance(out[-1], Chunk | Step):
                 out.append(decode_stream((await sub.next_msg(timeout=timeout)).data))
         # Anything stored after the terminal message would be a second ending.
         try:
@@ -49,9 +50,10 @@ async def stored_stream(
 
 
 def assert_well_formed(messages: list[StreamMessage]) -> None:
-    """Chunks numbered 1, 2, 3, ... then exactly one `done` or `error`, and nothing after."""
+    """Chunks (and a chain's steps) numbered 1, 2, 3, ... then exactly one `done` or
+    `error`, and nothing after."""
     *chunks, last = messages
-    assert all(isinstance(c, Chunk) for c in chunks), messages
+    assert all(isinstance(c, Chunk | Step) for c in chunks), messages
     assert [c.seq for c in chunks] == list(range(1, len(chunks) + 1))  # type: ignore[union-attr]
     assert isinstance(last, Done | Error), last
     assert last.seq == len(chunks) + 1

@@ -53,7 +53,7 @@ def test_internal_messages_are_apart_from_the_contract() -> None:
     own: exported by `schemas.internal`, none of them by `schemas`."""
     assert sorted(internal.__all__) == sorted(
         [
-            "Answer", "CacheStore", "HostInfo", "HostLoad", "ModelLoad", "RequestEvent", "Work",
+            "Answer", "CacheStore", "ChainWork", "HostInfo", "HostLoad", "ModelLoad", "RequestEvent", "Work",
             "decode_answer", "decode_cache_store", "decode_event", "decode_host", "decode_load",
             "decode_work",
         ]

@@ -10,6 +10,7 @@ from typing import Any
 
 from actors.cli.run import SERVERS_GRACE_S, config_failed, run_async
 from actors.runtime.logs import configure_logging
+from actors.runtime.names import ACTORS
 from bus.config import ConfigError, load_config
 
 __all__ = ["main"]
@@ -18,7 +19,7 @@ _DEFAULT_NATS = "nats://127.0.0.1:4222"
 
 
 def _up(args: argparse.Namespace) -> int:
-    from actors.runtime.supervisor import ACTORS, Stack, run_until_signalled
+    from actors.runtime.supervisor import Stack, run_until_signalled
 
     config = load_config(args.config)
     configure_logging(config.log_level, args.log_format or config.log_format)
@@ -119,9 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the actors (router + one executor per Ollama host)")
     up.add_argument("--config", help="TOML config file (default: $OLLAMESH_CONFIG)")
     up.add_argument(
-        "--actors",
-        help="comma-separated actors to run (default: all of "
-        "router,executor,recorder,cache,prompts,health)",
+        "--actors", help=f"comma-separated actors to run (default: all of {','.join(ACTORS)})"
     )
     up.add_argument("--log-format", choices=["auto", "json", "console"])
     up.set_defaults(func=_up)

@@ -17,9 +17,11 @@ from actors.cache import CacheKeeper
 from actors.executor import Executor
 from actors.health import HealthMonitor
 from actors.prompts import PromptStore
+from actors.reasoning import Reasoner
 from actors.recorder import Recorder
 from actors.router import Router
 from actors.runtime.metrics import Metrics
+from actors.runtime.names import ACTORS, DATABASE_ACTORS
 from actors.store import EmbeddedPostgres, open_pool
 from bus.actor import Actor
 from bus.board import Board
@@ -34,9 +36,6 @@ __all__ = ["ACTORS", "Stack", "default_data_dir", "run_until_signalled"]
 
 log = structlog.get_logger("actors.runtime.supervisor")
 
-ACTORS = ("router", "executor", "recorder", "cache", "prompts", "health")
-# Actors that keep state in Postgres.
-_DATABASE_ACTORS = {"recorder", "cache", "prompts"}
 # A pool whose connections are not released by then is closed by force.
 _POOL_CLOSE_S = 10.0
 # Executors announce their models before `start` returns, within this bound.
@@ -86,6 +85,7 @@ class Stack:
         self.recorder: Recorder | None = None
         self.cache: CacheKeeper | None = None
         self.prompts: PromptStore | None = None
+        self.reasoning: Reasoner | None = None
         self.health: HealthMonitor | None = None
         self.nc: Connection | None = None
         self.registry: HostRegistry | None = None
@@ -98,7 +98,7 @@ class Stack:
     @property
     def actors(self) -> list[Actor]:
         """Every running actor, router first."""
-        stores = (self.recorder, self.cache, self.prompts, self.health)
+        stores = (self.recorder, self.cache, self.prompts, self.health, self.reasoning)
         others = [a for a in stores if a is not None]
         return ([self.router] if self.router else []) + list(self.executors) + others
 
@@ -155,7 +155,7 @@ class Stack:
                 buckets.claims,
             )
             await self.router.start()
-        if _DATABASE_ACTORS & set(self._wanted):
+        if DATABASE_ACTORS & set(self._wanted):
             self.pool = await self._open_database()
         if "recorder" in self._wanted:
             assert self.pool is not None
@@ -171,6 +171,10 @@ class Stack:
             assert self.pool is not None
             self.prompts = PromptStore(self.nc, self.subjects, self.config, self.pool)
             await self.prompts.start()
+        if "reasoning" in self._wanted:
+            assert self.pool is not None
+            self.reasoning = Reasoner(self.nc, self.subjects, self.config, self.pool)
+            await self.reasoning.start()
         if "health" in self._wanted:
             self.health = HealthMonitor(
                 self.nc,
@@ -257,7 +261,7 @@ class Stack:
         if self.router:
             await self.router.stop(grace)
         await asyncio.gather(*(e.stop(grace) for e in self.executors))
-        for store in (self.health, self.recorder, self.cache, self.prompts):
+        for store in (self.reasoning, self.health, self.recorder, self.cache, self.prompts):
             if store:
                 await store.stop(grace)
         if self.pool:

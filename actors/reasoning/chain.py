@@ -1,0 +1,301 @@
+"""Running one chain: plan it, solve its steps as a graph (every step whose dependencies
+are done at once), synthesise the answer, and stop it all on cancel or deadline.
+
+Every model call goes through the public subjects like any client's, so routing, limits,
+priorities, cache, stats and fallbacks apply. Each call's request id is made from the
+chain's id and what the call is (`-plan`, `-s<position>`, `-syn`): a coordinator taking
+over a chain follows a call already under way (its stream is stored) instead of making
+it again, and a call sent again while still queued is the same request to the router.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import structlog
+from nats.js.errors import NotFoundError
+
+from actors.reasoning.plan import (
+    CHARS_PER_TOKEN,
+    Plan,
+    PlanStep,
+    fit,
+    plan_schema,
+    read_plan,
+    ready,
+)
+from actors.reasoning.store import ChainStore, plan_of
+from actors.reasoning.templates import template_name
+from actors.reasoning.writer import ChainWriter
+from bus.client import Client
+from bus.errors import OllameshError
+from bus.stream import ChunkStream
+from schemas import Done, Options
+from schemas.reasoning import (
+    Chain,
+    ChainState,
+    ReasonRequest,
+    Step,
+    StepKind,
+    StepResult,
+    StepState,
+)
+
+__all__ = ["ChainRun", "Roles"]
+
+# What a synthesis or step prompt must leave of the context for its answer, at least.
+_ANSWER_TOKENS = 1024
+# Room for a template's own words, beside what fills it.
+_TEMPLATE_TOKENS = 200
+
+
+@dataclass(frozen=True)
+class Roles:
+    """The role (or model) each part of a chain goes to."""
+
+    decompose: str
+    solve: str
+    synthesise: str
+    mathematical: str
+
+
+@dataclass
+class _Used:
+    """Tokens every call of the chain used so far."""
+
+    prompt: int = 0
+    output: int = 0
+
+    def add(self, done: Done | None) -> None:
+        if done is not None:
+            self.prompt += done.prompt_eval_count
+            self.output += done.eval_count
+
+
+class ChainRun:
+    """One chain, from its stored state to its `done` (or a typed error)."""
+
+    def __init__(
+        self,
+        client: Client,
+        store: ChainStore,
+        writer: ChainWriter,
+        request: ReasonRequest,
+        roles: Roles,
+        *,
+        chain_id: str,
+        context_tokens: int,
+        deadline_at: float | None,
+    ) -> None:
+        self._client = client
+        self._store = store
+        self._writer = writer
+        self._request = request
+        self._roles = roles
+        self.chain_id = chain_id
+        self._context_tokens = (request.options and request.options.num_ctx) or context_tokens
+        self._deadline_at = deadline_at
+        self._used = _Used()
+        self._log = structlog.get_logger("actors.reasoning").bind(chain_id=chain_id)
+        # Calls under way, by request id: cancelled on the fleet if the chain stops.
+        self.calls: set[str] = set()
+
+    async def run(self, chain: Chain) -> Done:
+        """Finish `chain` from where its stored state says it is; return its `done`."""
+        started = time.time()
+        plan = Plan(plan_of(chain), list(chain.warnings)) if chain.steps else await self._plan()
+        results = {s.step_id: s for s in chain.steps}
+        await self._solve(plan, results)
+        answer, last = await self._synthesise(plan, results)
+        steps = [results[s.step_id] for s in plan.steps]
+        await self._store.finish(self.chain_id, ChainState.DONE, answer, None)
+        return Done(
+            request_id=self.chain_id,
+            chain_id=self.chain_id,
+            model=last.model if last else "",
+            host=last.host if last else "",
+            answer=answer,
+            steps=steps,
+            prompt_eval_count=self._used.prompt,
+            eval_count=self._used.output,
+            total_duration=int((time.time() - started) * 1e9),
+        )
+
+    # -- the plan --------------------------------------------------------------------------
+
+    async def _plan(self) -> Plan:
+        req = self._request
+        variables = {"query": req.query, "max_steps": req.max_steps}
+        stream = await self._call(
+            "plan", self._roles.decompose, "reasoning_decompose", variables,
+            format=plan_schema(req.max_steps),
+        )  # fmt: skip
+        answer = await stream.text()
+        self._used.add(stream.done)
+        plan = read_plan(answer, req.query, req.max_steps)
+        for warning in plan.warnings:
+            self._log.warning("plan_corrected", warning=warning)
+        await self._store.plan(self.chain_id, plan)
+        return plan
+
+    # -- the steps ---------------------------------------------------------------------------
+
+    async def _solve(self, plan: Plan, results: dict[str, StepResult]) -> None:
+        """Solve every step not done, each as soon as what it needs is done."""
+        done = {i for i, r in results.items() if r.state is StepState.DONE}
+        running: dict[asyncio.Task[StepResult], PlanStep] = {}
+        try:
+            while len(done) < len(plan.steps):
+                started = done | {s.step_id for s in running.values()}
+                for step in ready(plan.steps, done, started):
+                    position = plan.steps.index(step)
+                    task = asyncio.create_task(self._step(step, position, results))
+                    running[task] = step
+                finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    step = running.pop(task)
+                    results[step.step_id] = task.result()  # a failure stops the chain here
+                    done.add(step.step_id)
+        finally:
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.wait(running)
+
+    async def _step(
+        self, step: PlanStep, position: int, results: dict[str, StepResult]
+    ) -> StepResult:
+        stored = results.get(step.step_id)
+        result = StepResult(
+            step_id=step.step_id, text=step.text, depends_on=step.depends_on, kind=step.kind,
+            state=StepState.STARTED,
+            started_at=stored.started_at if stored and stored.started_at else time.time(),
+        )  # fmt: skip
+        await self._store.step(self.chain_id, result)
+        await self._writer.step(self._event(result))
+        role = self._roles.mathematical if step.kind is StepKind.MATHEMATICAL else self._roles.solve
+        context = self._context([results[d] for d in step.depends_on])
+        variables = {"query": self._request.query, "step": step.text, "context": context}
+        try:
+            stream = await self._call(f"s{position}", role, "reasoning_step", variables)
+            answer = await stream.text()
+        except OllameshError as exc:
+            failed = msgspec.structs.replace(
+                result, state=StepState.FAILED, error=f"{exc.code}: {exc.message}",
+                finished_at=time.time(),
+            )  # fmt: skip
+            await self._store.step(self.chain_id, failed)
+            await self._writer.step(self._event(failed))
+            raise type(exc)(
+                f"step {step.step_id} ({step.text[:80]!r}) failed: {exc.message}",
+                retryable=exc.retryable,
+                request_id=self.chain_id,
+            ) from exc
+        self._used.add(stream.done)
+        d = stream.done
+        result = msgspec.structs.replace(
+            result, state=StepState.DONE, answer=answer, finished_at=time.time(),
+            model=d.model if d else "", host=d.host if d else "",
+            prompt_tokens=d.prompt_eval_count if d else 0, output_tokens=d.eval_count if d else 0,
+        )  # fmt: skip
+        await self._store.step(self.chain_id, result)
+        await self._writer.step(self._event(result))
+        return result
+
+    def _context(self, needed: list[StepResult]) -> str:
+        """The answers a step builds on, fitted into what its prompt may hold."""
+        if not needed:
+            return "(none: this step stands on its own)"
+        budget = self._budget(self._request.query)
+        answers = fit([r.answer or "" for r in needed], budget)
+        return "\n\n".join(
+            f"Step {r.step_id}: {r.text}\n{a}" for r, a in zip(needed, answers, strict=True)
+        )
+
+    def _budget(self, fixed: str) -> int:
+        """Tokens left for filled-in text in a prompt that also holds `fixed`."""
+        asked = self._request.options and self._request.options.num_predict
+        reserve = asked if asked and asked > 0 else _ANSWER_TOKENS
+        return self._context_tokens - reserve - _TEMPLATE_TOKENS - len(fixed) // CHARS_PER_TOKEN
+
+    def _event(self, result: StepResult) -> Step:
+        return Step(
+            request_id=self.chain_id, step_id=result.step_id, text=result.text,
+            depends_on=result.depends_on, kind=result.kind, state=result.state,
+            model=result.model, host=result.host, answer=result.answer, error=result.error,
+            at=time.time(),
+        )  # fmt: skip
+
+    # -- the answer --------------------------------------------------------------------------
+
+    async def _synthesise(
+        self, plan: Plan, results: dict[str, StepResult]
+    ) -> tuple[str, Done | None]:
+        """The synthesis, relayed chunk by chunk onto the chain's stream."""
+        steps = [results[s.step_id] for s in plan.steps]
+        answers = fit([r.answer or "" for r in steps], self._budget(self._request.query))
+        text = "\n\n".join(
+            f"Step {r.step_id}: {r.text}\nResult: {a}" for r, a in zip(steps, answers, strict=True)
+        )
+        variables = {"query": self._request.query, "steps": text}
+        stream = await self._call("syn", self._roles.synthesise, "reasoning_synthesise", variables)
+        parts: list[str] = []
+        relayed = self._writer.relayed  # chunks a coordinator before this one relayed
+        async for chunk in stream:
+            parts.append(chunk.text)
+            if relayed:
+                relayed -= 1
+                continue
+            await self._writer.chunk(chunk)
+        self._used.add(stream.done)
+        return "".join(parts), stream.done
+
+    # -- calls --------------------------------------------------------------------------------
+
+    async def _call(
+        self, part: str, role: str, template: str, variables: dict[str, Any], **fields: Any
+    ) -> ChunkStream:
+        """One streamed call of the chain: followed if a coordinator before this one made
+        it (its stream is stored), made otherwise."""
+        rid = f"{self.chain_id}-{part}"
+        self.calls.add(rid)
+        if await self._made(rid):
+            return await self._client.resume(rid)
+        req = self._request
+        return await self._client.generate(
+            role,
+            stream=True,
+            request_id=rid,
+            prompt_template=template_name(template, req.language),
+            variables=variables,
+            options=req.options or Options(),
+            priority=req.priority,
+            deadline_ms=self._left_ms(),
+            **fields,
+        )
+
+    async def _made(self, request_id: str) -> bool:
+        """Whether the call's stream has anything stored (it was made before)."""
+        subjects = self._client.subjects
+        try:
+            await self._client.nc.jetstream().get_last_msg(
+                subjects.chunk_stream, subjects.stream(request_id)
+            )
+        except NotFoundError:
+            return False
+        return True
+
+    def _left_ms(self) -> int | None:
+        if self._deadline_at is None:
+            return None
+        return max(1, int((self._deadline_at - time.time()) * 1000))
+
+    async def cancel_calls(self, send: Callable[[str], Awaitable[None]]) -> None:
+        """Ask the fleet to stop every call the chain made (`send`: a cancel)."""
+        for rid in self.calls:
+            await send(rid)
