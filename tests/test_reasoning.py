@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
+from actors.simulator import Fault, Script
 from bus.client import ChainStream, Client
+from bus.errors import Cancelled, Timeout, UpstreamError
 from bus.subjects import Subjects
 from schemas import Chunk, Error, ReasonResult, decode_reply
 from schemas.reasoning import ChainState, Step, StepState
@@ -74,3 +77,104 @@ async def test_a_bad_reason_request_is_a_bad_request_at_once(
     reply = decode_reply((await client.nc.request(f"{prefix}.v1.reason", body, timeout=5)).data)
     assert isinstance(reply, Error) and reply.code == "bad_request" and says in reply.message
     assert await client.list_chains() == []
+
+
+def _diamond() -> str:
+    return json.dumps({"steps": [
+        {"id": "A", "text": "count the floors", "depends_on": [], "kind": "general"},
+        {"id": "B", "text": "windows on the front", "depends_on": ["A"], "kind": "general"},
+        {"id": "C", "text": "windows on the back", "depends_on": ["A"], "kind": "general"},
+        {"id": "D", "text": "add them up", "depends_on": ["B", "C"], "kind": "mathematical"},
+    ]})  # fmt: skip
+
+
+@pytest.fixture
+async def slow_fleet(database_url: str, sim_factory, stack_factory):
+    """As `fleet`, the host answering 40 tokens a second, and the plan scripted: a diamond."""
+    sim = await sim_factory(models=MODELS, tokens_per_second=40.0)
+    sim.engine.scripts.add(Script(match=DECOMPOSE, text=_diamond(), count=1))
+    await stack_factory([sim.url], actors=REASONING, database={"url": database_url})
+    return sim
+
+
+DECOMPOSE = "Break the problem below"
+TWENTY = {"num_predict": 20}
+
+
+async def test_independent_steps_run_at_the_same_time(slow_fleet, client: Client) -> None:
+    """A; B and C after A; D after B and C: B and C overlap, A ends before they start,
+    D starts after both end (from the steps' stored times)."""
+    result = await client.reason(SEED_QUERY, stream=False, options=TWENTY)
+    assert isinstance(result, ReasonResult)
+    at = {s.step_id: (s.started_at, s.finished_at) for s in result.steps}
+    assert [s.step_id for s in result.steps] == ["A", "B", "C", "D"]
+    (_, a1), (b0, b1), (c0, c1), (d0, _) = (at[i] for i in "ABCD")
+    assert a1 <= min(b0, c0)  # type: ignore[operator]
+    assert max(b0, c0) < min(b1, c1)  # type: ignore[operator]  # both under way at once
+    assert max(b1, c1) <= d0  # type: ignore[operator]
+
+
+async def test_a_step_receives_the_answers_it_depends_on(slow_fleet, client: Client) -> None:
+    """B's prompt holds A's answer (the simulator saw it), D's holds B's and C's."""
+    result = await client.reason(SEED_QUERY, stream=False, options=TWENTY)
+    assert isinstance(result, ReasonResult)
+    answers = {s.step_id: s.answer for s in result.steps}
+    prompts = list(slow_fleet.engine.stats.prompts)
+    assert any(answers["A"] in p and "windows on the front" in p for p in prompts)
+    assert any(answers["B"] in p and answers["C"] in p and "add them up" in p for p in prompts)
+
+
+async def _until_a_step_starts(stream: ChainStream) -> list[Step | Chunk]:
+    seen: list[Step | Chunk] = []
+    async for event in stream:
+        seen.append(event)
+        if isinstance(event, Step) and event.state is StepState.STARTED:
+            return seen
+    return seen
+
+
+async def test_cancel_mid_chain_stops_every_generation(
+    slow_fleet, client: Client, database_url: str
+) -> None:
+    """A cancel of the chain's id while its steps generate: the stream ends `cancelled`,
+    no generation goes on at the host, and the chain is stored as cancelled."""
+    stream = await client.reason(SEED_QUERY, options={"num_predict": 4000})
+    assert isinstance(stream, ChainStream)
+    await asyncio.wait_for(_until_a_step_starts(stream), 30)
+    await slow_fleet.engine.wait_for(lambda s: s.in_flight >= 1, timeout=10)
+    await client.cancel(stream.request_id)
+    with pytest.raises(Cancelled):
+        await asyncio.wait_for(_events(stream), 30)
+    await slow_fleet.engine.wait_for(lambda s: s.in_flight == 0, timeout=10)
+    chain = await client.get_chain(stream.request_id)
+    assert chain.state is ChainState.CANCELLED
+
+
+async def test_a_failing_step_ends_the_chain_with_an_error_naming_it(
+    database_url: str, sim_factory, stack_factory, client: Client
+) -> None:
+    """A step whose model fails mid-answer (no retry can help): one typed error naming the
+    step; the steps done before are stored done."""
+    sim = await sim_factory(models=MODELS)
+    sim.engine.scripts.add(Script(match=DECOMPOSE, text=_diamond(), count=1))
+    await stack_factory([sim.url], actors=REASONING, database={"url": database_url})
+    # The first step (A) goes through; the next call of the solving model fails.
+    sim.engine.set_fault(Fault(kind="error_after", tokens=1, models=["qwen2.5:7b"]))
+    sim.engine.scripts.add(Script(match="count the floors", text="five floors", count=1))
+    stream = await client.reason(SEED_QUERY)
+    assert isinstance(stream, ChainStream)
+    with pytest.raises(UpstreamError, match=r"step [ABC] .* failed"):
+        await asyncio.wait_for(_events(stream), 30)
+    chain = await client.get_chain(stream.request_id)
+    assert chain.state is ChainState.FAILED and chain.error and "step" in chain.error
+
+
+async def test_the_deadline_stops_the_chain_and_its_generations(slow_fleet, client: Client) -> None:
+    """`deadline_ms` covers the whole chain: `timeout` then, nothing left generating."""
+    stream = await client.reason(SEED_QUERY, deadline_ms=1500, options={"num_predict": 4000})
+    assert isinstance(stream, ChainStream)
+    with pytest.raises(Timeout):
+        await asyncio.wait_for(_events(stream), 30)
+    await slow_fleet.engine.wait_for(lambda s: s.in_flight == 0, timeout=10)
+    chain = await client.get_chain(stream.request_id)
+    assert chain.state is ChainState.FAILED and chain.error and "deadline" in chain.error

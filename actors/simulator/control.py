@@ -48,6 +48,10 @@ class _Control:
             scripts.clear()
         await ex.json(200, {"scripts": msgspec.to_builtins(scripts.armed)})
 
+    async def prompts(self, ex: Exchange) -> None:
+        """The latest prompts (or last chat messages) answered, oldest first."""
+        await ex.json(200, {"prompts": list(self.engine.stats.prompts)})
+
     async def stats(self, ex: Exchange) -> None:
         await ex.json(200, self.engine.stats.snapshot())
 
@@ -62,6 +66,7 @@ def control_routes(engine: Engine) -> list[Route]:
     return [
         Route("/_sim/faults", Endpoint(control.faults, None), methods=["GET", "POST", "DELETE"]),
         Route("/_sim/scripts", Endpoint(control.scripts, None), methods=["GET", "POST", "DELETE"]),
+        Route("/_sim/prompts", Endpoint(control.prompts, None), methods=["GET"]),
         Route("/_sim/stats", Endpoint(control.stats, None), methods=["GET"]),
         Route("/_sim/reset", Endpoint(control.reset, None), methods=["POST"]),
     ]

@@ -77,6 +77,9 @@ class Busy(Exception):
     """Every slot of the model and the whole waiting queue are taken (Ollama answers 503)."""
 
 
+_PROMPTS_KEPT = 256
+
+
 @dataclass
 class Stats:
     """What the host has seen since it started (or since `reset_stats`)."""
@@ -86,6 +89,8 @@ class Stats:
     in_flight: int = 0
     queued: int = 0
     faults: Counter[str] = field(default_factory=Counter)
+    # The latest prompts (or last chat messages) answered, oldest first (`/_sim/prompts`).
+    prompts: deque[str] = field(default_factory=lambda: deque(maxlen=_PROMPTS_KEPT))
 
     def snapshot(self) -> dict[str, object]:
         """Return the counters as `GET /_sim/stats` shows them."""
@@ -412,4 +417,5 @@ class Engine:
         """Zero the counters (what is in flight or queued stays as it is)."""
         self.stats.requests.clear()
         self.stats.faults.clear()
+        self.stats.prompts.clear()
         self.stats.generations = 0

@@ -124,6 +124,7 @@ class InferenceApi:
             else plan_generate(req, info, label)
         )
         asked = (req.messages[-1].content if isinstance(req, ChatRequest) else req.prompt) or ""
+        self.engine.stats.prompts.append(asked)
         if (scripted := self.engine.scripts.take(info.name, asked)) is not None:
             turn.content, turn.limited = pieces(scripted), False
         await self._answer(ex, info, turn, keep_alive, num_ctx, req.stream is not False)
