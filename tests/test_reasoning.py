@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
 from actors.simulator import Fault, Script
+from actors.simulator.text import count_tokens
 from bus.client import ChainStream, Client
 from bus.errors import Cancelled, Timeout, UpstreamError
 from bus.subjects import Subjects
 from schemas import Chunk, Error, ReasonResult, decode_reply
 from schemas.reasoning import ChainState, Step, StepState
-from tests.helpers import assert_well_formed, stored_stream
+from tests.helpers import assert_well_formed, eventually, ollamesh_up, stored_stream, up_env
 
 MODELS = ["llama3.2:3b", "qwen2.5:7b"]
 REASONING = ("router", "executor", "prompts", "reasoning")
@@ -178,3 +180,121 @@ async def test_the_deadline_stops_the_chain_and_its_generations(slow_fleet, clie
     await slow_fleet.engine.wait_for(lambda s: s.in_flight == 0, timeout=10)
     chain = await client.get_chain(stream.request_id)
     assert chain.state is ChainState.FAILED and chain.error and "deadline" in chain.error
+
+
+async def _until_running(stream: ChainStream, steps: set[str]) -> None:
+    """Read the chain's stream until every one of `steps` has started."""
+    started: set[str] = set()
+    async for event in stream:
+        if isinstance(event, Step) and event.state is StepState.STARTED:
+            started.add(event.step_id)
+            if steps <= started:
+                return
+    raise AssertionError(f"the chain ended with only {started} started")
+
+
+async def test_a_coordinator_killed_mid_chain_is_replaced_and_nothing_is_generated_twice(
+    database_url: str, sim_factory, stack_factory, nats_server, prefix: str, tmp_path: Path
+) -> None:
+    """SIGKILL on the coordinator's process while B and C generate (A done, D not begun):
+    another coordinator finishes the chain, following B and C rather than asking again, so
+    the host generates the plan, each of the four steps and the synthesis once: 6 in all."""
+    sim = await sim_factory(models=MODELS, tokens_per_second=40.0)
+    sim.engine.scripts.add(Script(match=DECOMPOSE, text=_diamond(), count=1))
+    await stack_factory([sim.url], actors=("router", "executor", "prompts"))
+    config = tmp_path / "reasoning.toml"
+    config.write_text("[metrics]\nport = 0\n")
+    env = up_env(
+        nats_server.url, prefix=prefix, DATABASE_URL=database_url, OLLAMESH_CONFIG=str(config)
+    )
+    proc = await ollamesh_up(env, "--actors", "reasoning")
+    try:
+        async with Client(nats_server.url, prefix=prefix, timeout=60.0) as client:
+            stream = await client.reason(SEED_QUERY, options={"num_predict": 80})
+            assert isinstance(stream, ChainStream)
+            await asyncio.wait_for(_until_running(stream, {"B", "C"}), 30)
+            await sim.engine.wait_for(lambda s: s.in_flight == 2, timeout=10)
+            proc.kill()
+            await proc.wait()
+            await stack_factory([sim.url], actors=("reasoning",), database={"url": database_url})
+            rest = await asyncio.wait_for(_events(stream), 60)
+            done = stream.done
+            assert done is not None and done.answer and done.steps is not None
+            assert [s.step_id for s in done.steps if s.state is StepState.DONE] == list("ABCD")
+            assert sim.engine.stats.generations == 6, sim.engine.stats.prompts
+            assert "".join(e.text for e in rest if isinstance(e, Chunk)) == done.answer
+            assert_well_formed(await stored_stream(client.nc, Subjects(prefix), stream.request_id))
+            chain = await client.get_chain(stream.request_id)
+            assert chain.state is ChainState.DONE and chain.answer == done.answer
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+MATH_MODEL = "phi3:14b"
+
+
+async def test_mathematical_steps_go_to_the_mathematical_role(
+    database_url: str, sim_factory, stack_factory, client: Client
+) -> None:
+    """The diamond's D is `mathematical`: the role's model answers it, the others not."""
+    sim = await sim_factory(models=[*MODELS, MATH_MODEL])
+    sim.engine.scripts.add(Script(match=DECOMPOSE, text=_diamond(), count=1))
+    await stack_factory(
+        [sim.url], actors=REASONING, database={"url": database_url},
+        roles={"mathematical": MATH_MODEL},
+    )  # fmt: skip
+    result = await client.reason(SEED_QUERY, stream=False, options=TWENTY)
+    assert isinstance(result, ReasonResult)
+    models = {s.step_id: s.model for s in result.steps}
+    assert models == {"A": "qwen2.5:7b", "B": "qwen2.5:7b", "C": "qwen2.5:7b", "D": MATH_MODEL}
+
+
+async def test_language_de_asks_the_models_in_german(fleet, client: Client) -> None:
+    """`language: "de"`: the plan, every step and the synthesis use the German templates."""
+    fleet.engine.scripts.add(Script(match="Zerlege das folgende Problem", text=_diamond()))
+    result = await client.reason(SEED_QUERY, stream=False, language="de", options=TWENTY)
+    assert isinstance(result, ReasonResult) and len(result.steps) == 4
+    prompts = list(fleet.engine.stats.prompts)
+    assert len(prompts) == 6 and prompts[0].startswith("Zerlege das folgende Problem")
+    assert all(p.startswith("Du bearbeitest einen Schritt") for p in prompts[1:5])
+    assert "Schritt A: count the floors\nErgebnis: " in prompts[2]
+    assert prompts[5].startswith("Beantworte die Frage aus den Ergebnissen")
+
+
+async def test_an_operator_s_version_of_a_template_is_the_one_used(fleet, client: Client) -> None:
+    """The templates live in the prompt store: a version an operator puts is what the
+    chain's steps are asked with (the coordinator never writes over it)."""
+
+    async def stored() -> bool:
+        return "reasoning_step" in {p.name for p in await client.list_prompts()}
+
+    await eventually(stored, 10)
+    mine = await client.put_prompt("reasoning_step", "OPERATOR'S STEP: {{step}} ({{query}})")
+    assert mine.version == 2
+    result = await client.reason(SEED_QUERY, stream=False, max_steps=3, options=TWENTY)
+    assert isinstance(result, ReasonResult)
+    asked = [p for p in fleet.engine.stats.prompts if p.startswith("OPERATOR'S STEP: ")]
+    assert len(asked) == len(result.steps) >= 1
+
+
+async def test_long_step_answers_are_trimmed_to_fit_the_context(fleet, client: Client) -> None:
+    """Steps answering ~2000 tokens each with num_ctx 2048: D's prompt and the synthesis's
+    stay within the context, with room for the answer asked for, and hold a part of
+    every answer they build on (the original sent the whole chain, however long)."""
+    fleet.engine.scripts.add(Script(match=DECOMPOSE, text=_diamond(), count=1))
+    for i, step in enumerate(("count the floors", "windows on the front", "windows on the back")):
+        fleet.engine.scripts.add(
+            Script(match=step, text=f"answer{i} " + "many words " * 800, count=1)
+        )
+    num_ctx, num_predict = 2048, 100
+    options = {"num_ctx": num_ctx, "num_predict": num_predict}
+    result = await client.reason(SEED_QUERY, stream=False, options=options)
+    assert isinstance(result, ReasonResult)
+    prompts = list(fleet.engine.stats.prompts)
+    built_on = [p for p in prompts if "add them up" in p or "Answer the question" in p]
+    assert len(built_on) == 2
+    for prompt in built_on:
+        assert count_tokens(prompt) + num_predict <= num_ctx, count_tokens(prompt)
+        assert "answer1 many" in prompt and "answer2 many" in prompt and "[...]" in prompt

@@ -30,7 +30,7 @@ from actors.reasoning.plan import (
     ready,
 )
 from actors.reasoning.store import ChainStore, plan_of
-from actors.reasoning.templates import template_name
+from actors.reasoning.templates import results_text, template_name
 from actors.reasoning.writer import ChainWriter
 from bus.client import Client
 from bus.errors import OllameshError
@@ -38,7 +38,6 @@ from bus.stream import ChunkStream
 from schemas import Done, Options
 from schemas.reasoning import (
     Chain,
-    ChainState,
     ReasonRequest,
     Step,
     StepKind,
@@ -52,6 +51,8 @@ __all__ = ["ChainRun", "Roles"]
 _ANSWER_TOKENS = 1024
 # Room for a template's own words, beside what fills it.
 _TEMPLATE_TOKENS = 200
+# Room for the words around one step's result ("Step 3: ...", "Result: "), in characters.
+_LABEL_CHARS = 24
 
 
 @dataclass(frozen=True)
@@ -106,14 +107,14 @@ class ChainRun:
         self.calls: set[str] = set()
 
     async def run(self, chain: Chain) -> Done:
-        """Finish `chain` from where its stored state says it is; return its `done`."""
+        """Finish `chain` from where its stored state says it is; return its `done` (the
+        caller sends it, then stores the chain's end)."""
         started = time.time()
         plan = Plan(plan_of(chain), list(chain.warnings)) if chain.steps else await self._plan()
         results = {s.step_id: s for s in chain.steps}
         await self._solve(plan, results)
         answer, last = await self._synthesise(plan, results)
         steps = [results[s.step_id] for s in plan.steps]
-        await self._store.finish(self.chain_id, ChainState.DONE, answer, None)
         return Done(
             request_id=self.chain_id,
             chain_id=self.chain_id,
@@ -179,7 +180,7 @@ class ChainRun:
         await self._store.step(self.chain_id, result)
         await self._writer.step(self._event(result))
         role = self._roles.mathematical if step.kind is StepKind.MATHEMATICAL else self._roles.solve
-        context = self._context([results[d] for d in step.depends_on])
+        context = self._results([results[d] for d in step.depends_on], beside=step.text)
         variables = {"query": self._request.query, "step": step.text, "context": context}
         try:
             stream = await self._call(f"s{position}", role, "reasoning_step", variables)
@@ -207,21 +208,24 @@ class ChainRun:
         await self._writer.step(self._event(result))
         return result
 
-    def _context(self, needed: list[StepResult]) -> str:
-        """The answers a step builds on, fitted into what its prompt may hold."""
-        if not needed:
-            return "(none: this step stands on its own)"
-        budget = self._budget(self._request.query)
-        answers = fit([r.answer or "" for r in needed], budget)
-        return "\n\n".join(
-            f"Step {r.step_id}: {r.text}\n{a}" for r, a in zip(needed, answers, strict=True)
+    def _results(self, steps: list[StepResult], beside: str = "") -> str:
+        """`steps` with their answers, fitted together into what a prompt holding the
+        query, the steps' texts and `beside` leaves of the context."""
+        fixed = len(self._request.query) + len(beside)
+        fixed += sum(len(r.text) + _LABEL_CHARS for r in steps)
+        answers = fit([r.answer or "" for r in steps], self._budget(fixed))
+        return results_text(
+            self._request.language,
+            [(r.step_id, r.text, a) for r, a in zip(steps, answers, strict=True)],
         )
 
-    def _budget(self, fixed: str) -> int:
-        """Tokens left for filled-in text in a prompt that also holds `fixed`."""
+    def _budget(self, fixed_chars: int) -> int:
+        """Tokens left for answers in a prompt that also holds `fixed_chars` of other text,
+        the template's words and room for the answer it asks for."""
         asked = self._request.options and self._request.options.num_predict
         reserve = asked if asked and asked > 0 else _ANSWER_TOKENS
-        return self._context_tokens - reserve - _TEMPLATE_TOKENS - len(fixed) // CHARS_PER_TOKEN
+        fixed = -(-fixed_chars // CHARS_PER_TOKEN)
+        return self._context_tokens - reserve - _TEMPLATE_TOKENS - fixed
 
     def _event(self, result: StepResult) -> Step:
         return Step(
@@ -237,12 +241,8 @@ class ChainRun:
         self, plan: Plan, results: dict[str, StepResult]
     ) -> tuple[str, Done | None]:
         """The synthesis, relayed chunk by chunk onto the chain's stream."""
-        steps = [results[s.step_id] for s in plan.steps]
-        answers = fit([r.answer or "" for r in steps], self._budget(self._request.query))
-        text = "\n\n".join(
-            f"Step {r.step_id}: {r.text}\nResult: {a}" for r, a in zip(steps, answers, strict=True)
-        )
-        variables = {"query": self._request.query, "steps": text}
+        steps = self._results([results[s.step_id] for s in plan.steps])
+        variables = {"query": self._request.query, "steps": steps}
         stream = await self._call("syn", self._roles.synthesise, "reasoning_synthesise", variables)
         parts: list[str] = []
         relayed = self._writer.relayed  # chunks a coordinator before this one relayed

@@ -248,9 +248,10 @@ class Reasoner(Actor):
             self._runs.pop(chain_id, None)
 
     async def _owned_elsewhere(self, chain_id: str) -> bool:
-        """Whether another coordinator said it runs the chain within the ack wait."""
+        """Whether another coordinator said it runs the chain within half the ack wait (a
+        live one says so every quarter of it)."""
         owner, at = await self.store.owner(chain_id)
-        fresh = at is not None and time.time() - at < self._ack_wait_s
+        fresh = at is not None and time.time() - at < self._ack_wait_s / 2
         return owner not in (None, self.me) and fresh
 
     async def _run(self, work: ChainWork, request: ReasonRequest, chain: Chain, msg: Msg) -> None:
@@ -293,7 +294,10 @@ class Reasoner(Actor):
         if failure is not None:
             await self._fail(work, run, writer, failure)
         elif done is not None:
+            # The stream's end first: a coordinator dying between the two finds the chain
+            # running, follows every call's stored stream and stores the end itself.
             await writer.end(done)
+            await self.store.finish(chain_id, ChainState.DONE, done.answer, None)
             if work.reply:
                 await send_reply(self.nc, work.reply, encode(_result(done)), chain_id)
             log.info("chain_done", steps=len(done.steps or []))
@@ -309,9 +313,9 @@ class Reasoner(Actor):
         if isinstance(failure, Cancelled | Timeout):  # stop what the fleet does for it
             await run.cancel_calls(self.client.cancel)
         state = ChainState.CANCELLED if isinstance(failure, Cancelled) else ChainState.FAILED
+        await writer.end(failure.to_wire(chain_id))
         with logged(self.log, "chain_end_not_stored", chain_id=chain_id):
             await self.store.finish(chain_id, state, None, f"{failure.code}: {failure.message}")
-        await writer.end(failure.to_wire(chain_id))
         if work.reply:
             await reply_error(self.nc, work.reply, failure, chain_id)
 

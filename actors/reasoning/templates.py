@@ -8,7 +8,7 @@ from typing import Any
 from bus.client import Client
 from schemas.reasoning import Language
 
-__all__ = ["TEMPLATES", "ensure_templates", "template_name"]
+__all__ = ["TEMPLATES", "ensure_templates", "results_text", "template_name"]
 
 # (name, language, text, stored parameters). Variables: query and max_steps (decompose);
 # query, step and context (step); query and steps (synthesise).
@@ -92,6 +92,21 @@ Gib die vollständige Antwort.""",
         {},
     ),
 )
+
+
+# The words of what the coordinator fills in: (step, result, no results), per language.
+_WORDS: dict[Language, tuple[str, str, str]] = {
+    "en": ("Step", "Result", "(none: this step stands on its own)"),
+    "de": ("Schritt", "Ergebnis", "(keine: dieser Schritt steht für sich)"),
+}
+
+
+def results_text(language: Language, steps: list[tuple[str, str, str]]) -> str:
+    """Steps' results as a prompt shows them: `steps` holds (id, text, answer) each."""
+    step, result, none = _WORDS[language]
+    if not steps:
+        return none
+    return "\n\n".join(f"{step} {i}: {text}\n{result}: {answer}" for i, text, answer in steps)
 
 
 def template_name(base: str, language: Language) -> str:
