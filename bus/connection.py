@@ -33,10 +33,20 @@ import nats
 import nats.errors
 import structlog
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from bus.errors import Unavailable
 
-__all__ = ["CRASH_WINDOW_S", "NATS", "Connection", "close_within", "connect", "publish_size"]
+__all__ = [
+    "CRASH_WINDOW_S",
+    "NATS",
+    "Connection",
+    "close_within",
+    "connect",
+    "next_message",
+    "publish_size",
+]
 
 _FIRST_CONNECT_ATTEMPTS = 2
 # nats-py skips its closed callback when flushing on the way out fails (the server
@@ -254,3 +264,14 @@ async def close_within(nc: NATS, timeout: float) -> None:
         close = asyncio.ensure_future(nc.close())
         close.add_done_callback(retrieve)
         await asyncio.wait({close}, timeout=timeout)
+
+
+async def next_message(sub: Subscription, timeout: float) -> Msg:
+    """The next message of `sub`; `TimeoutError` after `timeout` seconds. A cancel of the
+    caller always ends the wait (and leaves the message, if one came, to the next read).
+
+    Not `sub.next_msg(timeout=...)`: its `asyncio.wait_for` (Python 3.11) drops a cancel
+    that arrives together with a message, and the cancelled reader reads on.
+    """
+    async with asyncio.timeout(timeout):
+        return await sub.next_msg(timeout=None)

@@ -12,6 +12,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 from nats.js.api import DeliverPolicy
 
+from bus.connection import next_message
 from bus.errors import Internal, Timeout, Unavailable, error_from_wire
 from bus.subjects import Subjects
 from schemas import Chunk, Done, Error, StreamMessage, decode_stream
@@ -128,8 +129,8 @@ class Stream:
                     request_id=self.request_id,
                 )
             try:
-                msg = await self._sub.next_msg(timeout=wait)
-            except nats.errors.TimeoutError:
+                msg = await next_message(self._sub, wait)
+            except TimeoutError:
                 continue
             except nats.errors.Error as exc:  # the connection closed for good
                 await self.aclose()

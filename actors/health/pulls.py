@@ -25,6 +25,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFound
 from nats.js.kv import KeyValue
 
 from actors.backends.ollama_admin import OllamaAdmin, PullLine
+from bus.connection import next_message
 from bus.errors import OllameshError, Unavailable, UpstreamError, error_from_wire
 from bus.subjects import Subjects, model_token
 from schemas import encode
@@ -183,8 +184,8 @@ class Pulls:
             look_again = min(deadline, loop.time() + self._refresh_s)
             while (left := look_again - loop.time()) > 0:
                 try:
-                    msg = await sub.next_msg(timeout=left)
-                except nats.errors.TimeoutError:
+                    msg = await next_message(sub, left)
+                except TimeoutError:
                     break
                 event = _progress.decode(msg.data)
                 if event.done:

@@ -18,7 +18,7 @@ from typing import Any
 from nats.js.api import DeliverPolicy
 
 from actors.router.cache import AnswerCache
-from bus.connection import Connection
+from bus.connection import Connection, next_message
 from bus.errors import OllameshError, Timeout, error_from_wire
 from bus.subjects import Subjects
 from schemas import Accepted, Chunk, Done, Error, Kind, decode_stream, encode
@@ -137,7 +137,7 @@ class SharedAnswers:
         try:
             async with asyncio.timeout(self._limit_s):
                 while True:
-                    message = decode_stream((await sub.next_msg(timeout=self._limit_s)).data)
+                    message = decode_stream((await next_message(sub, self._limit_s)).data)
                     message.request_id = rid
                     if isinstance(message, Done):
                         message.cached = True  # no host generated it for this request
