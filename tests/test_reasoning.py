@@ -6,15 +6,19 @@ import asyncio
 import json
 from pathlib import Path
 
+import asyncpg
+import msgspec
 import pytest
 
+from actors.reasoning.store import ChainStore
 from actors.simulator import Fault, Script
 from actors.simulator.text import count_tokens
 from bus.client import ChainStream, Client
-from bus.errors import Cancelled, Timeout, UpstreamError
+from bus.errors import Cancelled, ModelNotFound, Timeout, UpstreamError
 from bus.subjects import Subjects
-from schemas import Chunk, Error, ReasonResult, decode_reply
-from schemas.reasoning import ChainState, Step, StepState
+from schemas import Chunk, Done, Error, ReasonResult, decode_reply, encode
+from schemas.internal import ChainWork
+from schemas.reasoning import ChainState, ReasonRequest, Step, StepState
 from tests.helpers import assert_well_formed, eventually, ollamesh_up, stored_stream, up_env
 
 MODELS = ["llama3.2:3b", "qwen2.5:7b"]
@@ -182,6 +186,78 @@ async def test_the_deadline_stops_the_chain_and_its_generations(slow_fleet, clie
     assert chain.state is ChainState.FAILED and chain.error and "deadline" in chain.error
 
 
+async def test_a_chain_stored_as_ended_gets_its_stream_s_end_when_delivered_again(
+    fleet, client: Client, prefix: str, database_url: str
+) -> None:
+    """A coordinator that stored a chain's end and died before sending it: the chain is
+    delivered again, and the coordinator that takes it sends the stored end, once."""
+    chain_id = "ended-but-not-sent"
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        store = ChainStore(pool)
+        assert await store.create(chain_id, SEED_QUERY, "en")
+        done = Done(request_id=chain_id, chain_id=chain_id, answer="twenty", model="m")
+        await store.finish(chain_id, ChainState.DONE, "twenty", None, encode(done))
+    finally:
+        await pool.close()
+    work = ChainWork(
+        chain_id=chain_id, body=msgspec.Raw(encode(ReasonRequest(query=SEED_QUERY))),
+        reply=None, accepted_at=0.0,
+    )  # fmt: skip
+    subjects = Subjects(prefix)
+    await client.nc.jetstream().publish(subjects.chain_work, encode(work))
+    stored = await stored_stream(client.nc, subjects, chain_id, timeout=15)
+    assert len(stored) == 1 and isinstance(stored[0], Done) and stored[0].answer == "twenty"
+
+
+async def _database_refuses(server_url: str, name: str, refuse: bool) -> None:
+    """Have Postgres refuse (and drop) every connection to database `name`, or take
+    them again: an outage of the chain's database, the server staying up for others."""
+    admin = await asyncpg.connect(server_url)
+    try:
+        allow = "false" if refuse else "true"
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {allow}')
+        if refuse:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                name,
+            )
+    finally:
+        await admin.close()
+
+
+async def test_a_database_outage_mid_chain_delays_it_and_it_finishes_after(
+    slow_fleet, client: Client, postgres, prefix: str
+) -> None:
+    """Postgres refuses the chain's database while its first step generates: the chain is
+    neither lost nor ended; it stays queued (delivered again), and once the database is
+    back it finishes, stored as done, every call generated once."""
+    stream = await client.reason(SEED_QUERY, options=TWENTY)
+    assert isinstance(stream, ChainStream)
+    await asyncio.wait_for(_until_running(stream, {"A"}), 30)
+    await _database_refuses(postgres.url(), prefix, True)
+    try:
+        subjects = Subjects(prefix)
+
+        async def delivered_again() -> bool:
+            info = await client.nc.jetstream().consumer_info(
+                subjects.work_stream, "reasoning-chains"
+            )
+            return info.num_redelivered >= 1
+
+        await eventually(delivered_again, 30)
+    finally:
+        await _database_refuses(postgres.url(), prefix, False)
+    await asyncio.wait_for(_events(stream), 60)
+    done = stream.done
+    assert done is not None and done.answer and done.steps is not None
+    assert [s.state for s in done.steps] == [StepState.DONE] * 4
+    assert slow_fleet.engine.stats.generations == 6, slow_fleet.engine.stats.prompts
+    chain = await client.get_chain(stream.request_id)
+    assert chain.state is ChainState.DONE and chain.answer == done.answer
+
+
 async def _until_running(stream: ChainStream, steps: set[str]) -> None:
     """Read the chain's stream until every one of `steps` has started."""
     started: set[str] = set()
@@ -249,6 +325,24 @@ async def test_mathematical_steps_go_to_the_mathematical_role(
     assert isinstance(result, ReasonResult)
     models = {s.step_id: s.model for s in result.steps}
     assert models == {"A": "qwen2.5:7b", "B": "qwen2.5:7b", "C": "qwen2.5:7b", "D": MATH_MODEL}
+
+
+async def test_a_request_s_roles_choose_the_models_of_its_parts(fleet, client: Client) -> None:
+    """`roles` in the request: its steps and synthesis go to the model it names for them
+    (the configured `solve` and `synthesise` are qwen2.5:7b), its plan to the one it names
+    for `decompose` (one no host has: the chain says so)."""
+    plan = json.dumps({"steps": [
+        {"id": "A", "text": "count the floors", "depends_on": [], "kind": "general"},
+        {"id": "B", "text": "count the windows", "depends_on": ["A"], "kind": "general"},
+    ]})  # fmt: skip
+    fleet.engine.scripts.add(Script(match=DECOMPOSE, text=plan, count=1))
+    small = {"solve": "llama3.2:3b", "synthesise": "llama3.2:3b"}
+    result = await client.reason(SEED_QUERY, stream=False, options=TWENTY, roles=small)
+    assert isinstance(result, ReasonResult)
+    assert [s.model for s in result.steps] == ["llama3.2:3b"] * 2
+    assert result.model == "llama3.2:3b"
+    with pytest.raises(ModelNotFound, match="absent:1b"):
+        await client.reason(SEED_QUERY, stream=False, roles={"decompose": "absent:1b"})
 
 
 async def test_language_de_asks_the_models_in_german(fleet, client: Client) -> None:

@@ -39,6 +39,7 @@ from schemas import Done, Options
 from schemas.reasoning import (
     Chain,
     ReasonRequest,
+    ReasonRoles,
     Step,
     StepKind,
     StepResult,
@@ -62,7 +63,25 @@ class Roles:
     decompose: str
     solve: str
     synthesise: str
-    mathematical: str
+    # Where `mathematical` steps go; None: to `solve`, like the others.
+    mathematical: str | None
+
+    def asked(self, roles: ReasonRoles | None) -> Roles:
+        """These roles, with those a request names instead."""
+        if roles is None:
+            return self
+        return Roles(
+            decompose=roles.decompose or self.decompose,
+            solve=roles.solve or self.solve,
+            synthesise=roles.synthesise or self.synthesise,
+            mathematical=self.mathematical,
+        )
+
+    def of(self, kind: StepKind) -> str:
+        """The role (or model) that solves a step of `kind`."""
+        if kind is StepKind.MATHEMATICAL and self.mathematical is not None:
+            return self.mathematical
+        return self.solve
 
 
 @dataclass
@@ -92,19 +111,24 @@ class ChainRun:
         chain_id: str,
         context_tokens: int,
         deadline_at: float | None,
+        resumed: bool,
     ) -> None:
         self._client = client
         self._store = store
         self._writer = writer
         self._request = request
-        self._roles = roles
+        self._roles = roles.asked(request.roles)
         self.chain_id = chain_id
         self._context_tokens = (request.options and request.options.num_ctx) or context_tokens
         self._deadline_at = deadline_at
+        # Run before (by a coordinator since gone): its calls may have been made.
+        self._resumed = resumed
         self._used = _Used()
         self._log = structlog.get_logger("actors.reasoning").bind(chain_id=chain_id)
         # Calls under way, by request id: cancelled on the fleet if the chain stops.
         self.calls: set[str] = set()
+        # Steps' ends being recorded (the chain waits for them before its synthesis).
+        self._writes: list[asyncio.Task[None]] = []
 
     async def run(self, chain: Chain) -> Done:
         """Finish `chain` from where its stored state says it is; return its `done` (the
@@ -167,6 +191,7 @@ class ChainRun:
                 task.cancel()
             if running:
                 await asyncio.wait(running)
+            await self._recorded()
 
     async def _step(
         self, step: PlanStep, position: int, results: dict[str, StepResult]
@@ -177,26 +202,28 @@ class ChainRun:
             state=StepState.STARTED,
             started_at=stored.started_at if stored and stored.started_at else time.time(),
         )  # fmt: skip
-        await self._store.step(self.chain_id, result)
-        await self._writer.step(self._event(result))
-        role = self._roles.mathematical if step.kind is StepKind.MATHEMATICAL else self._roles.solve
+        # The step's start is recorded while its call goes out: the call need not wait.
+        recording = asyncio.create_task(self._record(result))
+        role = self._roles.of(step.kind)
         context = self._results([results[d] for d in step.depends_on], beside=step.text)
         variables = {"query": self._request.query, "step": step.text, "context": context}
         try:
             stream = await self._call(f"s{position}", role, "reasoning_step", variables)
             answer = await stream.text()
         except OllameshError as exc:
+            await recording
             failed = msgspec.structs.replace(
                 result, state=StepState.FAILED, error=f"{exc.code}: {exc.message}",
                 finished_at=time.time(),
             )  # fmt: skip
-            await self._store.step(self.chain_id, failed)
-            await self._writer.step(self._event(failed))
+            await self._record(failed)
             raise type(exc)(
                 f"step {step.step_id} ({step.text[:80]!r}) failed: {exc.message}",
                 retryable=exc.retryable,
                 request_id=self.chain_id,
             ) from exc
+        finally:
+            await recording  # also when cancelled: no write outlives the step
         self._used.add(stream.done)
         d = stream.done
         result = msgspec.structs.replace(
@@ -204,9 +231,23 @@ class ChainRun:
             model=d.model if d else "", host=d.host if d else "",
             prompt_tokens=d.prompt_eval_count if d else 0, output_tokens=d.eval_count if d else 0,
         )  # fmt: skip
-        await self._store.step(self.chain_id, result)
-        await self._writer.step(self._event(result))
+        # Recorded on the side: the steps that need this one start at once (its record
+        # still goes onto the stream before their starts, the writer keeping the order).
+        self._writes.append(asyncio.create_task(self._record(result)))
         return result
+
+    async def _recorded(self) -> None:
+        """Wait for every step's record; raise if one failed."""
+        if self._writes:
+            await asyncio.wait(self._writes)
+        for task in self._writes:
+            task.result()
+
+    async def _record(self, result: StepResult) -> None:
+        """A step's new state, stored and sent onto the chain's stream at the same time."""
+        await asyncio.gather(
+            self._store.step(self.chain_id, result), self._writer.step(self._event(result))
+        )
 
     def _results(self, steps: list[StepResult], beside: str = "") -> str:
         """`steps` with their answers, fitted together into what a prompt holding the
@@ -264,7 +305,7 @@ class ChainRun:
         it (its stream is stored), made otherwise."""
         rid = f"{self.chain_id}-{part}"
         self.calls.add(rid)
-        if await self._made(rid):
+        if self._resumed and await self._made(rid):
             return await self._client.resume(rid)
         req = self._request
         return await self._client.generate(

@@ -33,10 +33,18 @@ from bus.actor import Actor, reply_error, send_reply
 from bus.client import Client
 from bus.config import Config
 from bus.connection import Connection
-from bus.errors import BadRequest, Cancelled, OllameshError, Timeout, Unavailable, logged
+from bus.errors import (
+    BadRequest,
+    Cancelled,
+    OllameshError,
+    Timeout,
+    Unavailable,
+    error_from_wire,
+    logged,
+)
 from bus.rpc import decode_body
 from bus.subjects import Subjects
-from schemas import Accepted, Done, ReasonResult, encode
+from schemas import Accepted, Done, Error, ReasonResult, decode_stream, encode
 from schemas.internal import ChainWork
 from schemas.reasoning import Chain, Chains, ChainState, ReasonGet, ReasonList, ReasonRequest
 
@@ -72,12 +80,11 @@ class Reasoner(Actor):
         self.js = nc.jetstream()
         # A client of the fleet like any other, on this process's connection.
         self.client = Client(nc=nc, prefix=subjects.prefix, timeout=config.executor.total_timeout_s)
-        solve = self.cfg.solve
         self.roles = Roles(
             decompose=self.cfg.decompose,
-            solve=solve,
+            solve=self.cfg.solve,
             synthesise=self.cfg.synthesise,
-            mathematical="mathematical" if "mathematical" in config.roles else solve,
+            mathematical="mathematical" if "mathematical" in config.roles else None,
         )
         self._ack_wait_s = config.executor.ack_wait_s
         self._max_request_bytes = config.router.max_request_bytes
@@ -232,9 +239,21 @@ class Reasoner(Actor):
             return
         if chain_id in self._running:
             return  # delivered again while it runs here: this run acknowledges it
-        chain = await self.store.get(chain_id)
-        if chain is None or chain.state is not ChainState.RUNNING:
-            await msg.ack()  # it ended (only the ack was lost) or was never recorded
+        try:
+            chain = await self.store.get(chain_id)
+        except DOWN as exc:
+            self.log.warning(
+                "chain_waits_for_database", chain_id=chain_id, error=repr(exc),
+                retry_in_s=self._ack_wait_s,
+            )  # fmt: skip
+            await msg.nak(delay=self._ack_wait_s)
+            return
+        if chain is None:
+            await msg.ack()  # never recorded
+            return
+        if chain.state is not ChainState.RUNNING:
+            await self._resend_end(work)
+            await msg.ack()
             return
         if msg.metadata.num_delivered > 1 and await self._owned_elsewhere(chain_id):
             self.log.info("chain_left_to_owner", chain_id=chain_id)
@@ -262,11 +281,12 @@ class Reasoner(Actor):
         run = ChainRun(
             self.client, self.store, writer, request, self.roles,
             chain_id=chain_id, context_tokens=self.cfg.context_tokens,
-            deadline_at=work.deadline_at,
+            deadline_at=work.deadline_at, resumed=msg.metadata.num_delivered > 1,
         )  # fmt: skip
         self._runs[chain_id] = run
         failure: OllameshError | None = None
         done: Done | None = None
+        ended = False
         try:
             await self.store.own(chain_id, self.me)
             await writer.open()
@@ -289,23 +309,25 @@ class Reasoner(Actor):
             failure = Cancelled("cancelled by the client", request_id=chain_id)
         except OllameshError as exc:
             failure = exc
+        except DOWN as exc:
+            # Its progress cannot be stored or sent: it stays queued, and is delivered
+            # again (to any coordinator) within the ack wait, to go on from its store.
+            log.warning("chain_interrupted", error=repr(exc), retry_in_s=self._ack_wait_s)
+            return
         finally:
             keepalive.cancel()
         if failure is not None:
-            await self._fail(work, run, writer, failure)
+            ended = await self._fail(work, run, writer, failure)
         elif done is not None:
-            # The stream's end first: a coordinator dying between the two finds the chain
-            # running, follows every call's stored stream and stores the end itself.
-            await writer.end(done)
-            await self.store.finish(chain_id, ChainState.DONE, done.answer, None)
-            if work.reply:
-                await send_reply(self.nc, work.reply, encode(_result(done)), chain_id)
-            log.info("chain_done", steps=len(done.steps or []))
-        await msg.ack()
+            ended = await self._end(work, writer, ChainState.DONE, done, done.answer, None)
+            if ended:
+                log.info("chain_done", steps=len(done.steps or []))
+        if ended:
+            await msg.ack()
 
     async def _fail(
         self, work: ChainWork, run: ChainRun, writer: ChainWriter, failure: OllameshError
-    ) -> None:
+    ) -> bool:
         chain_id = work.chain_id
         self.log.warning(
             "chain_failed", chain_id=chain_id, code=failure.code, error=failure.message
@@ -313,11 +335,58 @@ class Reasoner(Actor):
         if isinstance(failure, Cancelled | Timeout):  # stop what the fleet does for it
             await run.cancel_calls(self.client.cancel)
         state = ChainState.CANCELLED if isinstance(failure, Cancelled) else ChainState.FAILED
-        await writer.end(failure.to_wire(chain_id))
-        with logged(self.log, "chain_end_not_stored", chain_id=chain_id):
-            await self.store.finish(chain_id, state, None, f"{failure.code}: {failure.message}")
-        if work.reply:
-            await reply_error(self.nc, work.reply, failure, chain_id)
+        error = f"{failure.code}: {failure.message}"
+        return await self._end(work, writer, state, failure.to_wire(chain_id), None, error)
+
+    async def _end(
+        self,
+        work: ChainWork,
+        writer: ChainWriter,
+        state: ChainState,
+        ending: Done | Error,
+        answer: str | None,
+        error: str | None,
+    ) -> bool:
+        """Store how the chain ended, then end its stream: a reader that sees the end finds
+        the chain stored as ended, and a coordinator dying between the two leaves the
+        stored ending for the one that takes the chain over to send. False if the database
+        is unreachable: the chain stays queued, and is run again once delivered again."""
+        try:
+            await self.store.finish(work.chain_id, state, answer, error, encode(ending))
+        except DOWN as exc:
+            self.log.warning(
+                "chain_end_not_stored", chain_id=work.chain_id, error=repr(exc),
+                retry_in_s=self._ack_wait_s,
+            )  # fmt: skip
+            return False
+        await self._send_end(work, writer, ending)
+        return True
+
+    async def _send_end(self, work: ChainWork, writer: ChainWriter, ending: Done | Error) -> None:
+        """End the chain's stream and answer the caller waiting for it, if any."""
+        await writer.end(ending)
+        if not work.reply:
+            return
+        if isinstance(ending, Done):
+            await send_reply(self.nc, work.reply, encode(_result(ending)), work.chain_id)
+        else:
+            await reply_error(self.nc, work.reply, error_from_wire(ending), work.chain_id)
+
+    async def _resend_end(self, work: ChainWork) -> None:
+        """A chain stored as ended, delivered again: its coordinator died before it sent
+        the end, or only the acknowledgement was lost. Send the stored end if the stream
+        lacks it."""
+        writer = ChainWriter(self.nc, self.subjects, work.chain_id)
+        await writer.open()
+        if writer.ended:
+            return
+        stored = await self.store.ending(work.chain_id)
+        if stored is None:
+            return
+        ending = decode_stream(stored)
+        if isinstance(ending, Done | Error):
+            self.log.info("chain_end_sent_again", chain_id=work.chain_id)
+            await self._send_end(work, writer, ending)
 
     async def _keep_alive(self, chain_id: str, msg: Msg) -> None:
         """Tell JetStream (and the chain's row) the chain is being run, every quarter of

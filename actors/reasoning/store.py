@@ -85,15 +85,28 @@ class ChainStore:
             )  # fmt: skip
 
     async def finish(
-        self, chain_id: str, state: ChainState, answer: str | None, error: str | None
+        self,
+        chain_id: str,
+        state: ChainState,
+        answer: str | None,
+        error: str | None,
+        ending: bytes,
     ) -> None:
-        """Record how the chain ended."""
+        """Record how the chain ended, and the message that ends its stream."""
         async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             await conn.execute(
                 "UPDATE reasoning_chains SET state = $2, answer = $3, error = $4,"
-                " finished_at = $5 WHERE chain_id = $1",
-                chain_id, state.value, _storable(answer), _storable(error), _now(),
+                " finished_at = $5, ending = $6 WHERE chain_id = $1",
+                chain_id, state.value, _storable(answer), _storable(error), _now(), ending,
             )  # fmt: skip
+
+    async def ending(self, chain_id: str) -> bytes | None:
+        """The message that ends the chain's stream, once the chain has ended."""
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            value: bytes | None = await conn.fetchval(
+                "SELECT ending FROM reasoning_chains WHERE chain_id = $1", chain_id
+            )
+        return value
 
     async def own(self, chain_id: str, owner: str) -> None:
         """Note that `owner` runs the chain, now (its heartbeat)."""

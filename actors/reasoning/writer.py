@@ -9,6 +9,8 @@ taking a chain over continues its numbering and sends nothing twice.
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 from nats.js.errors import NotFoundError
 
@@ -35,6 +37,7 @@ class ChainWriter:
         self._steps: set[tuple[str, StepState]] = set()
         self.relayed = 0
         self.ended = False
+        self._sending = asyncio.Lock()
 
     async def open(self) -> None:
         """Read what the chain's stream holds already (a chain taken over)."""
@@ -79,9 +82,12 @@ class ChainWriter:
             self.ended = True
 
     async def _publish(self, message: Step | Chunk | Done | Error) -> None:
-        self.seq += 1
-        message.seq = self.seq
-        headers = {"Nats-Msg-Id": f"{self.chain_id}.{self.seq}"}
-        await self._js.publish(
-            self._subject, encode(message), timeout=_ACK_TIMEOUT_S, headers=headers
-        )
+        """Store `message` as the next seq: one at a time, so the stream holds them in
+        order, and a seq is taken only once stored, so a failed send leaves no gap."""
+        async with self._sending:
+            message.seq = self.seq + 1
+            headers = {"Nats-Msg-Id": f"{self.chain_id}.{message.seq}"}
+            await self._js.publish(
+                self._subject, encode(message), timeout=_ACK_TIMEOUT_S, headers=headers
+            )
+            self.seq = message.seq

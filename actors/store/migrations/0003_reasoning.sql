@@ -9,6 +9,9 @@ CREATE TABLE reasoning_chains (
     warnings    jsonb       NOT NULL DEFAULT '[]'::jsonb,
     answer      text,
     error       text,
+    -- The message that ends the chain's stream (done or error), stored before it is
+    -- sent: a coordinator taking over a chain that ended here sends it if it is missing.
+    ending      bytea,
     -- The coordinator running it and when it last said so: one taking a chain over
     -- leaves it to a live owner.
     owner        text,
