@@ -9,13 +9,14 @@ by one `seq`. `reason.get` and `reason.list` read stored chains back.
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from msgspec import Meta, Struct
 
 from schemas.requests import DeadlineMs, Name, Options, Priority
 
 __all__ = [
+    "LANGUAGES",
     "Chain",
     "ChainState",
     "ChainSummary",
@@ -34,6 +35,7 @@ __all__ = [
 ChainId = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9_-]{1,48}\Z")]
 MaxSteps = Annotated[int, Meta(ge=1, le=32)]
 Language = Literal["en", "de"]
+LANGUAGES: tuple[Language, ...] = get_args(Language)
 
 
 class StepKind(enum.StrEnum):

@@ -274,6 +274,8 @@ def _subject(subjects: Subjects, name: str) -> str:
         return subjects.prompts(verb)
     if family == "models":
         return subjects.models(verb)
+    if family == "reasoning":
+        return subjects.reasoning(verb)
     return str(getattr(subjects, name))
 
 
@@ -296,6 +298,10 @@ def _asking(subject: str, *args: str) -> object:
         _asking("health", "status", "--watch"),
         _asking("models.list", "models", "list"),
         _asking("models.load", "models", "load", "qwen2.5:7b"),
+        _asking("reason", "reason", "why?"),
+        _asking("reason", "reason", "why?", "--no-stream"),
+        _asking("reasoning.list", "chains"),
+        _asking("reasoning.get", "chains", "c1"),
     ],
 )
 async def test_ctrl_c_ends_a_command_waiting_for_an_answer(
@@ -472,3 +478,63 @@ async def test_ctrl_c_ends_the_demo_and_cleans_up(tmp_path: Path) -> None:
 def _demo_dirs(tmp: Path) -> list[Path]:
     """The demo's scratch directories (its Postgres data) still in `tmp`."""
     return list(tmp.glob("ollamesh-demo-*"))
+
+
+REASONING = ("router", "executor", "prompts", "reasoning")
+WINDOWS = "How many windows are in a 5-story building with 4 windows per floor?"
+
+
+async def test_reason_draws_the_steps_then_prints_the_answer(
+    database_url, sim_factory, stack_factory, nats_server, prefix
+) -> None:
+    """`ollamesh reason QUERY` (not on a terminal): a line per step change on stderr, the
+    answer on stdout, the chain's figures last; `chains` lists it, `chains ID` shows it."""
+    sim = await sim_factory(models=MODELS)
+    await stack_factory([sim.url], actors=REASONING, database={"url": database_url})
+    bus = ("--nats", nats_server.url, "--prefix", prefix)
+    code, out, err = await run("reason", WINDOWS, "--max-steps", "3", "--num-predict", "8", *bus)
+    assert code == 0, err
+    lines = err.splitlines()
+    started = [line for line in lines if line.startswith("step ") and " started" in line]
+    finished = [line for line in lines if line.startswith("step ") and " done (" in line]
+    assert len(started) == len(finished) >= 1 and sim.url in finished[0]
+    assert len(out.split()) == 8
+    figures = lines[-1]
+    assert figures.startswith("[chain ") and f"{len(finished)} steps" in figures
+    chain_id = figures.removeprefix("[chain ").split(":", 1)[0]
+    code, listed, err = await run("chains", *bus)
+    assert code == 0 and chain_id in listed and "done" in listed, err
+    code, shown, err = await run("chains", chain_id, *bus)
+    assert code == 0, err
+    assert f"chain {chain_id} (done): {WINDOWS}" in shown and out.strip() in shown
+
+
+async def test_reason_with_a_bad_request_says_why_in_one_line(nats_server, prefix) -> None:
+    """`--max-steps 40` is refused before anything is sent: one line, exit 1."""
+    code, _, err = await run(
+        "reason", "why?", "--max-steps", "40", "--nats", nats_server.url, "--prefix", prefix
+    )
+    assert code == 1 and err.startswith("error: bad_request:") and "max_steps" in err
+    assert "Traceback" not in err
+
+
+async def test_ctrl_c_mid_chain_cancels_the_chain(
+    database_url, sim_factory, stack_factory, nats_server, prefix
+) -> None:
+    """SIGINT while the chain's steps generate: exit 130 at once, and the chain is stopped
+    on the fleet (stored as cancelled, nothing left generating)."""
+    sim = await sim_factory(models=MODELS, tokens_per_second=20)
+    await stack_factory([sim.url], actors=REASONING, database={"url": database_url})
+    proc = await start(
+        "reason", WINDOWS, "--num-predict", "5000", "--nats", nats_server.url, "--prefix", prefix
+    )
+    await lines_until(proc.stderr, lambda line: line.startswith("step ") and "started" in line)
+    await interrupt(proc)
+    await sim.engine.wait_for(lambda s: s.in_flight == 0, timeout=10)
+    async with Client(nats_server.url, prefix=prefix, timeout=30.0) as client:
+        (chain,) = await client.list_chains()
+        await eventually(lambda: _state_is(client, chain.chain_id, "cancelled"), timeout=10)
+
+
+async def _state_is(client: Client, chain_id: str, state: str) -> bool:
+    return (await client.get_chain(chain_id)).state.value == state

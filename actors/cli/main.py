@@ -1,5 +1,5 @@
-"""The `ollamesh` command: up, demo, sim, bench, generate, chat, queues, stats, cache, prompts,
-models, status."""
+"""The `ollamesh` command: up, demo, sim, bench, generate, chat, reason, chains, queues, stats,
+cache, prompts, models, status."""
 
 from __future__ import annotations
 
@@ -101,6 +101,14 @@ def _fleet(args: argparse.Namespace) -> int:
     return run_async(lambda: command(args))
 
 
+def _reasoning(args: argparse.Namespace) -> int:
+    from actors.cli.reason import chains, reason
+
+    configure_logging("warning")
+    command = reason if args.command == "reason" else chains
+    return run_async(lambda: command(args))
+
+
 def _demo(args: argparse.Namespace) -> int:
     from actors.cli.demo import demo
 
@@ -112,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     from actors.cli.bench import register as register_bench
     from actors.cli.fleet import register as register_fleet
+    from actors.cli.reason import register as register_reason
     from actors.cli.sim import register as register_sim
 
     parser = argparse.ArgumentParser(prog="ollamesh", description=__doc__)
@@ -175,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     prompts.set_defaults(func=_prompts)
 
     register_fleet(sub, _bus_args, _fleet)
+    register_reason(sub, _bus_args, _reasoning)
     register_sim(sub)
     register_bench(sub)
     return parser

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
+import nats.errors
 
-from bus.client import ChunkStream, Client
+from bus.client import ChainStream, ChunkStream, Client
 from bus.errors import BadRequest
 from schemas import Done, Message, RecorderState
 
-__all__ = ["chat", "generate", "queues"]
+__all__ = ["cancel_on_the_way_out", "chat", "generate", "queues"]
 
 T = TypeVar("T")
 # How long a Ctrl-C'd answer may take to send its cancel on the way out.
@@ -60,6 +61,16 @@ async def _off_loop(read: Callable[[], T]) -> T:
     return await result
 
 
+async def cancel_on_the_way_out(stream: ChunkStream | ChainStream) -> None:
+    """Ctrl-C'd: ask the fleet to stop the request (the fleet need not go on generating
+    for nobody), within `_CANCEL_S`; a cancel that cannot be sent is said, not raised."""
+    try:
+        async with asyncio.timeout(_CANCEL_S):
+            await stream.cancel()
+    except (TimeoutError, nats.errors.Error) as exc:
+        print(f"could not cancel {stream.request_id}: {exc!r}", file=sys.stderr)
+
+
 async def _print_stream(stream: ChunkStream) -> str:
     parts = []
     try:
@@ -67,10 +78,8 @@ async def _print_stream(stream: ChunkStream) -> str:
             parts.append(chunk.text)
             sys.stdout.write(chunk.text)
             sys.stdout.flush()
-    except asyncio.CancelledError:  # Ctrl-C: the fleet need not go on generating for nobody
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(_CANCEL_S):
-                await stream.cancel()
+    except asyncio.CancelledError:
+        await cancel_on_the_way_out(stream)
         raise
     sys.stdout.write("\n")
     print(_stats(stream.done), file=sys.stderr)
