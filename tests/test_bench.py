@@ -86,3 +86,19 @@ def test_cache_bench_reports_hits_and_single_flight() -> None:
     assert ttft["cache_hit"]["p99"] >= ttft["cache_hit"]["p50"] > 0
     assert _positive(ttft["direct_uncached"]["p50"]) and _positive(report["hits_per_s"]["rate"])
     assert report["single_flight"]["upstream_calls"] == 1
+
+
+def test_reason_bench_reports_parallelism_and_the_cost_per_step() -> None:
+    """A tiny reasoning run exits 0 with the parallel ratio and the cost per step."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "actors", "bench", "--reason", "--reason-chains", "2"],
+        capture_output=True, timeout=180, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    ratio = report["parallel"]["steps_wall_over_sum"]
+    assert 0 < ratio["p50"] <= ratio["p99"] <= 1.5
+    per_step = report["per_step_ms"]
+    assert per_step["in_chain"]["p99"] >= per_step["in_chain"]["p50"] > 0
+    assert _positive(per_step["direct_generate"]["p50"]) and math.isfinite(per_step["added_p50"])
+    assert set(report["targets"]["met"]) == {"parallel_ratio", "added_per_step"}

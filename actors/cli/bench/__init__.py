@@ -1,5 +1,6 @@
-"""`ollamesh bench`: the spine, the cache and host strategies on a skewed fleet, measured
-against a direct call in the same run; one JSON object on stdout."""
+"""`ollamesh bench`: the spine, the cache, host strategies on a skewed fleet and the
+reasoning coordinator, measured against a direct call in the same run; one JSON object on
+stdout."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     c = p.add_argument_group("the answer cache (instead of the above)")
     c.add_argument("--cache", action="store_true", help="cache hits and single-flight")
     c.add_argument("--cache-requests", type=int, default=400, help="requests per figure")
+    r = p.add_argument_group("the reasoning coordinator (instead of the above)")
+    r.add_argument("--reason", action="store_true", help="parallel steps and cost per step")
+    r.add_argument("--reason-chains", type=int, default=20, help="chains of each shape")
     p.set_defaults(func=run)
 
 
@@ -43,7 +47,10 @@ def run(args: argparse.Namespace) -> int:
 
 async def bench(args: argparse.Namespace) -> int:
     """Run the bench asked for; print one JSON object on stdout."""
-    sizes = (args.fleet_requests, args.fleet_tokens, args.fleet_streams, args.cache_requests)
+    sizes = (
+        args.fleet_requests, args.fleet_tokens, args.fleet_streams, args.cache_requests,
+        args.reason_chains,
+    )  # fmt: skip
     if min(args.requests, args.tokens, args.stream_tokens, *sizes) < 1 or args.warmup < 0:
         print("error: request counts, token counts and streams must be positive", file=sys.stderr)
         return 2
@@ -57,7 +64,11 @@ async def bench(args: argparse.Namespace) -> int:
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
     try:
-        if args.cache:
+        if args.reason:
+            from actors.cli.bench.reason import reason_bench
+
+            figures = await reason_bench(args.reason_chains)
+        elif args.cache:
             from actors.cli.bench.cache import cache_bench
 
             figures = await cache_bench(args.cache_requests)

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from actors.cli.bench.harness import MODEL, fleet, percentile, progress, wait_for
+from actors.cli.bench.harness import MODEL, fleet, p50_p99, percentile, progress, wait_for
 from actors.store import EmbeddedPostgres
 from bus.client import Client
 from bus.server import EmbeddedNats
@@ -66,9 +66,9 @@ async def cache_bench(requests: int) -> dict[str, Any]:
     return {
         "requests": requests,
         "ttft_ms": {
-            "direct_uncached": {"p50": round(d50, 3), "p99": round(percentile(direct, 99), 3)},
-            "cache_miss": {"p50": round(m50, 3), "p99": round(percentile(misses, 99), 3)},
-            "cache_hit": {"p50": round(h50, 3), "p99": round(percentile(hits, 99), 3)},
+            "direct_uncached": p50_p99(direct),
+            "cache_miss": p50_p99(misses),
+            "cache_hit": p50_p99(hits),
             "miss_added_p50": round(m50 - d50, 3),
             "hit_over_direct_p50": round(h50 / d50, 2),
         },

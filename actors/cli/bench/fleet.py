@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from actors.cli.bench.harness import percentile, progress
+from actors.cli.bench.harness import p50_p99, progress
 from actors.executor.placement import HOST_STRATEGIES
 from actors.runtime.supervisor import Stack
 from actors.simulator import SimulatorServer
@@ -124,10 +124,7 @@ async def _run(url: str, strategy: str, requests: int, tokens: int, streams: int
         s.url: f"{int(tps)}tok/s x{slots}" for s, (tps, slots) in zip(sims, FLEET, strict=True)
     }
     return {
-        "latency_ms": {
-            "p50": round(percentile(latencies, 50), 1),
-            "p99": round(percentile(latencies, 99), 1),
-        },
+        "latency_ms": p50_p99(latencies, 1),
         "requests_per_s": round(len(latencies) / elapsed, 2),
         "share": {names[h]: n for h, n in sorted(hosts.items(), key=lambda kv: names[kv[0]])},
         "errors": errors,

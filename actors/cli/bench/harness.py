@@ -32,6 +32,7 @@ __all__ = [
     "Procs",
     "fleet",
     "machine",
+    "p50_p99",
     "percentile",
     "progress",
     "unless_one_dies",
@@ -62,6 +63,11 @@ def percentile(values: list[float], q: float) -> float:
     pos = (len(xs) - 1) * q / 100
     lo = math.floor(pos)
     return xs[lo] + (xs[min(lo + 1, len(xs) - 1)] - xs[lo]) * (pos - lo)
+
+
+def p50_p99(values: list[float], digits: int = 3) -> dict[str, float]:
+    """The median and the 99th percentile of `values`, rounded to `digits`."""
+    return {q: round(percentile(values, n), digits) for q, n in (("p50", 50), ("p99", 99))}
 
 
 def progress(text: str) -> None:
@@ -105,10 +111,16 @@ async def wait_for(
 
 @contextlib.asynccontextmanager
 async def fleet(
-    nats_url: str, prefix: str, *, stores: str = "", env_extra: dict[str, str] | None = None
+    nats_url: str,
+    prefix: str,
+    *,
+    stores: str = "",
+    env_extra: dict[str, str] | None = None,
+    config_extra: str = "",
 ) -> AsyncIterator[tuple[str, Procs]]:
     """Run the simulator, one executor and one router (and, with `stores`, a process of
-    those actors, e.g. "cache"); yield the simulator's URL."""
+    those actors, e.g. "cache"), configured with `config_extra` (TOML) too; yield the
+    simulator's URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -116,7 +128,7 @@ async def fleet(
     procs: Procs = {}
     with tempfile.TemporaryDirectory(prefix="ollamesh-bench-") as tmp:
         config = Path(tmp) / "bench.toml"
-        config.write_text(_CONFIG)
+        config.write_text(_CONFIG + config_extra)
         env = os.environ | {
             "NATS_URL": nats_url,
             "OLLAMA_HOSTS": sim_url,
