@@ -9,11 +9,11 @@ by one `seq`. `reason.get` and `reason.list` read stored chains back.
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Literal, get_args
+from typing import Annotated
 
 from msgspec import Meta, Struct
 
-from schemas.requests import DeadlineMs, Name, Options, Priority
+from schemas.requests import LANGUAGES, DeadlineMs, Language, Name, Options, Priority
 
 __all__ = [
     "LANGUAGES",
@@ -34,8 +34,6 @@ __all__ = [
 # A chain's id is a request id, and its steps' requests take ids made from it.
 ChainId = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9_-]{1,48}\Z")]
 MaxSteps = Annotated[int, Meta(ge=1, le=32)]
-Language = Literal["en", "de"]
-LANGUAGES: tuple[Language, ...] = get_args(Language)
 
 
 class StepKind(enum.StrEnum):

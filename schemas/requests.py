@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import enum
 import functools
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 from msgspec import Meta, Struct
 
 __all__ = [
+    "LANGUAGES",
     "ROUTING_FIELDS",
     "CacheMode",
     "ChatRequest",
     "EmbedRequest",
     "GenerateRequest",
     "Kind",
+    "Language",
     "Message",
     "Name",
     "Options",
@@ -64,6 +66,9 @@ RequestId = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9_-]{1,64}\Z")]
 # no log line or Postgres text column takes safely (Postgres refuses NUL outright).
 Name = Annotated[str, Meta(max_length=256, pattern=r"\A[^\x00-\x1f\x7f]*\Z")]
 # At most a day: queued work older than that is dropped as stale.
+# The languages ollamesh's own prompts and answers come in (reasoning, construction).
+Language = Literal["en", "de"]
+LANGUAGES: tuple[Language, ...] = get_args(Language)
 DeadlineMs = Annotated[int, Meta(gt=0, le=24 * 3600 * 1000)]
 
 

@@ -14,11 +14,11 @@ from schemas.reasoning import (
     Chain,
     ChainState,
     ChainSummary,
-    Language,
     StepKind,
     StepResult,
     StepState,
 )
+from schemas.requests import Language
 
 __all__ = ["ChainStore", "plan_of"]
 

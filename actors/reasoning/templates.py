@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from bus.client import Client
-from schemas.reasoning import Language
+from schemas.requests import Language
 
 __all__ = ["TEMPLATES", "ensure_templates", "results_text", "template_name"]
 

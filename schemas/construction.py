@@ -1,0 +1,102 @@
+"""The construction analyzer's contract (`llm.v1.construction.*`): the HOAI fee.
+
+Amounts are euros as JSON numbers. A fee is computed line by line, each line rounded to
+the cent and the next computed from it, so the lines shown add up; each names the
+paragraph of the HOAI 2021 it rests on. Every request takes `language` ("en" or "de")
+and is answered in it.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from schemas.requests import Language
+
+__all__ = [
+    "ZONES",
+    "Conversion",
+    "FeeLine",
+    "HoaiFee",
+    "HoaiFeeRequest",
+    "ObjectKind",
+    "Zone",
+]
+
+Zone = Literal["I", "II", "III", "IV", "V"]
+ZONES: tuple[Zone, ...] = ("I", "II", "III", "IV", "V")
+Euros = Annotated[float, Meta(ge=0, le=1e12)]
+Percent = Annotated[float, Meta(ge=0, le=100)]
+# A position between the Basishonorarsatz (0) and the oberer Honorarsatz (1).
+Position = Annotated[float, Meta(ge=0, le=1)]
+Phase = Annotated[int, Meta(ge=1, le=9)]
+Points = Annotated[int, Meta(ge=0, le=9)]
+
+
+class ObjectKind(enum.StrEnum):
+    """What is planned: a building (Gebäude) or an interior (Innenraum)."""
+
+    BUILDING = "building"
+    INTERIOR = "interior"
+
+
+class Conversion(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A conversion or modernisation (Umbau, § 36 with § 6 Abs. 2): the surcharge agreed
+    in Textform, or none agreed (20 % from average difficulty, Honorarzone III, upward)."""
+
+    surcharge_pct: Percent | None = None
+
+
+class HoaiFeeRequest(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """The fee of the Objektplanung Gebäude und Innenräume (HOAI 2021, Teil 3 Abschnitt 1).
+
+    Give `zone`, or `points`: the evaluation points per criterion (1-6) that decide it
+    (§ 35 Abs. 4-6). `rate` is `basis` (the Basishonorarsatz, the default without an
+    agreement), `upper` (the oberer Honorarsatz) or a position 0..1 between them;
+    `agreed_fee` is a full fee agreed in Textform (§ 7 Abs. 1), used instead of the
+    table's. `phases` are the Leistungsphasen commissioned (default: all nine).
+    """
+
+    kind: ObjectKind = ObjectKind.BUILDING
+    eligible_costs: Euros
+    zone: Zone | None = None
+    points: dict[Annotated[int, Meta(ge=1, le=6)], Points] | None = None
+    phases: Annotated[list[Phase], Meta(min_length=1, max_length=9)] = msgspec.field(
+        default_factory=lambda: list(range(1, 10))
+    )
+    rate: Literal["basis", "upper"] | Position = "basis"
+    agreed_fee: Euros | None = None
+    conversion: Conversion | None = None
+    incidental_costs_pct: Percent = 0.0
+    vat_pct: Percent = 19.0
+    language: Language = "en"
+
+
+class FeeLine(Struct, kw_only=True, omit_defaults=True):
+    """One line of the calculation: what it is, its amount, the rule it rests on."""
+
+    label: str
+    amount: float
+    basis: str
+    detail: str = ""
+
+
+class HoaiFee(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="hoai_fee"):
+    """The fee, line by line; `in_table` false when the costs lie outside the § 35 table
+    (and no fee was agreed): then there is no HOAI figure, only `notes` saying so."""
+
+    kind: ObjectKind
+    eligible_costs: float
+    zone: Zone
+    points_total: int | None = None
+    phases: list[int]
+    phase_share_pct: float
+    in_table: bool
+    lines: list[FeeLine] = []
+    net: float | None = None
+    vat: float | None = None
+    gross: float | None = None
+    notes: list[str] = []
