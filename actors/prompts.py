@@ -23,10 +23,10 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from actors.store.sink import ACQUIRE_TIMEOUT_S, DOWN
+from actors.store.sink import ACQUIRE_TIMEOUT_S, unreachable_as
 from bus.actor import Actor
 from bus.config import Config
-from bus.errors import BadRequest, Unavailable
+from bus.errors import BadRequest
 from bus.rpc import decode_body
 from bus.subjects import Subjects
 from schemas import encode
@@ -173,10 +173,8 @@ class PromptStore(Actor):
             await self.serve(subject, partial(self._guarded, handler), queue="prompts")
 
     async def _guarded(self, handler: Handler, msg: Msg) -> bytes:
-        try:
+        with unreachable_as("the prompt store's database"):
             return await handler(msg)
-        except DOWN as exc:
-            raise Unavailable(f"the prompt store's database is unreachable: {exc}") from exc
 
     async def seed(self) -> None:
         """Store the original service's templates, unless a template of that name exists."""

@@ -17,10 +17,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from actors.runtime.metrics import Metrics
-from actors.store.sink import ACQUIRE_TIMEOUT_S, DOWN, EventSink
+from actors.store.sink import ACQUIRE_TIMEOUT_S, EventSink, unreachable_as
 from bus.actor import Actor
 from bus.config import Config
-from bus.errors import Unavailable
 from bus.subjects import Subjects
 from schemas import FleetStats, RecorderState, StatsRow, encode
 from schemas.internal import RequestEvent, decode_event
@@ -151,7 +150,7 @@ class Recorder(Actor):
     async def _stats(self, msg: Msg) -> bytes:
         """Figures per model and per host for each window, from the table."""
         windows: dict[str, list[StatsRow]] = {}
-        try:
+        with unreachable_as("the stats database"):
             async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
                 for name, span in WINDOWS.items():
                     records = await conn.fetch(_STATS, span)
@@ -159,7 +158,5 @@ class Recorder(Actor):
                         StatsRow(**{k: v for k, v in r.items() if v is not None}) for r in records
                     ]
                 dead_letters = await conn.fetchval(_DEAD_LETTERS, _CONSUMER)
-        except DOWN as exc:
-            raise Unavailable(f"the stats database is unreachable: {exc}") from exc
         state = self._own_state(dead_letters)
         return encode(FleetStats(windows=windows, at=time.time(), recorder=state))

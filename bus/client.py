@@ -12,6 +12,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
 from bus.connection import close_within, connect
+from bus.construction import Construction
 from bus.errors import (
     BadRequest,
     Internal,
@@ -129,6 +130,11 @@ class Client:
             return self._open_stream(ChainStream, sub, chain_id)
 
         return Reasoning(self.nc, self.subjects, self.timeout, open_stream)
+
+    @property
+    def construction(self) -> Construction:
+        """HOAI fees with their analysis, and stored analyses."""
+        return Construction(self.nc, self.subjects, self.timeout)
 
     @property
     def fleet(self) -> Fleet:

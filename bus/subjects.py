@@ -117,6 +117,10 @@ class Subjects:
         """Request/reply to the reasoning coordinators: get, list."""
         return f"{self._base}.reason.{verb}"
 
+    def construction(self, verb: str) -> str:
+        """Request/reply to the construction analyzers: hoai, get, list."""
+        return f"{self._base}.construction.{verb}"
+
     def board(self, executor: str) -> str:
         """Where one executor publishes its load (core NATS, not stored)."""
         return f"{self._base}.board.{model_token(executor)}"

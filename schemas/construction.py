@@ -1,4 +1,9 @@
-"""The construction analyzer's contract (`llm.v1.construction.*`): the HOAI fee.
+"""The construction analyzer's contract (`llm.v1.construction.*`).
+
+`hoai`: the HOAI fee, computed exactly, then the model's analysis with the fee as fact.
+Every result is stored (`construction_analyses`) under an id; the same input again is
+answered from the store unless the request says `fresh`. `get` reads one back, `list`
+the latest.
 
 Amounts are euros as JSON numbers. A fee is computed line by line, each line rounded to
 the cent and the next computed from it, so the lines shown add up; each names the
@@ -14,14 +19,21 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from schemas.requests import Language
+from schemas.requests import DeadlineMs, Language, Name, Options
 
 __all__ = [
     "ZONES",
+    "Analyses",
+    "AnalysisGet",
+    "AnalysisKind",
+    "AnalysisList",
+    "AnalysisSummary",
     "Conversion",
     "FeeLine",
     "HoaiFee",
     "HoaiFeeRequest",
+    "HoaiRequest",
+    "HoaiResult",
     "ObjectKind",
     "Zone",
 ]
@@ -100,3 +112,74 @@ class HoaiFee(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="h
     vat: float | None = None
     gross: float | None = None
     notes: list[str] = []
+
+
+class AnalysisKind(enum.StrEnum):
+    """What a stored analysis answered."""
+
+    HOAI = "hoai"
+
+
+ProjectId = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9_.-]{1,64}\Z")]
+AnalysisId = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9_-]{1,64}\Z")]
+
+
+class HoaiRequest(HoaiFeeRequest, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """`construction.hoai`: the fee, then (unless `analysis` is false) the model's analysis
+    of the phases commissioned, from the prompt store's `hoai_analysis_template`."""
+
+    project_type: Annotated[str, Meta(max_length=200)] = ""
+    area_m2: Annotated[float, Meta(gt=0, le=1e8)] | None = None
+    project_id: ProjectId | None = None
+    analysis: bool = True
+    # The role or model that writes the analysis.
+    role: Name = "primary"
+    options: Options | None = None
+    deadline_ms: DeadlineMs | None = None
+    # Analyse again even if the same input was answered before.
+    fresh: bool = False
+
+
+class HoaiResult(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="hoai_result"):
+    """The fee and the analysis; `stored` when it came from the store (the same input was
+    answered before, at `created_at`)."""
+
+    analysis_id: str
+    fee: HoaiFee
+    text: str = ""
+    model: str = ""
+    host: str = ""
+    duration_ms: float = 0.0
+    stored: bool = False
+    created_at: float = 0.0
+
+
+class AnalysisGet(Struct, kw_only=True, forbid_unknown_fields=True):
+    """`construction.get`: one stored analysis, as its verb answered it."""
+
+    analysis_id: AnalysisId
+
+
+class AnalysisList(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """`construction.list`: the latest analyses, of one kind or project if given."""
+
+    kind: AnalysisKind | None = None
+    project_id: ProjectId | None = None
+    limit: Annotated[int, Meta(ge=1, le=500)] = 20
+
+
+class AnalysisSummary(Struct, kw_only=True, omit_defaults=True):
+    """One line of `construction.list`."""
+
+    analysis_id: str
+    kind: AnalysisKind
+    project_id: str | None = None
+    model: str = ""
+    duration_ms: float = 0.0
+    created_at: float = 0.0
+
+
+class Analyses(Struct, kw_only=True, tag_field="type", tag="analyses"):
+    """The answer of `construction.list`."""
+
+    analyses: list[AnalysisSummary]

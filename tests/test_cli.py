@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 from asyncio.subprocess import PIPE, Process
@@ -276,6 +277,8 @@ def _subject(subjects: Subjects, name: str) -> str:
         return subjects.models(verb)
     if family == "reasoning":
         return subjects.reasoning(verb)
+    if family == "construction":
+        return subjects.construction(verb)
     return str(getattr(subjects, name))
 
 
@@ -302,6 +305,8 @@ def _asking(subject: str, *args: str) -> object:
         _asking("reason", "reason", "why?", "--no-stream"),
         _asking("reasoning.list", "chains"),
         _asking("reasoning.get", "chains", "c1"),
+        _asking("construction.hoai", "construction", "hoai", "--costs", "1e5", "--zone", "I"),
+        _asking("construction.list", "construction", "list"),
     ],
 )
 async def test_ctrl_c_ends_a_command_waiting_for_an_answer(
@@ -538,3 +543,30 @@ async def test_ctrl_c_mid_chain_cancels_the_chain(
 
 async def _state_is(client: Client, chain_id: str, state: str) -> bool:
     return (await client.get_chain(chain_id)).state.value == state
+
+
+async def test_construction_hoai_prints_the_fee_then_get_and_list_find_it(
+    database_url, sim_factory, stack_factory, nats_server, prefix
+) -> None:
+    """`ollamesh construction hoai` prints the fee line by line with its paragraphs and
+    the analysis' id; `construction get ID` shows it again (from the store), `list` lists
+    it; a bad `--points` is one line and exit 1."""
+    sim = await sim_factory(models=MODELS)
+    actors = ("router", "executor", "prompts", "construction")
+    await stack_factory([sim.url], actors=actors, database={"url": database_url})
+    bus = ("--nats", nats_server.url, "--prefix", prefix)
+    code, out, err = await run(
+        "construction", "hoai", "--costs", "400000", "--zone", "III", "--phases", "1-4",
+        "--conversion", "--incidentals", "5", "--no-analysis", *bus,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "51,440.50" in out and "13,888.94" in out and "20,825.08" in out
+    assert "§ 34 Abs. 3" in out and "§ 36, § 6 Abs. 2" in out
+    match = re.search(r"\[analysis (\w+): ", out)
+    assert match is not None, out
+    code, shown, err = await run("construction", "get", match[1], *bus)
+    assert code == 0 and "from the store" in shown and "20,825.08" in shown, err
+    code, listed, err = await run("construction", "list", *bus)
+    assert code == 0 and match[1] in listed, err
+    code, _, err = await run("construction", "hoai", "--costs", "1e5", "--points", "7,1", *bus)
+    assert code == 1 and err.startswith("error: bad_request:") and "Traceback" not in err

@@ -1,5 +1,5 @@
-"""The `ollamesh` command: up, demo, sim, bench, generate, chat, reason, chains, queues, stats,
-cache, prompts, models, status."""
+"""The `ollamesh` command: up, demo, sim, bench, generate, chat, reason, chains, construction,
+queues, stats, cache, prompts, models, status."""
 
 from __future__ import annotations
 
@@ -109,6 +109,13 @@ def _reasoning(args: argparse.Namespace) -> int:
     return run_async(lambda: command(args))
 
 
+def _construction(args: argparse.Namespace) -> int:
+    from actors.cli.construction import construction
+
+    configure_logging("warning")
+    return run_async(lambda: construction(args))
+
+
 def _demo(args: argparse.Namespace) -> int:
     from actors.cli.demo import demo
 
@@ -119,6 +126,7 @@ def _demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     from actors.cli.bench import register as register_bench
+    from actors.cli.construction import register as register_construction
     from actors.cli.fleet import register as register_fleet
     from actors.cli.reason import register as register_reason
     from actors.cli.sim import register as register_sim
@@ -185,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_fleet(sub, _bus_args, _fleet)
     register_reason(sub, _bus_args, _reasoning)
+    register_construction(sub, _bus_args, _construction)
     register_sim(sub)
     register_bench(sub)
     return parser

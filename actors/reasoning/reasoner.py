@@ -28,7 +28,7 @@ from actors.reasoning.chain import ChainRun, Roles
 from actors.reasoning.store import ChainStore
 from actors.reasoning.templates import ensure_templates
 from actors.reasoning.writer import ChainWriter
-from actors.store.sink import DOWN
+from actors.store.sink import DOWN, unreachable_as
 from bus.actor import Actor, reply_error, send_reply
 from bus.client import Client
 from bus.config import Config
@@ -51,6 +51,7 @@ from schemas.reasoning import Chain, Chains, ChainState, ReasonGet, ReasonList, 
 __all__ = ["Reasoner"]
 
 _QUEUE = "reasoning"
+_DATABASE = "the reasoning database"
 _CONSUMER = "reasoning-chains"
 # A pull lives this long at the server: stopping takes about as long.
 _FETCH_S = 0.5
@@ -153,10 +154,8 @@ class Reasoner(Actor):
         if not request.stream and not msg.reply:
             raise BadRequest("a non-streamed chain needs a reply subject (use request/reply)")
         chain_id = request.request_id or uuid.uuid4().hex
-        try:
+        with unreachable_as(_DATABASE):
             created = await self.store.create(chain_id, request.query, request.language)
-        except DOWN as exc:
-            raise Unavailable(f"the reasoning database is unreachable: {exc}") from exc
         if not created and not request.stream:
             raise BadRequest(f"chain id {chain_id} is already in use", request_id=chain_id)
         if created:
@@ -182,20 +181,16 @@ class Reasoner(Actor):
 
     async def _get(self, msg: Msg) -> bytes:
         ask = decode_body(ReasonGet, msg.data, "reason.get")
-        try:
+        with unreachable_as(_DATABASE):
             chain = await self.store.get(ask.chain_id)
-        except DOWN as exc:
-            raise Unavailable(f"the reasoning database is unreachable: {exc}") from exc
         if chain is None:
             raise BadRequest(f"no chain {ask.chain_id}")
         return encode(chain)
 
     async def _list(self, msg: Msg) -> bytes:
         ask = decode_body(ReasonList, msg.data, "reason.list")
-        try:
+        with unreachable_as(_DATABASE):
             return encode(Chains(chains=await self.store.recent(ask.limit)))
-        except DOWN as exc:
-            raise Unavailable(f"the reasoning database is unreachable: {exc}") from exc
 
     async def _on_cancel(self, msg: Msg) -> None:
         chain_id = msg.subject.rsplit(".", 1)[-1]

@@ -5,6 +5,8 @@ Apart from the supervisor, so the command line can name them without importing t
 
 __all__ = ["ACTORS", "DATABASE_ACTORS"]
 
-ACTORS = ("router", "executor", "recorder", "cache", "prompts", "health", "reasoning")
+ACTORS = (
+    "router", "executor", "recorder", "cache", "prompts", "health", "reasoning", "construction",
+)  # fmt: skip
 # Those that keep state in Postgres.
-DATABASE_ACTORS = frozenset({"recorder", "cache", "prompts", "reasoning"})
+DATABASE_ACTORS = frozenset({"recorder", "cache", "prompts", "reasoning", "construction"})

@@ -14,6 +14,7 @@ import asyncpg
 import structlog
 
 from actors.cache import CacheKeeper
+from actors.construction import ConstructionAnalyzer
 from actors.executor import Executor
 from actors.health import HealthMonitor
 from actors.prompts import PromptStore
@@ -86,6 +87,7 @@ class Stack:
         self.cache: CacheKeeper | None = None
         self.prompts: PromptStore | None = None
         self.reasoning: Reasoner | None = None
+        self.construction: ConstructionAnalyzer | None = None
         self.health: HealthMonitor | None = None
         self.nc: Connection | None = None
         self.registry: HostRegistry | None = None
@@ -98,7 +100,10 @@ class Stack:
     @property
     def actors(self) -> list[Actor]:
         """Every running actor, router first."""
-        stores = (self.recorder, self.cache, self.prompts, self.health, self.reasoning)
+        stores = (
+            self.recorder, self.cache, self.prompts, self.health, self.reasoning,
+            self.construction,
+        )  # fmt: skip
         others = [a for a in stores if a is not None]
         return ([self.router] if self.router else []) + list(self.executors) + others
 
@@ -175,6 +180,10 @@ class Stack:
             assert self.pool is not None
             self.reasoning = Reasoner(self.nc, self.subjects, self.config, self.pool)
             await self.reasoning.start()
+        if "construction" in self._wanted:
+            assert self.pool is not None
+            self.construction = ConstructionAnalyzer(self.nc, self.subjects, self.config, self.pool)
+            await self.construction.start()
         if "health" in self._wanted:
             self.health = HealthMonitor(
                 self.nc,
@@ -261,7 +270,10 @@ class Stack:
         if self.router:
             await self.router.stop(grace)
         await asyncio.gather(*(e.stop(grace) for e in self.executors))
-        for store in (self.reasoning, self.health, self.recorder, self.cache, self.prompts):
+        for store in (
+            self.construction, self.reasoning, self.health, self.recorder, self.cache,
+            self.prompts,
+        ):  # fmt: skip
             if store:
                 await store.stop(grace)
         if self.pool:

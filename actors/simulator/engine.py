@@ -89,7 +89,8 @@ class Stats:
     in_flight: int = 0
     queued: int = 0
     faults: Counter[str] = field(default_factory=Counter)
-    # The latest prompts (or last chat messages) answered, oldest first (`/_sim/prompts`).
+    # The latest prompts (after their system prompt; or last chat messages) answered,
+    # oldest first (`/_sim/prompts`).
     prompts: deque[str] = field(default_factory=lambda: deque(maxlen=_PROMPTS_KEPT))
 
     def snapshot(self) -> dict[str, object]:

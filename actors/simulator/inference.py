@@ -123,7 +123,12 @@ class InferenceApi:
             if isinstance(req, ChatRequest)
             else plan_generate(req, info, label)
         )
-        asked = (req.messages[-1].content if isinstance(req, ChatRequest) else req.prompt) or ""
+        # What the model was asked: a chat's last message; a prompt, after its system
+        # prompt if it has one (as the model's template puts them together).
+        if isinstance(req, ChatRequest):
+            asked = req.messages[-1].content or ""
+        else:
+            asked = "\n\n".join(part for part in (req.system, req.prompt) if part)
         self.engine.stats.prompts.append(asked)
         if (scripted := self.engine.scripts.take(info.name, asked)) is not None:
             turn.content, turn.limited = pieces(scripted), False

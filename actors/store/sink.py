@@ -13,7 +13,8 @@ idempotent: a batch cut short by a crash is delivered again.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import asyncpg
@@ -27,14 +28,25 @@ from nats.js.errors import BadRequestError
 from actors.runtime.metrics import Metrics
 from actors.store.failures import Verdict, reason, verdict
 from bus.config import RecorderConfig
-from bus.errors import logged
+from bus.errors import Unavailable, logged
 from bus.subjects import Subjects
 
-__all__ = ["ACQUIRE_TIMEOUT_S", "DOWN", "Decode", "EventSink", "Write"]
+__all__ = ["ACQUIRE_TIMEOUT_S", "DOWN", "Decode", "EventSink", "Write", "unreachable_as"]
 
 # Failures of the store that a request handler reports as `unavailable`. The sink itself
 # tells an outage from a refused row (see `actors.store.failures`).
 DOWN = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError, nats.errors.Error)
+
+
+@contextlib.contextmanager
+def unreachable_as(what: str) -> Iterator[None]:
+    """A database outage inside the block is `unavailable`, naming `what` ("the stats
+    database"): what a request answered from Postgres gets while Postgres is down."""
+    try:
+        yield
+    except DOWN as exc:
+        raise Unavailable(f"{what} is unreachable: {exc}") from exc
+
 
 # The longest a write waits for a free connection before it counts as an outage.
 ACQUIRE_TIMEOUT_S = 10.0

@@ -1,0 +1,146 @@
+"""`ollamesh construction hoai|get|list`: HOAI fees with their analysis, stored analyses."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bus.client import Client
+from bus.errors import BadRequest
+from schemas.construction import AnalysisKind, HoaiResult, ObjectKind
+from schemas.requests import LANGUAGES
+
+__all__ = ["register"]
+
+
+def _phases(text: str) -> list[int]:
+    """`1-4`, `1,2,3`, `5-8,9`: the Leistungsphasen named."""
+    phases: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        try:
+            phases += range(int(low), int(high or low) + 1)
+        except ValueError:
+            raise BadRequest(f"--phases: {text!r} is not like 1-4 or 1,2,3") from None
+    return phases
+
+
+def _rate(text: str) -> str | float:
+    if text in ("basis", "upper"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise BadRequest(f"--rate: {text!r} is not basis, upper or a number 0..1") from None
+
+
+def _show(result: HoaiResult, console: Console) -> None:
+    fee = result.fee
+    zone = f"zone {fee.zone}" + (f" ({fee.points_total} points)" if fee.points_total else "")
+    title = f"HOAI fee: {fee.eligible_costs:,.2f} EUR, {zone}, phases {fee.phases}"
+    table = Table(title=title, title_justify="left")
+    table.add_column("line")
+    table.add_column("EUR", justify="right", no_wrap=True)
+    table.add_column("basis", no_wrap=True)
+    for line in fee.lines:
+        label = f"{line.label}\n[dim]{line.detail}[/]" if line.detail else line.label
+        table.add_row(label, f"{line.amount:,.2f}", line.basis)
+    if fee.gross is not None:
+        table.add_row("[bold]gross[/]", f"[bold]{fee.gross:,.2f}[/]", "")
+    console.print(table)
+    for note in fee.notes:
+        console.print(f"note: {note}", markup=False, soft_wrap=True)
+    if result.text:
+        print(result.text)
+    origin = "from the store, " if result.stored else ""
+    made = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result.created_at))
+    console.print(
+        f"[analysis {result.analysis_id}: {origin}{result.model or 'no model'}, {made}]",
+        markup=False, highlight=False, soft_wrap=True,
+    )  # fmt: skip
+
+
+async def construction(args: argparse.Namespace) -> int:
+    """Run the `construction` verb asked for."""
+    console = Console()
+    fields = _hoai_fields(args) if args.verb == "hoai" else {}  # bad input: said at once
+    async with Client(args.nats, prefix=args.prefix, timeout=args.timeout) as client:
+        if args.verb == "hoai":
+            _show(await client.construction.hoai(**fields), console)
+        elif args.verb == "get":
+            _show(await client.construction.get(args.analysis_id), console)
+        else:
+            table = Table(title="analyses", title_justify="left")
+            table.add_column("analysis", no_wrap=True)
+            table.add_column("kind", no_wrap=True)
+            table.add_column("project", overflow="fold")
+            table.add_column("model", overflow="fold")
+            table.add_column("created", no_wrap=True)
+            for a in await client.construction.list(args.kind, args.project, args.limit):
+                made = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a.created_at))
+                table.add_row(a.analysis_id, a.kind.value, a.project_id or "-", a.model, made)
+            console.print(table)
+    return 0
+
+
+def _hoai_fields(args: argparse.Namespace) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "eligible_costs": args.costs, "kind": args.kind, "phases": _phases(args.phases),
+        "rate": _rate(args.rate), "incidental_costs_pct": args.incidentals, "vat_pct": args.vat,
+        "language": args.language, "analysis": not args.no_analysis, "fresh": args.fresh,
+        "project_type": args.project_type,
+    }  # fmt: skip
+    if args.points:
+        fields["points"] = {i + 1: int(p) for i, p in enumerate(args.points.split(","))}
+    else:
+        fields["zone"] = args.zone
+    optional = {"area_m2": args.area, "agreed_fee": args.agreed_fee, "project_id": args.project}
+    fields |= {k: v for k, v in optional.items() if v is not None}
+    if args.conversion is not None:
+        fields["conversion"] = {} if args.conversion < 0 else {"surcharge_pct": args.conversion}
+    return fields
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    bus_args: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int],
+) -> None:
+    """Add `construction` and its verbs; `run` runs the chosen verb's coroutine."""
+    p = sub.add_parser("construction", help="HOAI fees with their analysis, stored analyses")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    h = verbs.add_parser("hoai", help="the HOAI 2021 fee, computed exactly, then its analysis")
+    h.add_argument("--costs", type=float, required=True, help="anrechenbare Kosten, EUR")
+    zone = h.add_mutually_exclusive_group(required=True)
+    zone.add_argument("--zone", choices=["I", "II", "III", "IV", "V"], help="Honorarzone")
+    zone.add_argument("--points", help="evaluation points of criteria 1-6, e.g. 4,6,5,3,4,3")
+    h.add_argument("--kind", choices=[k.value for k in ObjectKind], default="building")
+    h.add_argument("--phases", default="1-9", help="Leistungsphasen, e.g. 1-4 or 2,3,5")
+    h.add_argument("--rate", default="basis", help="basis, upper, or a position 0..1")
+    h.add_argument("--agreed-fee", type=float, help="a full fee agreed in text form, EUR")
+    h.add_argument(
+        "--conversion", type=float, nargs="?", const=-1.0,
+        help="Umbau: the surcharge agreed in percent (alone: none agreed, 20 %% from zone III)",
+    )  # fmt: skip
+    h.add_argument("--incidentals", type=float, default=0.0, help="Nebenkosten, percent")
+    h.add_argument("--vat", type=float, default=19.0, help="VAT, percent")
+    h.add_argument("--project-type", default="", help="e.g. school, office building")
+    h.add_argument("--area", type=float, help="area in m²")
+    h.add_argument("--project", help="the project's id, to find the analysis by later")
+    h.add_argument("--language", choices=LANGUAGES, default="en")
+    h.add_argument("--no-analysis", action="store_true", help="the fee alone, no model asked")
+    h.add_argument("--fresh", action="store_true", help="analyse again, even if stored")
+    g = verbs.add_parser("get", help="one stored analysis")
+    g.add_argument("analysis_id")
+    ls = verbs.add_parser("list", help="the latest analyses")
+    ls.add_argument("--kind", choices=[k.value for k in AnalysisKind])
+    ls.add_argument("--project")
+    ls.add_argument("--limit", type=int, default=20)
+    for verb in (h, g, ls):
+        bus_args(verb)
+        verb.set_defaults(func=run)

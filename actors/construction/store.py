@@ -1,0 +1,84 @@
+"""Analyses in Postgres (`construction_analyses`): each result as its verb answered it,
+found again by id or by its input."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from actors.store.sink import ACQUIRE_TIMEOUT_S
+from schemas.construction import AnalysisKind, AnalysisSummary
+
+__all__ = ["AnalysisStore", "Stored"]
+
+Stored = tuple[bytes, float]  # the encoded result, when it was made (unix time)
+
+
+class AnalysisStore:
+    """Reads and writes analyses; every call takes one connection from the pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def put(
+        self,
+        analysis_id: str,
+        kind: AnalysisKind,
+        project_id: str | None,
+        input_hash: str,
+        output: bytes,
+        *,
+        text: str,
+        model: str,
+        duration_ms: float,
+    ) -> float:
+        """Store one result; return when it was stored (unix time)."""
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            created = await conn.fetchval(
+                "INSERT INTO construction_analyses (analysis_id, kind, project_id, input_hash,"
+                " output, text, model, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                " RETURNING created_at",
+                analysis_id, kind.value, project_id, input_hash, output,
+                text.replace("\x00", "\ufffd"), model, duration_ms,
+            )  # fmt: skip
+        return float(created.timestamp())
+
+    async def latest(self, kind: AnalysisKind, input_hash: str) -> Stored | None:
+        """The latest result for this input, if any."""
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            row = await conn.fetchrow(
+                "SELECT output, created_at FROM construction_analyses"
+                " WHERE kind = $1 AND input_hash = $2 ORDER BY created_at DESC LIMIT 1",
+                kind.value, input_hash,
+            )  # fmt: skip
+        return None if row is None else (bytes(row["output"]), row["created_at"].timestamp())
+
+    async def get(self, analysis_id: str) -> Stored | None:
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            row = await conn.fetchrow(
+                "SELECT output, created_at FROM construction_analyses WHERE analysis_id = $1",
+                analysis_id,
+            )
+        return None if row is None else (bytes(row["output"]), row["created_at"].timestamp())
+
+    async def recent(
+        self, kind: AnalysisKind | None, project_id: str | None, limit: int
+    ) -> list[AnalysisSummary]:
+        """The latest analyses, newest first, of one kind or project if given."""
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            rows = await conn.fetch(
+                "SELECT analysis_id, kind, project_id, model, duration_ms, created_at"
+                " FROM construction_analyses WHERE ($1::text IS NULL OR kind = $1)"
+                " AND ($2::text IS NULL OR project_id = $2) ORDER BY created_at DESC LIMIT $3",
+                None if kind is None else kind.value, project_id, limit,
+            )  # fmt: skip
+        return [
+            AnalysisSummary(
+                analysis_id=r["analysis_id"],
+                kind=AnalysisKind(r["kind"]),
+                project_id=r["project_id"],
+                model=r["model"],
+                duration_ms=r["duration_ms"],
+                created_at=r["created_at"].timestamp(),
+            )
+            for r in rows
+        ]

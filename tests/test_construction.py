@@ -1,0 +1,122 @@
+"""The construction analyzer end to end: the HOAI fee computed exactly and given to the
+model as fact, stored and answered again from the store, read back, bad input refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from bus.client import Client
+from bus.errors import BadRequest
+from schemas import Error, decode_reply
+from schemas.construction import AnalysisKind
+
+MODELS = ["llama3.2:3b", "qwen2.5:7b"]
+CONSTRUCTION = ("router", "executor", "prompts", "construction")
+SHORT = {"num_predict": 20}
+# The issue's worked case: 400,000 EUR, zone III, phases 1-4, Umbau, 5 % incidentals.
+SCHOOL = {
+    "zone": "III", "phases": [1, 2, 3, 4], "conversion": {}, "incidental_costs_pct": 5,
+    "project_type": "school", "area_m2": 1200, "options": SHORT,
+}  # fmt: skip
+
+
+@pytest.fixture
+async def fleet(database_url: str, sim_factory, stack_factory):
+    """A router, an executor, the prompt store and an analyzer; one simulated host."""
+    sim = await sim_factory(models=MODELS)
+    await stack_factory([sim.url], actors=CONSTRUCTION, database={"url": database_url})
+    return sim
+
+
+async def test_hoai_gives_the_exact_fee_and_an_analysis_told_it_as_fact(
+    fleet, client: Client
+) -> None:
+    """The fee line by line (the figures of the fee tests), then the primary role's
+    analysis from the seeded template, whose prompt holds every computed line."""
+    result = await client.construction.hoai(400_000, **SCHOOL)
+    fee = result.fee
+    assert (fee.net, fee.vat, fee.gross) == (17500.07, 3325.01, 20825.08)
+    assert result.text and result.model == "qwen2.5:7b" and not result.stored
+    (asked,) = list(fleet.engine.stats.prompts)
+    assert "13,888.94 EUR (§ 34 Abs. 3)" in asked and "Net fee: 17,500.07 EUR" in asked
+    assert "HOAI Phase 1, 2, 3, 4 compliance" in asked and "Project Type: school" in asked
+    assert "Budget: 400,000.00 EUR" in asked and "Answer in English." in asked
+
+
+async def test_the_same_input_is_answered_from_the_store_unless_fresh(
+    fleet, client: Client
+) -> None:
+    """Asked again: the stored result (same id, `stored`), the host not asked again;
+    `fresh`: a new analysis."""
+    first = await client.construction.hoai(400_000, **SCHOOL)
+    again = await client.construction.hoai(400_000, **SCHOOL)
+    assert again.stored and again.analysis_id == first.analysis_id and again.text == first.text
+    assert fleet.engine.stats.generations == 1
+    fresh = await client.construction.hoai(400_000, **SCHOOL, fresh=True)
+    assert not fresh.stored and fresh.analysis_id != first.analysis_id
+    assert fleet.engine.stats.generations == 2
+
+
+async def test_german_asks_and_answers_in_german(fleet, client: Client) -> None:
+    """`language: "de"`: the lines in German, and the model told to answer in German."""
+    result = await client.construction.hoai(400_000, **SCHOOL, language="de")
+    assert result.fee.lines[1].label == "Honorar der beauftragten Leistungsphasen"
+    (asked,) = list(fleet.engine.stats.prompts)
+    assert "Antworte auf Deutsch." in asked and "Umbauzuschlag 20 %" in asked
+
+
+async def test_costs_outside_the_table_are_said_to_need_an_agreed_fee(
+    fleet, client: Client
+) -> None:
+    """30 million EUR: no figure; the model is told the fee must be agreed."""
+    result = await client.construction.hoai(30_000_000, zone="IV", options=SHORT)
+    assert not result.fee.in_table and result.fee.net is None and result.fee.lines == []
+    (asked,) = list(fleet.engine.stats.prompts)
+    assert "must be agreed" in asked
+
+
+async def test_the_fee_alone_asks_no_model(fleet, client: Client) -> None:
+    """`analysis: false`: the fee, stored, and no generation."""
+    result = await client.construction.hoai(100_000, zone="II", analysis=False)
+    assert result.fee.net == 12644 and result.text == "" and result.model == ""
+    assert fleet.engine.stats.generations == 0
+
+
+async def test_stored_analyses_are_read_back_and_listed(fleet, client: Client) -> None:
+    """`get` gives the result as it was answered; `list` the latest, by kind or project."""
+    one = await client.construction.hoai(100_000, zone="II", analysis=False, project_id="p-1")
+    two = await client.construction.hoai(200_000, zone="II", analysis=False)
+    got = await client.construction.get(one.analysis_id)
+    assert got.fee == one.fee and got.stored
+    listed = await client.construction.list(kind=AnalysisKind.HOAI)
+    assert [a.analysis_id for a in listed] == [two.analysis_id, one.analysis_id]
+    by_project = await client.construction.list(project_id="p-1")
+    assert [a.analysis_id for a in by_project] == [one.analysis_id]
+    with pytest.raises(BadRequest, match="no analysis"):
+        await client.construction.get("nope")
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        pytest.param(b"{", "invalid construction.hoai", id="malformed"),
+        pytest.param(b'{"eligible_costs": 100000}', "zone", id="no-zone"),
+        pytest.param(b'{"eligible_costs": -5, "zone": "I"}', "eligible_costs", id="negative"),
+        pytest.param(b'{"eligible_costs": 1e5, "zone": "I", "phases": [2, 2]}', "once",
+                     id="phase-twice"),
+        pytest.param(b'{"eligible_costs": 1e5, "points": {"1": 7}}', "criteria", id="points"),
+        pytest.param(b'{"eligible_costs": 1e5, "zone": "I", "rate": "low"}', "rate",
+                     id="rate"),
+        pytest.param(b'{"eligible_costs": 1e5, "zone": "I", "colour": "red"}', "colour",
+                     id="unknown-field"),
+    ],
+)  # fmt: skip
+async def test_a_bad_hoai_request_is_a_bad_request_and_nothing_is_asked(
+    fleet, client: Client, prefix: str, body: bytes, says: str
+) -> None:
+    reply = await client.nc.request(f"{prefix}.v1.construction.hoai", body, timeout=5)
+    error = decode_reply(reply.data)
+    assert isinstance(error, Error) and error.code == "bad_request", error
+    assert says in error.message
+    assert fleet.engine.stats.generations == 0
+    assert await client.construction.list() == []
