@@ -12,18 +12,21 @@ make.
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from actors.cli.bench.harness import MODEL, fleet, p50_p99, percentile, progress, wait_for
-from actors.store import EmbeddedPostgres
+from actors.cli.bench.harness import (
+    MODEL,
+    fleet_with_database,
+    p50_p99,
+    percentile,
+    progress,
+    wait_for,
+)
 from bus.client import Client
-from bus.server import EmbeddedNats
 
 __all__ = ["cache_bench"]
 
@@ -36,32 +39,24 @@ _SINGLE_FLIGHT = 50
 async def cache_bench(requests: int) -> dict[str, Any]:
     """Measure the cache; return the figures."""
     prefix = f"cache{uuid.uuid4().hex[:8]}"
-    with tempfile.TemporaryDirectory(prefix="ollamesh-bench-pg-") as tmp:
-        async with (
-            EmbeddedNats() as server,
-            EmbeddedPostgres(Path(tmp)) as pg,
-            fleet(server.url, prefix, stores="cache", env_extra={"DATABASE_URL": pg.url()}) as (
-                sim_url,
-                procs,
-            ),
-            Client(server.url, prefix=prefix, timeout=60.0, name="bench-cache") as client,
-            httpx.AsyncClient(base_url=sim_url, timeout=60.0) as http,
-        ):
-            progress(f"nats {server.url}, simulator {sim_url}, prefix {prefix}")
+    async with (
+        fleet_with_database(prefix, "cache") as (nats_url, sim_url, procs),
+        Client(nats_url, prefix=prefix, timeout=60.0, name="bench-cache") as client,
+        httpx.AsyncClient(base_url=sim_url, timeout=60.0) as http,
+    ):
+        progress(f"nats {nats_url}, simulator {sim_url}, prefix {prefix}")
 
-            async def cached() -> None:
-                result = await client.generate(MODEL, "the cached question", options=_OPTIONS)
-                if not result.cached:
-                    raise TimeoutError("not cached yet")
+        async def cached() -> None:
+            result = await client.generate(MODEL, "the cached question", options=_OPTIONS)
+            if not result.cached:
+                raise TimeoutError("not cached yet")
 
-            await wait_for("the cache", cached, 30.0, procs)
-            direct = [await _direct_ttft(http, f"direct {i}") for i in range(requests)]
-            misses = [await _ttft(client, f"fresh {i}", cached=False) for i in range(requests)]
-            hits = [
-                await _ttft(client, "the cached question", cached=True) for _ in range(requests)
-            ]
-            rate = await _hits_per_s(client, requests * 4)
-            upstream = await _single_flight(client, http)
+        await wait_for("the cache", cached, 30.0, procs)
+        direct = [await _direct_ttft(http, f"direct {i}") for i in range(requests)]
+        misses = [await _ttft(client, f"fresh {i}", cached=False) for i in range(requests)]
+        hits = [await _ttft(client, "the cached question", cached=True) for _ in range(requests)]
+        rate = await _hits_per_s(client, requests * 4)
+        upstream = await _single_flight(client, http)
     d50, h50, m50 = percentile(direct, 50), percentile(hits, 50), percentile(misses, 50)
     return {
         "requests": requests,

@@ -23,14 +23,16 @@ from typing import Any
 import httpx
 
 from actors.runtime.processes import stop_processes
+from actors.store import EmbeddedPostgres
 from bus.errors import OllameshError
-from bus.server import find_nats_server
+from bus.server import EmbeddedNats, find_nats_server
 
 __all__ = [
     "MODEL",
     "BenchError",
     "Procs",
     "fleet",
+    "fleet_with_database",
     "machine",
     "p50_p99",
     "percentile",
@@ -154,6 +156,24 @@ async def fleet(
             yield sim_url, procs
         finally:
             await stop_processes(procs.values(), _STOP_TIMEOUT_S)
+
+
+@contextlib.asynccontextmanager
+async def fleet_with_database(
+    prefix: str, stores: str, *, config_extra: str = ""
+) -> AsyncIterator[tuple[str, str, Procs]]:
+    """A nats-server, an embedded Postgres and `fleet` with a process of `stores` using
+    it; yield the NATS URL, the simulator's URL and the processes."""
+    with tempfile.TemporaryDirectory(prefix="ollamesh-bench-pg-") as tmp:
+        async with (
+            EmbeddedNats() as server,
+            EmbeddedPostgres(Path(tmp)) as pg,
+            fleet(
+                server.url, prefix, stores=stores, config_extra=config_extra,
+                env_extra={"DATABASE_URL": pg.url()},
+            ) as (sim_url, procs),
+        ):  # fmt: skip
+            yield server.url, sim_url, procs
 
 
 def machine() -> dict[str, Any]:

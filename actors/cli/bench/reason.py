@@ -16,20 +16,23 @@ from __future__ import annotations
 
 import itertools
 import json
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from actors.cli.bench.harness import MODEL, fleet, p50_p99, percentile, progress, wait_for
+from actors.cli.bench.harness import (
+    MODEL,
+    fleet_with_database,
+    p50_p99,
+    percentile,
+    progress,
+    wait_for,
+)
 from actors.simulator.engine import Fault
 from actors.simulator.scripts import Script
-from actors.store import EmbeddedPostgres
 from bus.client import Client
-from bus.server import EmbeddedNats
 from schemas import ReasonResult, encode
 from schemas.reasoning import StepState
 
@@ -56,42 +59,38 @@ def _plan(steps: int, *, chained: bool) -> str:
 async def reason_bench(chains: int) -> dict[str, Any]:
     """Measure the coordinator on `chains` chains of each shape; return the figures."""
     prefix = f"reason{uuid.uuid4().hex[:8]}"
-    with tempfile.TemporaryDirectory(prefix="ollamesh-bench-pg-") as tmp:
-        async with (
-            EmbeddedNats() as server,
-            EmbeddedPostgres(Path(tmp)) as pg,
-            fleet(
-                server.url, prefix, stores="prompts,reasoning", config_extra=_CONFIG,
-                env_extra={"DATABASE_URL": pg.url()},
-            ) as (sim_url, procs),
-            Client(server.url, prefix=prefix, timeout=60.0, name="bench-reason") as client,
-            httpx.AsyncClient(base_url=sim_url, timeout=10.0) as sim,
-        ):  # fmt: skip
-            progress(f"nats {server.url}, simulator {sim_url}, prefix {prefix}")
+    async with (
+        fleet_with_database(prefix, "prompts,reasoning", config_extra=_CONFIG) as (
+            nats_url, sim_url, procs,
+        ),
+        Client(nats_url, prefix=prefix, timeout=60.0, name="bench-reason") as client,
+        httpx.AsyncClient(base_url=sim_url, timeout=10.0) as sim,
+    ):  # fmt: skip
+        progress(f"nats {nats_url}, simulator {sim_url}, prefix {prefix}")
 
-            async def one_step() -> None:
-                await _chain(client, sim, _plan(1, chained=False))
+        async def one_step() -> None:
+            await _chain(client, sim, _plan(1, chained=False))
 
-            await wait_for("the fleet", lambda: _direct(client), 30.0, procs)
-            await wait_for("the coordinator", one_step, 60.0, procs)
-            progress(f"{chains} chains of {_SEQUENTIAL} steps one after another, full speed")
-            gaps: list[float] = []
-            direct: list[float] = []
-            for _ in range(chains):
-                result = await _chain(client, sim, _plan(_SEQUENTIAL, chained=True))
-                starts = [s.started_at or 0.0 for s in result.steps]
-                gaps += [(b - a) * 1000 for a, b in itertools.pairwise(starts)]
-                direct += [await _direct(client) for _ in range(_SEQUENTIAL - 1)]
-            progress(f"{chains} chains of {_PARALLEL} independent steps, each held {_HELD_MS} ms")
-            fault = Fault(kind="slow_first_token", delay_ms=_HELD_MS)
-            (await sim.post("/_sim/faults", content=encode(fault))).raise_for_status()
-            ratios: list[float] = []
-            walls: list[float] = []
-            for _ in range(chains):
-                t0 = time.perf_counter()
-                result = await _chain(client, sim, _plan(_PARALLEL, chained=False))
-                walls.append((time.perf_counter() - t0) * 1000)
-                ratios.append(_parallel_ratio(result))
+        await wait_for("the fleet", lambda: _direct(client), 30.0, procs)
+        await wait_for("the coordinator", one_step, 60.0, procs)
+        progress(f"{chains} chains of {_SEQUENTIAL} steps one after another, full speed")
+        gaps: list[float] = []
+        direct: list[float] = []
+        for _ in range(chains):
+            result = await _chain(client, sim, _plan(_SEQUENTIAL, chained=True))
+            starts = [s.started_at or 0.0 for s in result.steps]
+            gaps += [(b - a) * 1000 for a, b in itertools.pairwise(starts)]
+            direct += [await _direct(client) for _ in range(_SEQUENTIAL - 1)]
+        progress(f"{chains} chains of {_PARALLEL} independent steps, each held {_HELD_MS} ms")
+        fault = Fault(kind="slow_first_token", delay_ms=_HELD_MS)
+        (await sim.post("/_sim/faults", content=encode(fault))).raise_for_status()
+        ratios: list[float] = []
+        walls: list[float] = []
+        for _ in range(chains):
+            t0 = time.perf_counter()
+            result = await _chain(client, sim, _plan(_PARALLEL, chained=False))
+            walls.append((time.perf_counter() - t0) * 1000)
+            ratios.append(_parallel_ratio(result))
     added50 = percentile(gaps, 50) - percentile(direct, 50)
     ratio50 = percentile(ratios, 50)
     return {
