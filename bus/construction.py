@@ -1,9 +1,10 @@
 """The SDK's construction calls (`client.construction`): HOAI fees with their analysis,
-stored analyses read back."""
+site safety, stored analyses read back."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -20,15 +21,20 @@ from schemas.construction import (
     AnalysisSummary,
     HoaiRequest,
     HoaiResult,
+    SafetyRequest,
+    SafetyResult,
 )
 
 __all__ = ["Construction"]
 
 _decode_hoai = msgspec.json.Decoder(HoaiResult | Error).decode
+_decode_safety = msgspec.json.Decoder(SafetyResult | Error).decode
+_decode_stored = msgspec.json.Decoder(HoaiResult | SafetyResult | Error).decode
 _decode_analyses = msgspec.json.Decoder(Analyses | Error).decode
 _SERVICE = "construction analyzer"
 # Reading a stored analysis answers within this.
 _READ_TIMEOUT_S = 30.0
+T = TypeVar("T")
 
 
 class Construction:
@@ -43,22 +49,37 @@ class Construction:
         """The HOAI fee for `eligible_costs` (and `zone` or `points`, `phases`, `rate`,
         `kind`, `conversion`, ...), then the model's analysis (`analysis=False`: the fee
         alone)."""
+        fields["eligible_costs"] = eligible_costs
+        return await self._ask("hoai", HoaiRequest, fields, _decode_hoai)
+
+    async def safety(self, **fields: Any) -> SafetyResult:
+        """A site's risks, measures, PPE and emergency steps (`conditions`, `workers`,
+        `equipment`, `hazards`, `language`, ...)."""
+        return await self._ask("safety", SafetyRequest, fields, _decode_safety)
+
+    async def _ask(
+        self,
+        verb: str,
+        request_type: type[msgspec.Struct],
+        fields: dict[str, Any],
+        decode: Callable[[bytes], T | Error],
+    ) -> T:
         try:
-            request = msgspec.convert(
-                {"eligible_costs": eligible_costs, **fields}, HoaiRequest, from_attributes=True
-            )
+            request = msgspec.convert(fields, request_type, from_attributes=True)
         except msgspec.ValidationError as exc:
-            raise BadRequest(f"invalid hoai request: {exc}") from exc
-        subject = self._subjects.construction("hoai")
+            raise BadRequest(f"invalid {verb} request: {exc}") from exc
+        subject = self._subjects.construction(verb)
         return await call(
-            self._nc, subject, encode(request), _decode_hoai, self._timeout, service=_SERVICE
+            self._nc, subject, encode(request), decode, self._timeout, service=_SERVICE
         )
 
-    async def get(self, analysis_id: str) -> HoaiResult:
+    async def get(self, analysis_id: str) -> HoaiResult | SafetyResult:
         """A stored analysis, as its verb answered it."""
         body = encode(AnalysisGet(analysis_id=analysis_id))
         subject = self._subjects.construction("get")
-        return await call(self._nc, subject, body, _decode_hoai, _READ_TIMEOUT_S, service=_SERVICE)
+        return await call(
+            self._nc, subject, body, _decode_stored, _READ_TIMEOUT_S, service=_SERVICE
+        )
 
     async def list(
         self, kind: AnalysisKind | str | None = None, project_id: str | None = None, limit: int = 20

@@ -1,6 +1,7 @@
 """The construction analyzer's contract (`llm.v1.construction.*`).
 
 `hoai`: the HOAI fee, computed exactly, then the model's analysis with the fee as fact.
+`safety`: a site's risks, measures, PPE and emergency steps, structured by a JSON schema.
 Every result is stored (`construction_analyses`) under an id; the same input again is
 answered from the store unless the request says `fresh`. `get` reads one back, `list`
 the latest.
@@ -24,6 +25,7 @@ from schemas.requests import DeadlineMs, Language, Name, Options
 __all__ = [
     "ZONES",
     "Analyses",
+    "Analysis",
     "AnalysisGet",
     "AnalysisKind",
     "AnalysisList",
@@ -34,7 +36,13 @@ __all__ = [
     "HoaiFeeRequest",
     "HoaiRequest",
     "HoaiResult",
+    "Measure",
     "ObjectKind",
+    "Risk",
+    "SafetyFindings",
+    "SafetyRequest",
+    "SafetyResult",
+    "Severity",
     "Zone",
 ]
 
@@ -118,6 +126,7 @@ class AnalysisKind(enum.StrEnum):
     """What a stored analysis answered."""
 
     HOAI = "hoai"
+    SAFETY = "safety"
 
 
 ProjectId = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9_.-]{1,64}\Z")]
@@ -140,18 +149,84 @@ class HoaiRequest(HoaiFeeRequest, kw_only=True, forbid_unknown_fields=True, omit
     fresh: bool = False
 
 
-class HoaiResult(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="hoai_result"):
-    """The fee and the analysis; `stored` when it came from the store (the same input was
-    answered before, at `created_at`)."""
+class Analysis(Struct, kw_only=True, omit_defaults=True, tag_field="type"):
+    """What every verb's result has: its id, the model's text and who wrote it, how long
+    it took; `stored` when it came from the store (the same input was answered before, at
+    `created_at`)."""
 
-    analysis_id: str
-    fee: HoaiFee
+    analysis_id: str = ""
     text: str = ""
     model: str = ""
     host: str = ""
     duration_ms: float = 0.0
     stored: bool = False
     created_at: float = 0.0
+
+
+class HoaiResult(Analysis, kw_only=True, omit_defaults=True, tag="hoai_result"):
+    """The fee and the analysis."""
+
+    fee: HoaiFee
+
+
+class Severity(enum.StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+Item = Annotated[str, Meta(max_length=2000)]
+
+
+class SafetyRequest(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """`construction.safety`: a site's safety analysis, from the prompt store's
+    `safety_check_template`."""
+
+    conditions: dict[str, Item | float | bool] | Item = ""
+    workers: Annotated[int, Meta(ge=0, le=100_000)] = 0
+    equipment: Annotated[list[Item], Meta(max_length=200)] = []
+    hazards: Annotated[list[Item], Meta(max_length=200)] = []
+    language: Language = "en"
+    project_id: ProjectId | None = None
+    role: Name = "primary"
+    options: Options | None = None
+    deadline_ms: DeadlineMs | None = None
+    fresh: bool = False
+
+
+class Risk(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """A hazard on site; `severity` and `likelihood` are unknown (null) when the model's
+    answer was text that did not say."""
+
+    hazard: Item
+    severity: Severity | None = None
+    likelihood: Annotated[str, Meta(max_length=200)] | None = None
+    affected: Annotated[str, Meta(max_length=500)] | None = None
+
+
+class Measure(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """What to do about a risk (`risk`: its hazard; empty when the text did not say)."""
+
+    risk: Item = ""
+    measure: Item
+
+
+class SafetyFindings(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """The structured part of a safety analysis: what the model is asked to answer."""
+
+    risks: Annotated[list[Risk], Meta(max_length=200)] = []
+    measures: Annotated[list[Measure], Meta(max_length=400)] = []
+    ppe: Annotated[list[Item], Meta(max_length=100)] = []
+    emergency: Annotated[list[Item], Meta(max_length=100)] = []
+
+
+class SafetyResult(Analysis, kw_only=True, omit_defaults=True, tag="safety_result"):
+    """The findings and the model's whole text; `structured` false when the model ignored
+    the JSON schema and the findings were read from its text's sections."""
+
+    findings: SafetyFindings
+    structured: bool = True
 
 
 class AnalysisGet(Struct, kw_only=True, forbid_unknown_fields=True):

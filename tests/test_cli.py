@@ -17,6 +17,7 @@ import httpx
 import pytest
 from nats.aio.msg import Msg
 
+from actors.simulator import Script
 from bus.client import Client
 from bus.connection import NATS
 from bus.subjects import Subjects, canonical_model
@@ -306,6 +307,7 @@ def _asking(subject: str, *args: str) -> object:
         _asking("reasoning.list", "chains"),
         _asking("reasoning.get", "chains", "c1"),
         _asking("construction.hoai", "construction", "hoai", "--costs", "1e5", "--zone", "I"),
+        _asking("construction.safety", "construction", "safety", "--workers", "3"),
         _asking("construction.list", "construction", "list"),
     ],
 )
@@ -570,3 +572,8 @@ async def test_construction_hoai_prints_the_fee_then_get_and_list_find_it(
     assert code == 0 and match[1] in listed, err
     code, _, err = await run("construction", "hoai", "--costs", "1e5", "--points", "7,1", *bus)
     assert code == 1 and err.startswith("error: bad_request:") and "Traceback" not in err
+    sim.engine.scripts.add(Script(match="Perform safety", text="RISKS:\n- Falls (high)\n"))
+    code, out, err = await run(
+        "construction", "safety", "--workers", "12", "--equipment", "crane,scaffold", *bus
+    )
+    assert code == 0 and "Falls (high)" in out and "high" in out and "ignored the" in out

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from actors.simulator import Script
 from bus.client import Client
 from bus.errors import BadRequest
 from schemas import Error, decode_reply
-from schemas.construction import AnalysisKind
+from schemas.construction import AnalysisKind, Severity
 
 MODELS = ["llama3.2:3b", "qwen2.5:7b"]
 CONSTRUCTION = ("router", "executor", "prompts", "construction")
@@ -120,3 +121,54 @@ async def test_a_bad_hoai_request_is_a_bad_request_and_nothing_is_asked(
     assert says in error.message
     assert fleet.engine.stats.generations == 0
     assert await client.construction.list() == []
+
+
+SITE = {
+    "conditions": {"weather": "rain", "wind_kmh": 40}, "workers": 12,
+    "equipment": ["crane", "scaffold"], "hazards": ["work at height"],
+    "options": {"num_predict": 2000},  # room for the whole JSON (a cut one is no JSON)
+}  # fmt: skip
+
+
+async def test_safety_gives_findings_in_the_schema_asked_for(fleet, client: Client) -> None:
+    """The simulator follows the JSON schema: structured findings (severities from the
+    enum), from the seeded template filled with the site's data."""
+    result = await client.construction.safety(**SITE)
+    assert result.structured and result.model == "qwen2.5:7b"
+    assert all(r.hazard for r in result.findings.risks)
+    (asked,) = list(fleet.engine.stats.prompts)
+    assert "Workers on site: 12" in asked and "Equipment in use: crane, scaffold" in asked
+    assert '"wind_kmh": 40' in asked and "Known hazards: work at height" in asked
+    again = await client.construction.safety(**SITE)
+    assert again.stored and again.findings == result.findings
+
+
+async def test_safety_text_that_ignores_the_schema_is_read_by_its_sections(
+    fleet, client: Client
+) -> None:
+    """A model answering in German prose with headings: `structured: false`, the
+    findings read from its sections, the whole text kept."""
+    text = "Risiken:\n- Absturz (hoch)\nMaßnahmen:\n- Seitenschutz\nPSA:\n- Helm\n"
+    fleet.engine.scripts.add(Script(match="Perform safety analysis", text=text))
+    result = await client.construction.safety(**SITE, language="de")
+    assert not result.structured and result.text == text
+    assert [(r.hazard, r.severity) for r in result.findings.risks] == [
+        ("Absturz (hoch)", Severity.HIGH)
+    ]
+    assert [m.measure for m in result.findings.measures] == ["Seitenschutz"]
+    assert result.findings.ppe == ["Helm"]
+    (asked,) = list(fleet.engine.stats.prompts)
+    assert asked.startswith("Antworte auf Deutsch")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"workers": -1}', b'{"equipment": "crane"}', b'{"weather": "rain"}', b"[]"],
+)
+async def test_a_bad_safety_request_is_a_bad_request(
+    fleet, client: Client, prefix: str, body: bytes
+) -> None:
+    reply = await client.nc.request(f"{prefix}.v1.construction.safety", body, timeout=5)
+    error = decode_reply(reply.data)
+    assert isinstance(error, Error) and error.code == "bad_request", error
+    assert fleet.engine.stats.generations == 0

@@ -1,4 +1,5 @@
-"""`ollamesh construction hoai|get|list`: HOAI fees with their analysis, stored analyses."""
+"""`ollamesh construction hoai|safety|get|list`: HOAI fees with their analysis, site
+safety, stored analyses."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from rich.table import Table
 
 from bus.client import Client
 from bus.errors import BadRequest
-from schemas.construction import AnalysisKind, HoaiResult, ObjectKind
+from schemas.construction import AnalysisKind, HoaiResult, ObjectKind, SafetyResult
 from schemas.requests import LANGUAGES
 
 __all__ = ["register"]
@@ -39,7 +40,42 @@ def _rate(text: str) -> str | float:
         raise BadRequest(f"--rate: {text!r} is not basis, upper or a number 0..1") from None
 
 
-def _show(result: HoaiResult, console: Console) -> None:
+def _show(result: HoaiResult | SafetyResult, console: Console) -> None:
+    if isinstance(result, HoaiResult):
+        _show_fee(result, console)
+    else:
+        _show_findings(result, console)
+    if result.text:
+        print(result.text)
+    origin = "from the store, " if result.stored else ""
+    made = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result.created_at))
+    console.print(
+        f"[analysis {result.analysis_id}: {origin}{result.model or 'no model'}, {made}]",
+        markup=False, highlight=False, soft_wrap=True,
+    )  # fmt: skip
+
+
+def _show_findings(result: SafetyResult, console: Console) -> None:
+    found = result.findings
+    how = "" if result.structured else " (read from the model's text: it ignored the schema)"
+    table = Table(title=f"risks{how}", title_justify="left")
+    for column in ("hazard", "severity", "likelihood", "affected"):
+        table.add_column(column, overflow="fold")
+    for r in found.risks:
+        severity = r.severity.value if r.severity else "?"
+        table.add_row(r.hazard, severity, r.likelihood or "?", r.affected or "?")
+    console.print(table)
+    for title, items in (
+        ("measures", [f"{m.risk}: {m.measure}" if m.risk else m.measure for m in found.measures]),
+        ("PPE", found.ppe),
+        ("emergency", found.emergency),
+    ):
+        console.print(f"{title}:", markup=False)
+        for item in items:
+            console.print(f"  - {item}", markup=False, soft_wrap=True)
+
+
+def _show_fee(result: HoaiResult, console: Console) -> None:
     fee = result.fee
     zone = f"zone {fee.zone}" + (f" ({fee.points_total} points)" if fee.points_total else "")
     title = f"HOAI fee: {fee.eligible_costs:,.2f} EUR, {zone}, phases {fee.phases}"
@@ -55,14 +91,6 @@ def _show(result: HoaiResult, console: Console) -> None:
     console.print(table)
     for note in fee.notes:
         console.print(f"note: {note}", markup=False, soft_wrap=True)
-    if result.text:
-        print(result.text)
-    origin = "from the store, " if result.stored else ""
-    made = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result.created_at))
-    console.print(
-        f"[analysis {result.analysis_id}: {origin}{result.model or 'no model'}, {made}]",
-        markup=False, highlight=False, soft_wrap=True,
-    )  # fmt: skip
 
 
 async def construction(args: argparse.Namespace) -> int:
@@ -72,6 +100,8 @@ async def construction(args: argparse.Namespace) -> int:
     async with Client(args.nats, prefix=args.prefix, timeout=args.timeout) as client:
         if args.verb == "hoai":
             _show(await client.construction.hoai(**fields), console)
+        elif args.verb == "safety":
+            _show(await client.construction.safety(**_safety_fields(args)), console)
         elif args.verb == "get":
             _show(await client.construction.get(args.analysis_id), console)
         else:
@@ -86,6 +116,21 @@ async def construction(args: argparse.Namespace) -> int:
                 table.add_row(a.analysis_id, a.kind.value, a.project_id or "-", a.model, made)
             console.print(table)
     return 0
+
+
+def _items(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _safety_fields(args: argparse.Namespace) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "conditions": args.conditions, "workers": args.workers,
+        "equipment": _items(args.equipment), "hazards": _items(args.hazards),
+        "language": args.language, "fresh": args.fresh,
+    }  # fmt: skip
+    if args.project is not None:
+        fields["project_id"] = args.project
+    return fields
 
 
 def _hoai_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -135,12 +180,20 @@ def register(
     h.add_argument("--language", choices=LANGUAGES, default="en")
     h.add_argument("--no-analysis", action="store_true", help="the fee alone, no model asked")
     h.add_argument("--fresh", action="store_true", help="analyse again, even if stored")
+    sf = verbs.add_parser("safety", help="a site's risks, measures, PPE and emergency steps")
+    sf.add_argument("--conditions", default="", help="e.g. 'rain, wind 40 km/h, clay soil'")
+    sf.add_argument("--workers", type=int, default=0, help="workers on site")
+    sf.add_argument("--equipment", default="", help="comma-separated, e.g. crane,scaffold")
+    sf.add_argument("--hazards", default="", help="known hazards, comma-separated")
+    sf.add_argument("--project", help="the project's id, to find the analysis by later")
+    sf.add_argument("--language", choices=LANGUAGES, default="en")
+    sf.add_argument("--fresh", action="store_true", help="analyse again, even if stored")
     g = verbs.add_parser("get", help="one stored analysis")
     g.add_argument("analysis_id")
     ls = verbs.add_parser("list", help="the latest analyses")
     ls.add_argument("--kind", choices=[k.value for k in AnalysisKind])
     ls.add_argument("--project")
     ls.add_argument("--limit", type=int, default=20)
-    for verb in (h, g, ls):
+    for verb in (h, sf, g, ls):
         bus_args(verb)
         verb.set_defaults(func=run)

@@ -1,8 +1,9 @@
-"""The construction analyzer: HOAI fees with their analysis, stored and read back.
+"""The construction analyzer: HOAI fees with their analysis, site safety, stored and read
+back.
 
-`<prefix>.v1.construction.{hoai,get,list}` (request/reply, one queue group for every
-replica). Whatever can be computed without a model is computed here, exactly, and given
-to the model as fact; the model is reached through the public subjects like any
+`<prefix>.v1.construction.{hoai,safety,get,list}` (request/reply, one queue group for
+every replica). Whatever can be computed without a model is computed here, exactly, and
+given to the model as fact; the model is reached through the public subjects like any
 client's. Every result is stored under an id; the same input again is answered from the
 store unless the request says `fresh`.
 """
@@ -12,13 +13,15 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 import msgspec
 from nats.aio.msg import Msg
 
+from actors.construction import hoai, safety
 from actors.construction.fees import hoai_fee
-from actors.construction.hoai import analyse
 from actors.construction.store import AnalysisStore
 from actors.store.sink import unreachable_as
 from bus.actor import Actor
@@ -28,31 +31,55 @@ from bus.connection import Connection
 from bus.errors import BadRequest
 from bus.rpc import decode_body
 from bus.subjects import Subjects
-from schemas import encode
+from schemas import GenerateResult, encode
 from schemas.construction import (
     Analyses,
+    Analysis,
     AnalysisGet,
     AnalysisKind,
     AnalysisList,
     HoaiRequest,
     HoaiResult,
+    SafetyRequest,
+    SafetyResult,
 )
 
-__all__ = ["ConstructionAnalyzer"]
+__all__ = ["ConstructionAnalyzer", "input_hash"]
 
 _QUEUE = "construction"
 _DATABASE = "the construction database"
-_decode_hoai = msgspec.json.Decoder(HoaiResult).decode
+_decode_result = msgspec.json.Decoder(HoaiResult | SafetyResult).decode
+A = TypeVar("A", bound=Analysis)
 
 
-def input_hash(request: msgspec.Struct) -> str:
+class _Request(Protocol):
+    """What every verb's request has: whether to analyse again, and its project."""
+
+    fresh: bool
+    project_id: str | None
+
+
+def input_hash(request: Any) -> str:
     """What identifies an input: the request, `fresh` aside, in a fixed key order."""
     canonical = msgspec.structs.replace(request, fresh=False)
     return hashlib.sha256(msgspec.json.encode(canonical, order="deterministic")).hexdigest()
 
 
+def _wrote(result: A, answer: GenerateResult) -> A:
+    """`result` with the model's text, and who wrote it."""
+    result.text, result.model, result.host = answer.response, answer.model, answer.host
+    return result
+
+
+def _from_store(output: bytes, created_at: float) -> bytes:
+    """A stored result, marked as coming from the store."""
+    result = _decode_result(output)
+    result.stored, result.created_at = True, created_at
+    return encode(result)
+
+
 class ConstructionAnalyzer(Actor):
-    """HOAI fees and their analysis, as a service of the fleet."""
+    """Construction analyses as a service of the fleet."""
 
     name = "construction"
 
@@ -65,48 +92,57 @@ class ConstructionAnalyzer(Actor):
         self.client = Client(nc=nc, prefix=subjects.prefix, timeout=config.executor.total_timeout_s)
 
     async def setup(self) -> None:
-        await self.serve(self.subjects.construction("hoai"), self._hoai, queue=_QUEUE)
-        await self.serve(self.subjects.construction("get"), self._get, queue=_QUEUE)
-        await self.serve(self.subjects.construction("list"), self._list, queue=_QUEUE)
+        verbs = {"hoai": self._hoai, "safety": self._safety, "get": self._get, "list": self._list}
+        for verb, handler in verbs.items():
+            await self.serve(self.subjects.construction(verb), handler, queue=_QUEUE)
 
     async def _hoai(self, msg: Msg) -> bytes:
         request = decode_body(HoaiRequest, msg.data, "construction.hoai")
-        started = time.perf_counter()
         fee = hoai_fee(request)  # a bad input is a bad_request before any model is asked
+
+        async def make() -> HoaiResult:
+            result = HoaiResult(fee=fee)
+            if request.analysis:
+                _wrote(result, await hoai.analyse(self.client, request, fee))
+            return result
+
+        return await self._answer(AnalysisKind.HOAI, request, make)
+
+    async def _safety(self, msg: Msg) -> bytes:
+        request = decode_body(SafetyRequest, msg.data, "construction.safety")
+
+        async def make() -> SafetyResult:
+            answer = await safety.analyse(self.client, request)
+            findings, structured = safety.read_findings(answer.response)
+            if not structured:
+                self.log.warning("safety_read_from_text", model=answer.model)
+            return _wrote(SafetyResult(findings=findings, structured=structured), answer)
+
+        return await self._answer(AnalysisKind.SAFETY, request, make)
+
+    async def _answer(
+        self, kind: AnalysisKind, request: _Request, make: Callable[[], Awaitable[Analysis]]
+    ) -> bytes:
+        """The stored result for this input (unless `fresh`), or a new one, stored."""
+        started = time.perf_counter()
         key = input_hash(request)
-        if not request.fresh and (stored := await self._stored(AnalysisKind.HOAI, key)):
-            return stored
-        text = model = host = ""
-        if request.analysis:
-            answer = await analyse(self.client, request, fee)
-            text, model, host = answer.response, answer.model, answer.host
-        result = HoaiResult(
-            analysis_id=uuid.uuid4().hex, fee=fee, text=text, model=model, host=host,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
-        )  # fmt: skip
+        if not request.fresh:
+            with unreachable_as(_DATABASE):
+                found = await self.store.latest(kind, key)
+            if found is not None:
+                return _from_store(*found)
+        result = await make()
+        result.analysis_id = uuid.uuid4().hex
+        result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
         with unreachable_as(_DATABASE):
             result.created_at = await self.store.put(
-                result.analysis_id, AnalysisKind.HOAI, request.project_id, key, encode(result),
-                text=text, model=model, duration_ms=result.duration_ms,
+                result.analysis_id, kind, request.project_id, key, encode(result),
+                text=result.text, model=result.model, duration_ms=result.duration_ms,
             )  # fmt: skip
         self.log.info(
-            "analysis_stored", kind="hoai", analysis_id=result.analysis_id, model=model,
-            duration_ms=result.duration_ms,
+            "analysis_stored", kind=kind.value, analysis_id=result.analysis_id,
+            model=result.model, duration_ms=result.duration_ms,
         )  # fmt: skip
-        return encode(result)
-
-    async def _stored(self, kind: AnalysisKind, key: str) -> bytes | None:
-        """The latest result for this input, marked as coming from the store."""
-        with unreachable_as(_DATABASE):
-            found = await self.store.latest(kind, key)
-        if found is None:
-            return None
-        return self._from_store(found[0], found[1])
-
-    @staticmethod
-    def _from_store(output: bytes, created_at: float) -> bytes:
-        result = _decode_hoai(output)
-        result.stored, result.created_at = True, created_at
         return encode(result)
 
     async def _get(self, msg: Msg) -> bytes:
@@ -115,7 +151,7 @@ class ConstructionAnalyzer(Actor):
             found = await self.store.get(ask.analysis_id)
         if found is None:
             raise BadRequest(f"no analysis {ask.analysis_id}")
-        return self._from_store(*found)
+        return _from_store(*found)
 
     async def _list(self, msg: Msg) -> bytes:
         ask = decode_body(AnalysisList, msg.data, "construction.list")
