@@ -21,6 +21,8 @@ from schemas.construction import (
     AnalysisSummary,
     HoaiRequest,
     HoaiResult,
+    QueryRequest,
+    QueryResult,
     SafetyRequest,
     SafetyResult,
 )
@@ -29,7 +31,8 @@ __all__ = ["Construction"]
 
 _decode_hoai = msgspec.json.Decoder(HoaiResult | Error).decode
 _decode_safety = msgspec.json.Decoder(SafetyResult | Error).decode
-_decode_stored = msgspec.json.Decoder(HoaiResult | SafetyResult | Error).decode
+_decode_query = msgspec.json.Decoder(QueryResult | Error).decode
+_decode_stored = msgspec.json.Decoder(HoaiResult | SafetyResult | QueryResult | Error).decode
 _decode_analyses = msgspec.json.Decoder(Analyses | Error).decode
 _SERVICE = "construction analyzer"
 # Reading a stored analysis answers within this.
@@ -57,6 +60,13 @@ class Construction:
         `equipment`, `hazards`, `language`, ...)."""
         return await self._ask("safety", SafetyRequest, fields, _decode_safety)
 
+    async def query(self, query: str, **fields: Any) -> QueryResult:
+        """A construction question answered by the model its type calls for (`context`
+        {phase, regulations, facts}, `language`, ...), with a confidence and, for
+        financial and schedule answers, the figures and dates in it."""
+        fields["query"] = query
+        return await self._ask("query", QueryRequest, fields, _decode_query)
+
     async def _ask(
         self,
         verb: str,
@@ -73,7 +83,7 @@ class Construction:
             self._nc, subject, encode(request), decode, self._timeout, service=_SERVICE
         )
 
-    async def get(self, analysis_id: str) -> HoaiResult | SafetyResult:
+    async def get(self, analysis_id: str) -> HoaiResult | SafetyResult | QueryResult:
         """A stored analysis, as its verb answered it."""
         body = encode(AnalysisGet(analysis_id=analysis_id))
         subject = self._subjects.construction("get")

@@ -2,6 +2,7 @@
 
 `hoai`: the HOAI fee, computed exactly, then the model's analysis with the fee as fact.
 `safety`: a site's risks, measures, PPE and emergency steps, structured by a JSON schema.
+`query`: a question classified, enriched, answered, with a confidence and its figures.
 Every result is stored (`construction_analyses`) under an id; the same input again is
 answered from the store unless the request says `fresh`. `get` reads one back, `list`
 the latest.
@@ -31,6 +32,7 @@ __all__ = [
     "AnalysisList",
     "AnalysisSummary",
     "Conversion",
+    "DateFound",
     "FeeLine",
     "HoaiFee",
     "HoaiFeeRequest",
@@ -38,6 +40,11 @@ __all__ = [
     "HoaiResult",
     "Measure",
     "ObjectKind",
+    "Quantity",
+    "QueryContext",
+    "QueryRequest",
+    "QueryResult",
+    "QueryType",
     "Risk",
     "SafetyFindings",
     "SafetyRequest",
@@ -127,6 +134,18 @@ class AnalysisKind(enum.StrEnum):
 
     HOAI = "hoai"
     SAFETY = "safety"
+    QUERY = "query"
+
+
+class QueryType(enum.StrEnum):
+    """What a question is about; each has its model and temperature."""
+
+    TECHNICAL = "technical"
+    SAFETY = "safety"
+    COMPLIANCE = "compliance"
+    FINANCIAL = "financial"
+    SCHEDULE = "schedule"
+    GENERAL = "general"
 
 
 ProjectId = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9_.-]{1,64}\Z")]
@@ -227,6 +246,58 @@ class SafetyResult(Analysis, kw_only=True, omit_defaults=True, tag="safety_resul
 
     findings: SafetyFindings
     structured: bool = True
+
+
+class Quantity(Struct, kw_only=True, omit_defaults=True):
+    """A figure found in a text: as written, its value, its unit (EUR, m2, m3, t, kg, m,
+    km, cm, mm, %, hours, days, weeks, months)."""
+
+    text: str
+    value: float
+    unit: str
+
+
+class DateFound(Struct, kw_only=True, omit_defaults=True):
+    """A date found in a text: as written, and as an ISO date (a week: its Monday)."""
+
+    text: str
+    date: str
+
+
+class QueryContext(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """What a question is asked in: the project's HOAI phase, the regulations that apply,
+    facts about the project; the model is given them with the question."""
+
+    phase: Annotated[int, Meta(ge=1, le=9)] | None = None
+    regulations: Annotated[list[Item], Meta(max_length=50)] = []
+    facts: dict[Annotated[str, Meta(max_length=200)], Item | float] = {}
+
+
+class QueryRequest(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """`construction.query`: a question, classified, enriched, answered by the model and
+    temperature its type calls for, with a confidence and, for financial and schedule
+    answers, the figures and dates in them."""
+
+    query: Annotated[str, Meta(min_length=1, max_length=20_000)]
+    context: QueryContext | None = None
+    language: Language = "en"
+    project_id: ProjectId | None = None
+    options: Options | None = None
+    deadline_ms: DeadlineMs | None = None
+    fresh: bool = False
+
+
+class QueryResult(Analysis, kw_only=True, omit_defaults=True, tag="query_result"):
+    """The answer, its type (`classified` false when the classifier's answer was not one
+    of the types: then `general`), a confidence 0..1 and the markers that moved it, and
+    the figures and dates of a financial or schedule answer."""
+
+    query_type: QueryType
+    classified: bool = True
+    confidence: float = 0.0
+    markers: list[str] = []
+    quantities: list[Quantity] = []
+    dates: list[DateFound] = []
 
 
 class AnalysisGet(Struct, kw_only=True, forbid_unknown_fields=True):

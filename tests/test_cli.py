@@ -308,6 +308,7 @@ def _asking(subject: str, *args: str) -> object:
         _asking("reasoning.get", "chains", "c1"),
         _asking("construction.hoai", "construction", "hoai", "--costs", "1e5", "--zone", "I"),
         _asking("construction.safety", "construction", "safety", "--workers", "3"),
+        _asking("construction.query", "construction", "query", "why?"),
         _asking("construction.list", "construction", "list"),
     ],
 )
@@ -577,3 +578,12 @@ async def test_construction_hoai_prints_the_fee_then_get_and_list_find_it(
         "construction", "safety", "--workers", "12", "--equipment", "crane,scaffold", *bus
     )
     assert code == 0 and "Falls (high)" in out and "high" in out and "ignored the" in out
+    sim.engine.scripts.add(Script(match="How long", text='{"type": "schedule"}', count=1))
+    sim.engine.scripts.add(Script(match="How long", text="About 3 Wochen, until KW 12/2025."))
+    code, out, err = await run(
+        "construction", "query", "How long?", "--phase", "8", "--fact", "storeys=5", *bus
+    )
+    assert code == 0 and "schedule; confidence" in out, err
+    assert "figure: 3 Wochen = 3 weeks" in out and "date: KW 12/2025 = 2025-03-17" in out
+    code, _, err = await run("construction", "query", "x", "--fact", "storeys", *bus)
+    assert code == 1 and "NAME=VALUE" in err

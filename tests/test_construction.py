@@ -9,7 +9,7 @@ from actors.simulator import Script
 from bus.client import Client
 from bus.errors import BadRequest
 from schemas import Error, decode_reply
-from schemas.construction import AnalysisKind, Severity
+from schemas.construction import AnalysisKind, QueryType, Severity
 
 MODELS = ["llama3.2:3b", "qwen2.5:7b"]
 CONSTRUCTION = ("router", "executor", "prompts", "construction")
@@ -169,6 +169,65 @@ async def test_a_bad_safety_request_is_a_bad_request(
     fleet, client: Client, prefix: str, body: bytes
 ) -> None:
     reply = await client.nc.request(f"{prefix}.v1.construction.safety", body, timeout=5)
+    error = decode_reply(reply.data)
+    assert isinstance(error, Error) and error.code == "bad_request", error
+    assert fleet.engine.stats.generations == 0
+
+
+CLASSIFY = "Classify this construction question"
+
+
+async def test_a_query_is_classified_by_the_enum_and_answered_with_its_context(
+    fleet, client: Client
+) -> None:
+    """The simulator follows the enum schema: the type is one of the six; the answer's
+    prompt holds the context (phase, regulations, facts) before the question."""
+    context = {"phase": 5, "regulations": ["DIN 4420"], "facts": {"storeys": 5}}
+    result = await client.construction.query(
+        "Which scaffold class do we need?", context=context, options=SHORT
+    )
+    assert result.classified and result.query_type in set(QueryType)
+    assert 0.05 <= result.confidence <= 0.95 and result.text
+    classify_prompt, asked = list(fleet.engine.stats.prompts)
+    assert classify_prompt.startswith(CLASSIFY)
+    assert "HOAI phase (Leistungsphase): 5" in asked and "Regulations that apply: DIN 4420" in asked
+    assert "storeys: 5" in asked and asked.endswith("Which scaffold class do we need?")
+
+
+async def test_a_financial_answer_gives_its_figures_and_dates(fleet, client: Client) -> None:
+    """Classified `financial` (scripted), answered by `primary` (the tests' fleet has no
+    `mathematical` role), with the figures and dates of the answer read out."""
+    # The first call (the classifier) gets the type, the second the answer.
+    fleet.engine.scripts.add(
+        Script(match="What will it cost", text='{"type": "financial"}', count=1)
+    )
+    answer = "Die Kosten betragen 1.234,56 € je m², insgesamt 2,5 Mio. €, fällig am 3. März 2025."
+    fleet.engine.scripts.add(Script(match="What will it cost", text=answer))
+    result = await client.construction.query("What will it cost?", language="de")
+    assert result.query_type is QueryType.FINANCIAL and result.model == "qwen2.5:7b"
+    assert [(q.value, q.unit) for q in result.quantities] == [(1234.56, "EUR"), (2.5e6, "EUR")]
+    assert [d.date for d in result.dates] == ["2025-03-03"]
+    assert list(fleet.engine.stats.prompts)[1].startswith("Antworte auf Deutsch.")
+
+
+async def test_a_classifier_answer_outside_the_types_is_general(fleet, client: Client) -> None:
+    """A classifier that ignores the enum: `general`, `classified: false`, answered by
+    the `fast` role, and no figures read (only financial and schedule answers get them)."""
+    fleet.engine.scripts.add(Script(match=CLASSIFY, text='{"type": "legal"}'))
+    fleet.engine.scripts.add(Script(match="Who signs", text="The client signs, 120 m²."))
+    result = await client.construction.query("Who signs the contract?")
+    assert result.query_type is QueryType.GENERAL and not result.classified
+    assert result.model == "llama3.2:3b" and result.quantities == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"query": ""}', b'{"query": "   "}', b'{"query": "x", "context": {"phase": 10}}', b"{}"],
+)
+async def test_a_bad_query_is_a_bad_request(
+    fleet, client: Client, prefix: str, body: bytes
+) -> None:
+    reply = await client.nc.request(f"{prefix}.v1.construction.query", body, timeout=5)
     error = decode_reply(reply.data)
     assert isinstance(error, Error) and error.code == "bad_request", error
     assert fleet.engine.stats.generations == 0

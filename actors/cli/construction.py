@@ -1,5 +1,5 @@
-"""`ollamesh construction hoai|safety|get|list`: HOAI fees with their analysis, site
-safety, stored analyses."""
+"""`ollamesh construction hoai|safety|query|get|list`: HOAI fees with their analysis, site
+safety, questions, stored analyses."""
 
 from __future__ import annotations
 
@@ -13,7 +13,13 @@ from rich.table import Table
 
 from bus.client import Client
 from bus.errors import BadRequest
-from schemas.construction import AnalysisKind, HoaiResult, ObjectKind, SafetyResult
+from schemas.construction import (
+    AnalysisKind,
+    HoaiResult,
+    ObjectKind,
+    QueryResult,
+    SafetyResult,
+)
 from schemas.requests import LANGUAGES
 
 __all__ = ["register"]
@@ -40,11 +46,13 @@ def _rate(text: str) -> str | float:
         raise BadRequest(f"--rate: {text!r} is not basis, upper or a number 0..1") from None
 
 
-def _show(result: HoaiResult | SafetyResult, console: Console) -> None:
+def _show(result: HoaiResult | SafetyResult | QueryResult, console: Console) -> None:
     if isinstance(result, HoaiResult):
         _show_fee(result, console)
-    else:
+    elif isinstance(result, SafetyResult):
         _show_findings(result, console)
+    else:
+        _show_query(result, console)
     if result.text:
         print(result.text)
     origin = "from the store, " if result.stored else ""
@@ -53,6 +61,19 @@ def _show(result: HoaiResult | SafetyResult, console: Console) -> None:
         f"[analysis {result.analysis_id}: {origin}{result.model or 'no model'}, {made}]",
         markup=False, highlight=False, soft_wrap=True,
     )  # fmt: skip
+
+
+def _show_query(result: QueryResult, console: Console) -> None:
+    how = "" if result.classified else " (not classified: taken as general)"
+    markers = f" ({', '.join(result.markers)})" if result.markers else ""
+    console.print(
+        f"{result.query_type.value}{how}; confidence {result.confidence:.2f}{markers}",
+        markup=False, highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    for q in result.quantities:
+        console.print(f"figure: {q.text} = {q.value:g} {q.unit}", markup=False, soft_wrap=True)
+    for d in result.dates:
+        console.print(f"date: {d.text} = {d.date}", markup=False, soft_wrap=True)
 
 
 def _show_findings(result: SafetyResult, console: Console) -> None:
@@ -96,12 +117,15 @@ def _show_fee(result: HoaiResult, console: Console) -> None:
 async def construction(args: argparse.Namespace) -> int:
     """Run the `construction` verb asked for."""
     console = Console()
-    fields = _hoai_fields(args) if args.verb == "hoai" else {}  # bad input: said at once
+    make = {"hoai": _hoai_fields, "query": _query_fields}.get(args.verb)
+    fields = make(args) if make else {}  # a bad input is said before connecting
     async with Client(args.nats, prefix=args.prefix, timeout=args.timeout) as client:
         if args.verb == "hoai":
             _show(await client.construction.hoai(**fields), console)
         elif args.verb == "safety":
             _show(await client.construction.safety(**_safety_fields(args)), console)
+        elif args.verb == "query":
+            _show(await client.construction.query(**fields), console)
         elif args.verb == "get":
             _show(await client.construction.get(args.analysis_id), console)
         else:
@@ -120,6 +144,23 @@ async def construction(args: argparse.Namespace) -> int:
 
 def _items(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _query_fields(args: argparse.Namespace) -> dict[str, Any]:
+    facts: dict[str, str] = {}
+    for fact in args.fact:
+        name, sep, value = fact.partition("=")
+        if not sep or not name.strip():
+            raise BadRequest(f"--fact: {fact!r} is not NAME=VALUE")
+        facts[name.strip()] = value.strip()
+    context = {"phase": args.phase, "regulations": args.regulation, "facts": facts}
+    fields: dict[str, Any] = {
+        "query": args.question, "language": args.language, "fresh": args.fresh,
+        "context": {k: v for k, v in context.items() if v},
+    }  # fmt: skip
+    if args.project is not None:
+        fields["project_id"] = args.project
+    return fields
 
 
 def _safety_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -188,12 +229,20 @@ def register(
     sf.add_argument("--project", help="the project's id, to find the analysis by later")
     sf.add_argument("--language", choices=LANGUAGES, default="en")
     sf.add_argument("--fresh", action="store_true", help="analyse again, even if stored")
+    q = verbs.add_parser("query", help="a question, classified and answered, with figures")
+    q.add_argument("question")
+    q.add_argument("--phase", type=int, help="the project's HOAI Leistungsphase (1-9)")
+    q.add_argument("--regulation", action="append", default=[], help="a regulation that applies")
+    q.add_argument("--fact", action="append", default=[], help="a project fact, NAME=VALUE")
+    q.add_argument("--project", help="the project's id, to find the analysis by later")
+    q.add_argument("--language", choices=LANGUAGES, default="en")
+    q.add_argument("--fresh", action="store_true", help="answer again, even if stored")
     g = verbs.add_parser("get", help="one stored analysis")
     g.add_argument("analysis_id")
     ls = verbs.add_parser("list", help="the latest analyses")
     ls.add_argument("--kind", choices=[k.value for k in AnalysisKind])
     ls.add_argument("--project")
     ls.add_argument("--limit", type=int, default=20)
-    for verb in (h, sf, g, ls):
+    for verb in (h, sf, q, g, ls):
         bus_args(verb)
         verb.set_defaults(func=run)

@@ -1,7 +1,7 @@
-"""The construction analyzer: HOAI fees with their analysis, site safety, stored and read
-back.
+"""The construction analyzer: HOAI fees with their analysis, site safety, questions, stored
+and read back.
 
-`<prefix>.v1.construction.{hoai,safety,get,list}` (request/reply, one queue group for
+`<prefix>.v1.construction.{hoai,safety,query,get,list}` (request/reply, one queue group for
 every replica). Whatever can be computed without a model is computed here, exactly, and
 given to the model as fact; the model is reached through the public subjects like any
 client's. Every result is stored under an id; the same input again is answered from the
@@ -20,7 +20,7 @@ import asyncpg
 import msgspec
 from nats.aio.msg import Msg
 
-from actors.construction import hoai, safety
+from actors.construction import hoai, query, safety
 from actors.construction.fees import hoai_fee
 from actors.construction.store import AnalysisStore
 from actors.store.sink import unreachable_as
@@ -40,6 +40,8 @@ from schemas.construction import (
     AnalysisList,
     HoaiRequest,
     HoaiResult,
+    QueryRequest,
+    QueryResult,
     SafetyRequest,
     SafetyResult,
 )
@@ -48,7 +50,7 @@ __all__ = ["ConstructionAnalyzer", "input_hash"]
 
 _QUEUE = "construction"
 _DATABASE = "the construction database"
-_decode_result = msgspec.json.Decoder(HoaiResult | SafetyResult).decode
+_decode_result = msgspec.json.Decoder(HoaiResult | SafetyResult | QueryResult).decode
 A = TypeVar("A", bound=Analysis)
 
 
@@ -90,9 +92,13 @@ class ConstructionAnalyzer(Actor):
         self.store = AnalysisStore(pool)
         # A client of the fleet like any other, on this process's connection.
         self.client = Client(nc=nc, prefix=subjects.prefix, timeout=config.executor.total_timeout_s)
+        self.roles = frozenset(config.roles)
 
     async def setup(self) -> None:
-        verbs = {"hoai": self._hoai, "safety": self._safety, "get": self._get, "list": self._list}
+        verbs = {
+            "hoai": self._hoai, "safety": self._safety, "query": self._query,
+            "get": self._get, "list": self._list,
+        }  # fmt: skip
         for verb, handler in verbs.items():
             await self.serve(self.subjects.construction(verb), handler, queue=_QUEUE)
 
@@ -119,6 +125,26 @@ class ConstructionAnalyzer(Actor):
             return _wrote(SafetyResult(findings=findings, structured=structured), answer)
 
         return await self._answer(AnalysisKind.SAFETY, request, make)
+
+    async def _query(self, msg: Msg) -> bytes:
+        request = decode_body(QueryRequest, msg.data, "construction.query")
+        if not request.query.strip():
+            raise BadRequest("query is empty")
+
+        async def make() -> QueryResult:
+            kind, classified = await query.classify(self.client, request)
+            if not classified:
+                self.log.warning("query_not_classified", fallback=kind.value)
+            answer = await query.answer(self.client, request, kind, self.roles)
+            score, markers = query.confidence(answer.response)
+            found, when = query.figures(kind, answer.response)
+            result = QueryResult(
+                query_type=kind, classified=classified, confidence=score, markers=markers,
+                quantities=found, dates=when,
+            )  # fmt: skip
+            return _wrote(result, answer)
+
+        return await self._answer(AnalysisKind.QUERY, request, make)
 
     async def _answer(
         self, kind: AnalysisKind, request: _Request, make: Callable[[], Awaitable[Analysis]]
