@@ -21,6 +21,8 @@ from schemas.construction import (
     AnalysisSummary,
     HoaiRequest,
     HoaiResult,
+    QuantitiesRequest,
+    QuantitiesResult,
     QueryRequest,
     QueryResult,
     SafetyRequest,
@@ -32,7 +34,9 @@ __all__ = ["Construction"]
 _decode_hoai = msgspec.json.Decoder(HoaiResult | Error).decode
 _decode_safety = msgspec.json.Decoder(SafetyResult | Error).decode
 _decode_query = msgspec.json.Decoder(QueryResult | Error).decode
-_decode_stored = msgspec.json.Decoder(HoaiResult | SafetyResult | QueryResult | Error).decode
+_decode_quantities = msgspec.json.Decoder(QuantitiesResult | Error).decode
+Stored = HoaiResult | SafetyResult | QueryResult | QuantitiesResult
+_decode_stored = msgspec.json.Decoder(Stored | Error).decode
 _decode_analyses = msgspec.json.Decoder(Analyses | Error).decode
 _SERVICE = "construction analyzer"
 # Reading a stored analysis answers within this.
@@ -67,6 +71,15 @@ class Construction:
         fields["query"] = query
         return await self._ask("query", QueryRequest, fields, _decode_query)
 
+    async def quantities(
+        self, specifications: str | list[dict[str, Any]], **fields: Any
+    ) -> QuantitiesResult:
+        """A material survey from `specifications` (text, or elements with `element`,
+        `material`, `length_m`, `width_m`, `height_m`, `count`), with the quantities of
+        dimensioned elements computed and checked against the model's."""
+        fields["specifications"] = specifications
+        return await self._ask("quantities", QuantitiesRequest, fields, _decode_quantities)
+
     async def _ask(
         self,
         verb: str,
@@ -83,7 +96,7 @@ class Construction:
             self._nc, subject, encode(request), decode, self._timeout, service=_SERVICE
         )
 
-    async def get(self, analysis_id: str) -> HoaiResult | SafetyResult | QueryResult:
+    async def get(self, analysis_id: str) -> Stored:
         """A stored analysis, as its verb answered it."""
         body = encode(AnalysisGet(analysis_id=analysis_id))
         subject = self._subjects.construction("get")

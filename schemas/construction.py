@@ -3,6 +3,7 @@
 `hoai`: the HOAI fee, computed exactly, then the model's analysis with the fee as fact.
 `safety`: a site's risks, measures, PPE and emergency steps, structured by a JSON schema.
 `query`: a question classified, enriched, answered, with a confidence and its figures.
+`quantities`: a material survey, the quantities of dimensioned elements computed here.
 Every result is stored (`construction_analyses`) under an id; the same input again is
 answered from the store unless the request says `fresh`. `get` reads one back, `list`
 the latest.
@@ -31,16 +32,23 @@ __all__ = [
     "AnalysisKind",
     "AnalysisList",
     "AnalysisSummary",
+    "Computed",
     "Conversion",
     "DateFound",
+    "DeliveryStep",
+    "Element",
     "FeeLine",
     "HoaiFee",
     "HoaiFeeRequest",
     "HoaiRequest",
     "HoaiResult",
+    "MaterialLine",
     "Measure",
     "ObjectKind",
+    "QuantitiesRequest",
+    "QuantitiesResult",
     "Quantity",
+    "QuantitySurvey",
     "QueryContext",
     "QueryRequest",
     "QueryResult",
@@ -135,6 +143,7 @@ class AnalysisKind(enum.StrEnum):
     HOAI = "hoai"
     SAFETY = "safety"
     QUERY = "query"
+    QUANTITIES = "quantities"
 
 
 class QueryType(enum.StrEnum):
@@ -246,6 +255,85 @@ class SafetyResult(Analysis, kw_only=True, omit_defaults=True, tag="safety_resul
 
     findings: SafetyFindings
     structured: bool = True
+
+
+Metres = Annotated[float, Meta(gt=0, le=100_000)]
+
+
+class Element(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A building element as specified: what it is, its material, its dimensions in
+    metres (length, width, height or thickness), how many."""
+
+    element: Annotated[str, Meta(min_length=1, max_length=200)]
+    material: Annotated[str, Meta(max_length=200)] = ""
+    length_m: Metres | None = None
+    width_m: Metres | None = None
+    height_m: Metres | None = None
+    count: Annotated[int, Meta(ge=1, le=100_000)] = 1
+
+
+class QuantitiesRequest(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """`construction.quantities`: a material list, waste allowances, a cost estimate and a
+    delivery plan from `specifications`, free text or elements with dimensions (whose
+    quantities are computed here and checked against the model's)."""
+
+    specifications: (
+        Annotated[str, Meta(min_length=1, max_length=50_000)]
+        | Annotated[list[Element], Meta(min_length=1, max_length=500)]
+    )
+    language: Language = "en"
+    project_id: ProjectId | None = None
+    role: Name = "primary"
+    options: Options | None = None
+    deadline_ms: DeadlineMs | None = None
+    fresh: bool = False
+
+
+class MaterialLine(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """One material of the survey (the model's)."""
+
+    material: Item
+    quantity: Annotated[float, Meta(ge=0)]
+    unit: Annotated[str, Meta(max_length=20)]
+    waste_pct: Annotated[float, Meta(ge=0, le=100)] = 0.0
+    unit_cost_eur: Annotated[float, Meta(ge=0)] | None = None
+    cost_eur: Annotated[float, Meta(ge=0)] | None = None
+
+
+class DeliveryStep(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    when: Item
+    what: Item
+
+
+class QuantitySurvey(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """What the model is asked to answer: materials, the total cost, the deliveries."""
+
+    materials: Annotated[list[MaterialLine], Meta(max_length=500)] = []
+    total_cost_eur: Annotated[float, Meta(ge=0)] | None = None
+    delivery: Annotated[list[DeliveryStep], Meta(max_length=200)] = []
+
+
+class Computed(Struct, kw_only=True, omit_defaults=True):
+    """An element's quantity computed from its dimensions, and the model's for the same
+    material and unit: `agrees` when they differ by at most 5 %."""
+
+    element: str
+    material: str = ""
+    quantity: float
+    unit: str
+    formula: str
+    model_quantity: float | None = None
+    deviation_pct: float | None = None
+    agrees: bool | None = None
+
+
+class QuantitiesResult(Analysis, kw_only=True, omit_defaults=True, tag="quantities_result"):
+    """The survey (`structured` false when the model ignored the schema: then empty, its
+    text kept) and the quantities computed here."""
+
+    survey: QuantitySurvey
+    structured: bool = True
+    computed: list[Computed] = []
 
 
 class Quantity(Struct, kw_only=True, omit_defaults=True):

@@ -309,6 +309,7 @@ def _asking(subject: str, *args: str) -> object:
         _asking("construction.hoai", "construction", "hoai", "--costs", "1e5", "--zone", "I"),
         _asking("construction.safety", "construction", "safety", "--workers", "3"),
         _asking("construction.query", "construction", "query", "why?"),
+        _asking("construction.quantities", "construction", "quantities", "--spec", "a wall"),
         _asking("construction.list", "construction", "list"),
     ],
 )
@@ -587,3 +588,9 @@ async def test_construction_hoai_prints_the_fee_then_get_and_list_find_it(
     assert "figure: 3 Wochen = 3 weeks" in out and "date: KW 12/2025 = 2025-03-17" in out
     code, _, err = await run("construction", "query", "x", "--fact", "storeys", *bus)
     assert code == 1 and "NAME=VALUE" in err
+    code, out, err = await run(
+        "construction", "quantities", "--element", "slab,concrete,6,4,0.25", *bus
+    )
+    assert code == 0 and "computed: slab: 6 m x 4 m x 0.25 m = 6 m3" in out, err
+    code, _, err = await run("construction", "quantities", "--element", "slab,concrete,x", *bus)
+    assert code == 1 and "no number" in err

@@ -3,6 +3,8 @@ model as fact, stored and answered again from the store, read back, bad input re
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from actors.simulator import Script
@@ -228,6 +230,52 @@ async def test_a_bad_query_is_a_bad_request(
     fleet, client: Client, prefix: str, body: bytes
 ) -> None:
     reply = await client.nc.request(f"{prefix}.v1.construction.query", body, timeout=5)
+    error = decode_reply(reply.data)
+    assert isinstance(error, Error) and error.code == "bad_request", error
+    assert fleet.engine.stats.generations == 0
+
+
+SLAB = {"element": "floor slab", "material": "concrete C25/30", "length_m": 6,
+        "width_m": 4, "height_m": 0.25}  # fmt: skip
+
+
+async def test_quantities_are_computed_told_to_the_model_and_checked(fleet, client: Client) -> None:
+    """A slab of 6 x 4 x 0.25 m: 6 m³ computed here and in the model's prompt; the
+    model's survey (scripted: 6.1 m³) validated and checked against it."""
+    survey = {
+        "materials": [{"material": "Concrete C25/30", "quantity": 6.1, "unit": "m³",
+                       "waste_pct": 3, "unit_cost_eur": 140, "cost_eur": 854}],
+        "total_cost_eur": 854,
+        "delivery": [{"when": "week 2", "what": "ready-mix concrete"}],
+    }  # fmt: skip
+    fleet.engine.scripts.add(Script(match="Calculate material quantities", text=json.dumps(survey)))
+    result = await client.construction.quantities([SLAB])
+    assert result.structured and result.survey.total_cost_eur == 854
+    (slab,) = result.computed
+    assert (slab.quantity, slab.unit, slab.model_quantity, slab.agrees) == (6.0, "m3", 6.1, True)
+    assert slab.deviation_pct == 1.67
+    (asked,) = list(fleet.engine.stats.prompts)
+    assert "floor slab (concrete C25/30): 6 m x 4 m x 0.25 m = 6 m3" in asked
+    assert '"length_m": 6' in asked  # the specifications themselves, in the template
+
+
+async def test_quantities_from_free_text_follow_the_schema(fleet, client: Client) -> None:
+    """Free text: nothing to compute; the simulator follows the survey's schema."""
+    result = await client.construction.quantities(
+        "A 20 m garden wall of clinker brick", options={"num_predict": 2000}
+    )
+    assert result.structured and result.computed == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"specifications": ""}', b'{"specifications": "  "}', b'{"specifications": []}',
+     b'{"specifications": [{"element": "slab", "length_m": -1}]}', b"{}"],
+)  # fmt: skip
+async def test_a_bad_quantities_request_is_a_bad_request(
+    fleet, client: Client, prefix: str, body: bytes
+) -> None:
+    reply = await client.nc.request(f"{prefix}.v1.construction.quantities", body, timeout=5)
     error = decode_reply(reply.data)
     assert isinstance(error, Error) and error.code == "bad_request", error
     assert fleet.engine.stats.generations == 0

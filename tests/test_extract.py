@@ -1,13 +1,16 @@
 """Figures and dates in English and German answers, and what must not be read as one;
-the confidence heuristic; the route of each question type."""
+the confidence heuristic; the route of each question type; quantities of dimensioned
+elements and their check against a model's."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from actors.construction.extract import dates, quantities
+from actors.construction.quantities import check, compute
 from actors.construction.query import ROUTES, confidence
-from schemas.construction import QueryType
+from schemas.construction import Computed, Element, MaterialLine, QuantitySurvey, QueryType
 
 
 @pytest.mark.parametrize(
@@ -86,3 +89,50 @@ def test_each_type_has_the_original_s_role_and_temperature() -> None:
         "schedule": ("mathematical", 0.4), "general": ("fast", 0.7),
     }  # fmt: skip
     assert set(ROUTES) == set(QueryType)
+
+
+@pytest.mark.parametrize(
+    ("element", "quantity", "unit", "formula"),
+    [
+        ({"length_m": 6, "width_m": 4, "height_m": 0.25}, 6.0, "m3", "6 m x 4 m x 0.25 m"),
+        ({"length_m": 6, "width_m": 4, "height_m": 0.25, "count": 3}, 18.0, "m3",
+         "6 m x 4 m x 0.25 m x 3"),
+        ({"length_m": 12.5, "width_m": 3}, 37.5, "m2", "12.5 m x 3 m"),
+        ({"length_m": 40, "count": 2}, 80.0, "m", "40 m x 2"),
+    ],
+)  # fmt: skip
+def test_quantities_of_dimensioned_elements(
+    element: dict[str, float], quantity: float, unit: str, formula: str
+) -> None:
+    computed = compute(Element(element="slab", material="concrete", **element))
+    assert computed is not None
+    assert (computed.quantity, computed.unit, computed.formula) == (quantity, unit, formula)
+
+
+@pytest.mark.parametrize(
+    "element", [{}, {"width_m": 4}, {"length_m": 6, "height_m": 3}], ids=["none", "no-length",
+                                                                           "no-width"]
+)  # fmt: skip
+def test_elements_without_a_shape_are_not_computed(element: dict[str, float]) -> None:
+    assert compute(Element(element="wall", **element)) is None
+
+
+SLAB = Computed(element="slab", material="Concrete C25/30", quantity=6.0, unit="m3", formula="")
+
+
+@pytest.mark.parametrize(
+    ("line", "deviation", "agrees"),
+    [
+        ({"material": "concrete c25/30", "quantity": 6.1, "unit": "m³"}, 1.67, True),
+        ({"material": "Concrete C25/30 (ready-mix)", "quantity": 6.3, "unit": "m3"}, 5.0, True),
+        ({"material": "Concrete C25/30", "quantity": 7.5, "unit": "m3"}, 25.0, False),
+        ({"material": "Concrete C25/30", "quantity": 6.0, "unit": "t"}, None, None),
+        ({"material": "rebar", "quantity": 6.0, "unit": "m3"}, None, None),
+    ],
+)
+def test_computed_quantities_are_checked_against_the_model_s(
+    line: dict[str, object], deviation: float | None, agrees: bool | None
+) -> None:
+    survey = QuantitySurvey(materials=[msgspec.convert(line, MaterialLine)])
+    checked = check(SLAB, survey)
+    assert (checked.deviation_pct, checked.agrees) == (deviation, agrees)

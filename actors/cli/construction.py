@@ -1,5 +1,5 @@
-"""`ollamesh construction hoai|safety|query|get|list`: HOAI fees with their analysis, site
-safety, questions, stored analyses."""
+"""`ollamesh construction hoai|safety|query|quantities|get|list`: HOAI fees with their
+analysis, site safety, questions, material surveys, stored analyses."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from rich.console import Console
 from rich.table import Table
 
 from bus.client import Client
+from bus.construction import Stored
 from bus.errors import BadRequest
 from schemas.construction import (
     AnalysisKind,
     HoaiResult,
     ObjectKind,
+    QuantitiesResult,
     QueryResult,
     SafetyResult,
 )
@@ -46,13 +48,15 @@ def _rate(text: str) -> str | float:
         raise BadRequest(f"--rate: {text!r} is not basis, upper or a number 0..1") from None
 
 
-def _show(result: HoaiResult | SafetyResult | QueryResult, console: Console) -> None:
+def _show(result: Stored, console: Console) -> None:
     if isinstance(result, HoaiResult):
         _show_fee(result, console)
     elif isinstance(result, SafetyResult):
         _show_findings(result, console)
-    else:
+    elif isinstance(result, QueryResult):
         _show_query(result, console)
+    else:
+        _show_survey(result, console)
     if result.text:
         print(result.text)
     origin = "from the store, " if result.stored else ""
@@ -61,6 +65,25 @@ def _show(result: HoaiResult | SafetyResult | QueryResult, console: Console) -> 
         f"[analysis {result.analysis_id}: {origin}{result.model or 'no model'}, {made}]",
         markup=False, highlight=False, soft_wrap=True,
     )  # fmt: skip
+
+
+def _show_survey(result: QuantitiesResult, console: Console) -> None:
+    how = "" if result.structured else " (the model ignored the schema: see its text)"
+    table = Table(title=f"materials{how}", title_justify="left")
+    for column in ("material", "quantity", "unit", "waste %", "EUR"):
+        table.add_column(column, overflow="fold")
+    for m in result.survey.materials:
+        cost = f"{m.cost_eur:,.2f}" if m.cost_eur is not None else "?"
+        table.add_row(m.material, f"{m.quantity:g}", m.unit, f"{m.waste_pct:g}", cost)
+    console.print(table)
+    for c in result.computed:
+        verdict = {True: "agrees", False: "DIFFERS", None: "no model figure"}[c.agrees]
+        theirs = f", the model's {c.model_quantity:g} ({c.deviation_pct:+g} %)" if (
+            c.model_quantity is not None) else ""  # fmt: skip
+        console.print(
+            f"computed: {c.element}: {c.formula} = {c.quantity:g} {c.unit}{theirs}: {verdict}",
+            markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
 
 
 def _show_query(result: QueryResult, console: Console) -> None:
@@ -117,7 +140,9 @@ def _show_fee(result: HoaiResult, console: Console) -> None:
 async def construction(args: argparse.Namespace) -> int:
     """Run the `construction` verb asked for."""
     console = Console()
-    make = {"hoai": _hoai_fields, "query": _query_fields}.get(args.verb)
+    make = {"hoai": _hoai_fields, "query": _query_fields, "quantities": _quantities_fields}.get(
+        args.verb
+    )
     fields = make(args) if make else {}  # a bad input is said before connecting
     async with Client(args.nats, prefix=args.prefix, timeout=args.timeout) as client:
         if args.verb == "hoai":
@@ -126,6 +151,8 @@ async def construction(args: argparse.Namespace) -> int:
             _show(await client.construction.safety(**_safety_fields(args)), console)
         elif args.verb == "query":
             _show(await client.construction.query(**fields), console)
+        elif args.verb == "quantities":
+            _show(await client.construction.quantities(**fields), console)
         elif args.verb == "get":
             _show(await client.construction.get(args.analysis_id), console)
         else:
@@ -144,6 +171,31 @@ async def construction(args: argparse.Namespace) -> int:
 
 def _items(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+_ELEMENT_FIELDS = ("element", "material", "length_m", "width_m", "height_m", "count")
+
+
+def _quantities_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """`--spec TEXT`, or elements `NAME,MATERIAL,LENGTH[,WIDTH[,HEIGHT[,COUNT]]]`."""
+    if bool(args.spec) == bool(args.element):
+        raise BadRequest("give --spec TEXT or one --element or more, not both")
+    elements: list[dict[str, Any]] = []
+    for text in args.element:
+        parts = [p.strip() for p in text.split(",")]
+        if not 3 <= len(parts) <= 6:
+            raise BadRequest(f"--element: {text!r} is not NAME,MATERIAL,LENGTH[,WIDTH[,HEIGHT]]")
+        try:
+            numbers = [float(p) for p in parts[2:5]] + [int(p) for p in parts[5:]]
+        except ValueError:
+            raise BadRequest(f"--element: {text!r} has a dimension that is no number") from None
+        elements.append(dict(zip(_ELEMENT_FIELDS, [*parts[:2], *numbers], strict=False)))
+    fields: dict[str, Any] = {
+        "specifications": args.spec or elements, "language": args.language, "fresh": args.fresh,
+    }  # fmt: skip
+    if args.project is not None:
+        fields["project_id"] = args.project
+    return fields
 
 
 def _query_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -237,12 +289,21 @@ def register(
     q.add_argument("--project", help="the project's id, to find the analysis by later")
     q.add_argument("--language", choices=LANGUAGES, default="en")
     q.add_argument("--fresh", action="store_true", help="answer again, even if stored")
+    qs = verbs.add_parser("quantities", help="a material survey, dimensioned elements computed")
+    qs.add_argument("--spec", help="the specifications as text")
+    qs.add_argument(
+        "--element", action="append", default=[],
+        help="NAME,MATERIAL,LENGTH[,WIDTH[,HEIGHT[,COUNT]]] in metres, e.g. slab,C25/30,6,4,0.25",
+    )  # fmt: skip
+    qs.add_argument("--project", help="the project's id, to find the analysis by later")
+    qs.add_argument("--language", choices=LANGUAGES, default="en")
+    qs.add_argument("--fresh", action="store_true", help="survey again, even if stored")
     g = verbs.add_parser("get", help="one stored analysis")
     g.add_argument("analysis_id")
     ls = verbs.add_parser("list", help="the latest analyses")
     ls.add_argument("--kind", choices=[k.value for k in AnalysisKind])
     ls.add_argument("--project")
     ls.add_argument("--limit", type=int, default=20)
-    for verb in (h, sf, q, g, ls):
+    for verb in (h, sf, q, qs, g, ls):
         bus_args(verb)
         verb.set_defaults(func=run)

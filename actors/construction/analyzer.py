@@ -1,11 +1,11 @@
-"""The construction analyzer: HOAI fees with their analysis, site safety, questions, stored
-and read back.
+"""The construction analyzer: HOAI fees with their analysis, site safety, questions,
+material surveys, stored and read back.
 
-`<prefix>.v1.construction.{hoai,safety,query,get,list}` (request/reply, one queue group for
-every replica). Whatever can be computed without a model is computed here, exactly, and
-given to the model as fact; the model is reached through the public subjects like any
-client's. Every result is stored under an id; the same input again is answered from the
-store unless the request says `fresh`.
+`<prefix>.v1.construction.{hoai,safety,query,quantities,get,list}` (request/reply, one
+queue group for every replica). Whatever can be computed without a model is computed
+here, exactly, and given to the model as fact; the model is reached through the public
+subjects like any client's. Every result is stored under an id; the same input again is
+answered from the store unless the request says `fresh`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import asyncpg
 import msgspec
 from nats.aio.msg import Msg
 
-from actors.construction import hoai, query, safety
+from actors.construction import hoai, quantities, query, safety
 from actors.construction.fees import hoai_fee
 from actors.construction.store import AnalysisStore
 from actors.store.sink import unreachable_as
@@ -40,6 +40,8 @@ from schemas.construction import (
     AnalysisList,
     HoaiRequest,
     HoaiResult,
+    QuantitiesRequest,
+    QuantitiesResult,
     QueryRequest,
     QueryResult,
     SafetyRequest,
@@ -50,7 +52,9 @@ __all__ = ["ConstructionAnalyzer", "input_hash"]
 
 _QUEUE = "construction"
 _DATABASE = "the construction database"
-_decode_result = msgspec.json.Decoder(HoaiResult | SafetyResult | QueryResult).decode
+_decode_result = msgspec.json.Decoder(
+    HoaiResult | SafetyResult | QueryResult | QuantitiesResult
+).decode
 A = TypeVar("A", bound=Analysis)
 
 
@@ -97,6 +101,7 @@ class ConstructionAnalyzer(Actor):
     async def setup(self) -> None:
         verbs = {
             "hoai": self._hoai, "safety": self._safety, "query": self._query,
+            "quantities": self._quantities,
             "get": self._get, "list": self._list,
         }  # fmt: skip
         for verb, handler in verbs.items():
@@ -145,6 +150,24 @@ class ConstructionAnalyzer(Actor):
             return _wrote(result, answer)
 
         return await self._answer(AnalysisKind.QUERY, request, make)
+
+    async def _quantities(self, msg: Msg) -> bytes:
+        request = decode_body(QuantitiesRequest, msg.data, "construction.quantities")
+        if isinstance(request.specifications, str) and not request.specifications.strip():
+            raise BadRequest("specifications are empty")
+        elements = [] if isinstance(request.specifications, str) else request.specifications
+        ours = [c for c in map(quantities.compute, elements) if c is not None]
+
+        async def make() -> QuantitiesResult:
+            answer = await quantities.analyse(self.client, request, ours)
+            survey, structured = quantities.read_survey(answer.response)
+            if not structured:
+                self.log.warning("quantities_not_structured", model=answer.model)
+            checked = [quantities.check(c, survey) for c in ours]
+            result = QuantitiesResult(survey=survey, structured=structured, computed=checked)
+            return _wrote(result, answer)
+
+        return await self._answer(AnalysisKind.QUANTITIES, request, make)
 
     async def _answer(
         self, kind: AnalysisKind, request: _Request, make: Callable[[], Awaitable[Analysis]]
