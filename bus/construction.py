@@ -21,10 +21,17 @@ from schemas.construction import (
     AnalysisSummary,
     HoaiRequest,
     HoaiResult,
+    Project,
+    ProjectGet,
+    ProjectList,
+    Projects,
+    ProjectStored,
     QuantitiesRequest,
     QuantitiesResult,
     QueryRequest,
     QueryResult,
+    ReportRequest,
+    ReportResult,
     SafetyRequest,
     SafetyResult,
 )
@@ -35,7 +42,10 @@ _decode_hoai = msgspec.json.Decoder(HoaiResult | Error).decode
 _decode_safety = msgspec.json.Decoder(SafetyResult | Error).decode
 _decode_query = msgspec.json.Decoder(QueryResult | Error).decode
 _decode_quantities = msgspec.json.Decoder(QuantitiesResult | Error).decode
-Stored = HoaiResult | SafetyResult | QueryResult | QuantitiesResult
+_decode_report = msgspec.json.Decoder(ReportResult | Error).decode
+_decode_project = msgspec.json.Decoder(ProjectStored | Error).decode
+_decode_projects = msgspec.json.Decoder(Projects | Error).decode
+Stored = HoaiResult | SafetyResult | QueryResult | QuantitiesResult | ReportResult
 _decode_stored = msgspec.json.Decoder(Stored | Error).decode
 _decode_analyses = msgspec.json.Decoder(Analyses | Error).decode
 _SERVICE = "construction analyzer"
@@ -80,12 +90,37 @@ class Construction:
         fields["specifications"] = specifications
         return await self._ask("quantities", QuantitiesRequest, fields, _decode_quantities)
 
+    async def report(self, project_id: str, type: str, **fields: Any) -> ReportResult:
+        """A Markdown report (`type`: progress, safety, financial, quality) on a stored
+        project, its figures computed as of `as_of` (default: today)."""
+        fields |= {"project_id": project_id, "type": type}
+        return await self._ask("report", ReportRequest, fields, _decode_report)
+
+    async def put_project(self, project: dict[str, Any] | Project) -> ProjectStored:
+        """Store a project (new, or its new state): what reports are computed from."""
+        fields = project if isinstance(project, dict) else msgspec.to_builtins(project)
+        return await self._ask("projects.put", Project, dict(fields), _decode_project)
+
+    async def project(self, project_id: str) -> ProjectStored:
+        """A stored project."""
+        fields = {"project_id": project_id}
+        return await self._ask("projects.get", ProjectGet, fields, _decode_project, _READ_TIMEOUT_S)
+
+    async def projects(self, limit: int = 20) -> list[ProjectStored]:
+        """The projects changed last, newest first."""
+        fields = {"limit": limit}
+        reply = await self._ask(
+            "projects.list", ProjectList, fields, _decode_projects, _READ_TIMEOUT_S
+        )
+        return reply.projects
+
     async def _ask(
         self,
         verb: str,
         request_type: type[msgspec.Struct],
         fields: dict[str, Any],
         decode: Callable[[bytes], T | Error],
+        timeout: float | None = None,
     ) -> T:
         try:
             request = msgspec.convert(fields, request_type, from_attributes=True)
@@ -93,8 +128,9 @@ class Construction:
             raise BadRequest(f"invalid {verb} request: {exc}") from exc
         subject = self._subjects.construction(verb)
         return await call(
-            self._nc, subject, encode(request), decode, self._timeout, service=_SERVICE
-        )
+            self._nc, subject, encode(request), decode, timeout or self._timeout,
+            service=_SERVICE,
+        )  # fmt: skip
 
     async def get(self, analysis_id: str) -> Stored:
         """A stored analysis, as its verb answered it."""

@@ -118,7 +118,8 @@ class Subjects:
         return f"{self._base}.reason.{verb}"
 
     def construction(self, verb: str) -> str:
-        """Request/reply to the construction analyzers: hoai, get, list."""
+        """Request/reply to the construction analyzers: hoai, safety, query, quantities,
+        report, get, list, projects.put, projects.get, projects.list."""
         return f"{self._base}.construction.{verb}"
 
     def board(self, executor: str) -> str:

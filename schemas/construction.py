@@ -4,6 +4,7 @@
 `safety`: a site's risks, measures, PPE and emergency steps, structured by a JSON schema.
 `query`: a question classified, enriched, answered, with a confidence and its figures.
 `quantities`: a material survey, the quantities of dimensioned elements computed here.
+`report`: a Markdown report on a stored project (`projects.put/get/list`), figures ours.
 Every result is stored (`construction_analyses`) under an id; the same input again is
 answered from the store unless the request says `fresh`. `get` reads one back, `list`
 the latest.
@@ -17,7 +18,7 @@ and is answered in it.
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -38,13 +39,22 @@ __all__ = [
     "DeliveryStep",
     "Element",
     "FeeLine",
+    "Figure",
     "HoaiFee",
     "HoaiFeeRequest",
     "HoaiRequest",
     "HoaiResult",
+    "Incident",
     "MaterialLine",
     "Measure",
+    "Milestone",
     "ObjectKind",
+    "Project",
+    "ProjectGet",
+    "ProjectList",
+    "ProjectStored",
+    "Projects",
+    "QualityCheck",
     "QuantitiesRequest",
     "QuantitiesResult",
     "Quantity",
@@ -53,6 +63,9 @@ __all__ = [
     "QueryRequest",
     "QueryResult",
     "QueryType",
+    "ReportRequest",
+    "ReportResult",
+    "ReportType",
     "Risk",
     "SafetyFindings",
     "SafetyRequest",
@@ -144,6 +157,7 @@ class AnalysisKind(enum.StrEnum):
     SAFETY = "safety"
     QUERY = "query"
     QUANTITIES = "quantities"
+    REPORT = "report"
 
 
 class QueryType(enum.StrEnum):
@@ -334,6 +348,108 @@ class QuantitiesResult(Analysis, kw_only=True, omit_defaults=True, tag="quantiti
     survey: QuantitySurvey
     structured: bool = True
     computed: list[Computed] = []
+
+
+IsoDate = Annotated[str, Meta(pattern=r"\A\d{4}-\d{2}-\d{2}\Z")]
+Amount = Annotated[float, Meta(ge=0, le=1e12)]
+
+
+class Milestone(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    name: Item
+    planned: IsoDate
+    actual: IsoDate | None = None
+
+
+class Incident(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    date: IsoDate
+    kind: Annotated[str, Meta(max_length=100)] = "incident"
+    description: Item = ""
+    lost_days: Annotated[float, Meta(ge=0, le=10_000)] = 0.0
+
+
+class QualityCheck(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    date: IsoDate
+    item: Item
+    passed: bool
+    note: Item = ""
+
+
+class Project(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A construction project as reports see it; `extra` holds anything else."""
+
+    project_id: ProjectId
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    phase: Annotated[int, Meta(ge=1, le=9)] | None = None
+    budget_eur: Amount | None = None
+    area_m2: Annotated[float, Meta(gt=0, le=1e8)] | None = None
+    costs_to_date_eur: Amount | None = None
+    start: IsoDate | None = None
+    end: IsoDate | None = None
+    hours_worked: Annotated[float, Meta(ge=0, le=1e10)] | None = None
+    milestones: Annotated[list[Milestone], Meta(max_length=1000)] = []
+    incidents: Annotated[list[Incident], Meta(max_length=10_000)] = []
+    quality_checks: Annotated[list[QualityCheck], Meta(max_length=10_000)] = []
+    extra: dict[Annotated[str, Meta(max_length=200)], Any] = {}
+
+
+class ProjectStored(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="project"):
+    """A stored project, as `projects.put` and `projects.get` answer."""
+
+    project: Project
+    created_at: float
+    updated_at: float
+
+
+class ProjectGet(Struct, kw_only=True, forbid_unknown_fields=True):
+    project_id: ProjectId
+
+
+class ProjectList(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    limit: Annotated[int, Meta(ge=1, le=500)] = 20
+
+
+class Projects(Struct, kw_only=True, tag_field="type", tag="projects"):
+    projects: list[ProjectStored]
+
+
+class ReportType(enum.StrEnum):
+    PROGRESS = "progress"
+    SAFETY = "safety"
+    FINANCIAL = "financial"
+    QUALITY = "quality"
+
+
+class ReportRequest(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """`construction.report`: a Markdown report on a stored project, its figures computed
+    here as of `as_of` (default: today), the prose by the model."""
+
+    project_id: ProjectId
+    type: ReportType
+    as_of: IsoDate | None = None
+    language: Language = "en"
+    role: Name = "primary"
+    options: Options | None = None
+    deadline_ms: DeadlineMs | None = None
+    fresh: bool = False
+
+
+class Figure(Struct, kw_only=True, omit_defaults=True):
+    """One computed figure of a report."""
+
+    name: str
+    value: float | str
+    unit: str = ""
+
+
+class ReportResult(Analysis, kw_only=True, omit_defaults=True, tag="report_result"):
+    """The report: `markdown` (figures in tables, then the model's assessment), the
+    figures themselves, and what they are as of."""
+
+    project_id: str
+    report_type: ReportType
+    as_of: str
+    figures: list[Figure] = []
+    markdown: str = ""
 
 
 class Quantity(Struct, kw_only=True, omit_defaults=True):

@@ -310,6 +310,8 @@ def _asking(subject: str, *args: str) -> object:
         _asking("construction.safety", "construction", "safety", "--workers", "3"),
         _asking("construction.query", "construction", "query", "why?"),
         _asking("construction.quantities", "construction", "quantities", "--spec", "a wall"),
+        _asking("construction.report", "construction", "report", "p", "--type", "safety"),
+        _asking("construction.projects.list", "construction", "projects", "list"),
         _asking("construction.list", "construction", "list"),
     ],
 )
@@ -594,3 +596,31 @@ async def test_construction_hoai_prints_the_fee_then_get_and_list_find_it(
     assert code == 0 and "computed: slab: 6 m x 4 m x 0.25 m = 6 m3" in out, err
     code, _, err = await run("construction", "quantities", "--element", "slab,concrete,x", *bus)
     assert code == 1 and "no number" in err
+
+
+async def test_construction_projects_and_a_report_written_to_a_file(
+    database_url, sim_factory, stack_factory, nats_server, prefix, tmp_path: Path
+) -> None:
+    """`construction projects put FILE`, `projects get`, then `construction report ID
+    --type financial -o report.md` writes the Markdown; a broken file is one line."""
+    sim = await sim_factory(models=MODELS)
+    actors = ("router", "executor", "prompts", "construction")
+    await stack_factory([sim.url], actors=actors, database={"url": database_url})
+    bus = ("--nats", nats_server.url, "--prefix", prefix)
+    project = tmp_path / "school.json"
+    project.write_text(json.dumps({"project_id": "school-7", "name": "School extension",
+                                   "budget_eur": 2e6, "costs_to_date_eur": 9e5}))  # fmt: skip
+    code, out, err = await run("construction", "projects", "put", str(project), *bus)
+    assert code == 0 and "project school-7 stored" in out, err
+    code, out, err = await run("construction", "projects", "get", "school-7", *bus)
+    assert code == 0 and json.loads(out)["budget_eur"] == 2e6, err
+    report = tmp_path / "report.md"
+    code, out, err = await run(
+        "construction", "report", "school-7", "--type", "financial", "-o", str(report), *bus
+    )
+    assert code == 0 and "written to" in out, err
+    assert report.read_text().startswith("# Financial report: School extension")
+    assert "| Budget used | 45 % |" in report.read_text()
+    project.write_text("{not json")
+    code, _, err = await run("construction", "projects", "put", str(project), *bus)
+    assert code == 1 and "not a readable JSON project" in err and "Traceback" not in err

@@ -279,3 +279,57 @@ async def test_a_bad_quantities_request_is_a_bad_request(
     error = decode_reply(reply.data)
     assert isinstance(error, Error) and error.code == "bad_request", error
     assert fleet.engine.stats.generations == 0
+
+
+PROJECT = {
+    "project_id": "school-7", "name": "School extension", "budget_eur": 2_000_000,
+    "costs_to_date_eur": 900_000, "start": "2025-01-01", "end": "2025-12-31",
+}  # fmt: skip
+
+
+async def test_projects_are_stored_and_reported_on(fleet, client: Client) -> None:
+    """A project put, read and listed; a financial report with our figures in its table
+    and in the model's prompt; the same report again from the store, a changed project
+    a new one."""
+    stored = await client.construction.put_project(PROJECT)
+    assert stored.project.name == "School extension"
+    assert (await client.construction.project("school-7")).project == stored.project
+    assert [p.project.project_id for p in await client.construction.projects()] == ["school-7"]
+    result = await client.construction.report(
+        "school-7", "financial", as_of="2025-07-02", options=SHORT
+    )
+    assert "| Budget used | 45 % |" in result.markdown and "## Assessment" in result.markdown
+    assert result.text and result.text.strip() in result.markdown
+    (asked,) = list(fleet.engine.stats.prompts)
+    assert "- Cost variance (planned - actual): 100,000 EUR" in asked
+    again = await client.construction.report(
+        "school-7", "financial", as_of="2025-07-02", options=SHORT
+    )
+    assert again.stored and again.analysis_id == result.analysis_id
+    await client.construction.put_project({**PROJECT, "costs_to_date_eur": 1_100_000})
+    changed = await client.construction.report(
+        "school-7", "financial", as_of="2025-07-02", options=SHORT
+    )
+    assert not changed.stored and "| Budget used | 55 % |" in changed.markdown
+
+
+@pytest.mark.parametrize(
+    ("subject", "body", "says"),
+    [
+        pytest.param("report", b'{"project_id": "nope", "type": "financial"}', "no project",
+                     id="unknown-project"),
+        pytest.param("report", b'{"project_id": "p", "type": "weather"}', "type", id="type"),
+        pytest.param("projects.put", b'{"project_id": "p", "name": "x", "start": "2025-02-30"}',
+                     "start", id="impossible-date"),
+        pytest.param("projects.put", b'{"project_id": "p w", "name": "x"}', "project_id",
+                     id="bad-id"),
+        pytest.param("projects.get", b'{"project_id": "nope"}', "no project", id="get-unknown"),
+    ],
+)  # fmt: skip
+async def test_bad_project_and_report_requests_are_bad_requests(
+    fleet, client: Client, prefix: str, subject: str, body: bytes, says: str
+) -> None:
+    reply = await client.nc.request(f"{prefix}.v1.construction.{subject}", body, timeout=5)
+    error = decode_reply(reply.data)
+    assert isinstance(error, Error) and error.code == "bad_request" and says in error.message
+    assert fleet.engine.stats.generations == 0

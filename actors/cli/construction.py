@@ -1,13 +1,18 @@
-"""`ollamesh construction hoai|safety|query|quantities|get|list`: HOAI fees with their
-analysis, site safety, questions, material surveys, stored analyses."""
+"""`ollamesh construction hoai|safety|query|quantities|report|projects|get|list`: HOAI
+fees with their analysis, site safety, questions, material surveys, project reports,
+stored analyses."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import msgspec
 from rich.console import Console
 from rich.table import Table
 
@@ -20,6 +25,7 @@ from schemas.construction import (
     ObjectKind,
     QuantitiesResult,
     QueryResult,
+    ReportType,
     SafetyResult,
 )
 from schemas.requests import LANGUAGES
@@ -55,8 +61,11 @@ def _show(result: Stored, console: Console) -> None:
         _show_findings(result, console)
     elif isinstance(result, QueryResult):
         _show_query(result, console)
-    else:
+    elif isinstance(result, QuantitiesResult):
         _show_survey(result, console)
+    else:
+        print(result.markdown, end="")
+        result.text = ""  # it is in the report
     if result.text:
         print(result.text)
     origin = "from the store, " if result.stored else ""
@@ -140,9 +149,10 @@ def _show_fee(result: HoaiResult, console: Console) -> None:
 async def construction(args: argparse.Namespace) -> int:
     """Run the `construction` verb asked for."""
     console = Console()
-    make = {"hoai": _hoai_fields, "query": _query_fields, "quantities": _quantities_fields}.get(
-        args.verb
-    )
+    make = {
+        "hoai": _hoai_fields, "query": _query_fields, "quantities": _quantities_fields,
+        "projects": _project_fields,
+    }.get(args.verb)  # fmt: skip
     fields = make(args) if make else {}  # a bad input is said before connecting
     async with Client(args.nats, prefix=args.prefix, timeout=args.timeout) as client:
         if args.verb == "hoai":
@@ -153,6 +163,10 @@ async def construction(args: argparse.Namespace) -> int:
             _show(await client.construction.query(**fields), console)
         elif args.verb == "quantities":
             _show(await client.construction.quantities(**fields), console)
+        elif args.verb == "report":
+            await _report(client, args, console)
+        elif args.verb == "projects":
+            await _projects(client, args, fields, console)
         elif args.verb == "get":
             _show(await client.construction.get(args.analysis_id), console)
         else:
@@ -224,6 +238,48 @@ def _safety_fields(args: argparse.Namespace) -> dict[str, Any]:
     if args.project is not None:
         fields["project_id"] = args.project
     return fields
+
+
+async def _report(client: Client, args: argparse.Namespace, console: Console) -> None:
+    fields: dict[str, Any] = {"language": args.language, "fresh": args.fresh}
+    if args.as_of:
+        fields["as_of"] = args.as_of
+    result = await client.construction.report(args.project_id, args.type, **fields)
+    if args.output is None:
+        _show(result, console)
+        return
+    try:
+        await asyncio.to_thread(Path(args.output).write_text, result.markdown, encoding="utf-8")
+    except OSError as exc:
+        raise BadRequest(f"-o: cannot write {args.output}: {exc.strerror}") from None
+    console.print(f"[report {result.analysis_id} written to {args.output}]", markup=False)
+
+
+def _project_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The project in the file `projects put` names (read before connecting)."""
+    if args.action != "put":
+        return {}
+    try:
+        project: dict[str, Any] = json.loads(Path(args.file).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BadRequest(f"{args.file}: not a readable JSON project: {exc}") from None
+    return project
+
+
+async def _projects(
+    client: Client, args: argparse.Namespace, project: dict[str, Any], console: Console
+) -> None:
+    if args.action == "put":
+        stored = await client.construction.put_project(project)
+        console.print(f"project {stored.project.project_id} stored", markup=False)
+        return
+    found = (
+        [await client.construction.project(args.project_id)]
+        if args.action == "get"
+        else await client.construction.projects(args.limit)
+    )
+    for p in found:
+        print(json.dumps(msgspec.to_builtins(p.project), ensure_ascii=False, indent=2))
 
 
 def _hoai_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -298,12 +354,30 @@ def register(
     qs.add_argument("--project", help="the project's id, to find the analysis by later")
     qs.add_argument("--language", choices=LANGUAGES, default="en")
     qs.add_argument("--fresh", action="store_true", help="survey again, even if stored")
+    rp = verbs.add_parser("report", help="a Markdown report on a stored project")
+    rp.add_argument("project_id")
+    rp.add_argument("--type", required=True, choices=[t.value for t in ReportType])
+    rp.add_argument("--as-of", help="the day the figures are computed for (default: today)")
+    rp.add_argument("-o", "--output", help="write the Markdown to this file")
+    rp.add_argument("--language", choices=LANGUAGES, default="en")
+    rp.add_argument("--fresh", action="store_true", help="write it again, even if stored")
+    pj = verbs.add_parser("projects", help="put a project (a JSON file), get one, list them")
+    actions = pj.add_subparsers(dest="action", required=True)
+    put = actions.add_parser("put", help="store the project in FILE (JSON)")
+    put.add_argument("file")
+    get = actions.add_parser("get", help="one project, as JSON")
+    get.add_argument("project_id")
+    listing = actions.add_parser("list", help="the projects changed last, as JSON")
+    listing.add_argument("--limit", type=int, default=20)
+    for action in (put, get, listing):
+        bus_args(action)
+        action.set_defaults(func=run)
     g = verbs.add_parser("get", help="one stored analysis")
     g.add_argument("analysis_id")
     ls = verbs.add_parser("list", help="the latest analyses")
     ls.add_argument("--kind", choices=[k.value for k in AnalysisKind])
     ls.add_argument("--project")
     ls.add_argument("--limit", type=int, default=20)
-    for verb in (h, sf, q, qs, g, ls):
+    for verb in (h, sf, q, qs, rp, g, ls):
         bus_args(verb)
         verb.set_defaults(func=run)

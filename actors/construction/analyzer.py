@@ -1,28 +1,31 @@
 """The construction analyzer: HOAI fees with their analysis, site safety, questions,
-material surveys, stored and read back.
+material surveys, project reports, stored and read back.
 
-`<prefix>.v1.construction.{hoai,safety,query,quantities,get,list}` (request/reply, one
-queue group for every replica). Whatever can be computed without a model is computed
-here, exactly, and given to the model as fact; the model is reached through the public
-subjects like any client's. Every result is stored under an id; the same input again is
-answered from the store unless the request says `fresh`.
+`<prefix>.v1.construction.{hoai,safety,query,quantities,report,get,list}` and
+`.projects.{put,get,list}` (request/reply, one queue group for every replica). Whatever
+can be computed without a model is computed here, exactly, and given to the model as
+fact; the model is reached through the public subjects like any client's. Every result
+is stored under an id; the same input again is answered from the store unless the
+request says `fresh`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
 import msgspec
 from nats.aio.msg import Msg
 
-from actors.construction import hoai, quantities, query, safety
+from actors.construction import hoai, quantities, query, report, safety
 from actors.construction.fees import hoai_fee
-from actors.construction.store import AnalysisStore
+from actors.construction.store import AnalysisStore, ProjectStore
 from actors.store.sink import unreachable_as
 from bus.actor import Actor
 from bus.client import Client
@@ -40,10 +43,17 @@ from schemas.construction import (
     AnalysisList,
     HoaiRequest,
     HoaiResult,
+    Project,
+    ProjectGet,
+    ProjectList,
+    Projects,
+    ProjectStored,
     QuantitiesRequest,
     QuantitiesResult,
     QueryRequest,
     QueryResult,
+    ReportRequest,
+    ReportResult,
     SafetyRequest,
     SafetyResult,
 )
@@ -53,8 +63,9 @@ __all__ = ["ConstructionAnalyzer", "input_hash"]
 _QUEUE = "construction"
 _DATABASE = "the construction database"
 _decode_result = msgspec.json.Decoder(
-    HoaiResult | SafetyResult | QueryResult | QuantitiesResult
+    HoaiResult | SafetyResult | QueryResult | QuantitiesResult | ReportResult
 ).decode
+_decode_project = msgspec.json.Decoder(Project).decode
 A = TypeVar("A", bound=Analysis)
 
 
@@ -65,10 +76,30 @@ class _Request(Protocol):
     project_id: str | None
 
 
+@dataclass
+class _Keyed:
+    """A report's input: the request and the project's state it is computed from."""
+
+    request: ReportRequest
+    project: Project
+
+    @property
+    def fresh(self) -> bool:
+        return self.request.fresh
+
+    @property
+    def project_id(self) -> str | None:
+        return self.request.project_id
+
+
 def input_hash(request: Any) -> str:
-    """What identifies an input: the request, `fresh` aside, in a fixed key order."""
-    canonical = msgspec.structs.replace(request, fresh=False)
-    return hashlib.sha256(msgspec.json.encode(canonical, order="deterministic")).hexdigest()
+    """What identifies an input: the request, `fresh` aside, in a fixed key order (and,
+    for a report, the project's state too)."""
+    if isinstance(request, _Keyed):
+        parts: Any = (msgspec.structs.replace(request.request, fresh=False), request.project)
+    else:
+        parts = msgspec.structs.replace(request, fresh=False)
+    return hashlib.sha256(msgspec.json.encode(parts, order="deterministic")).hexdigest()
 
 
 def _wrote(result: A, answer: GenerateResult) -> A:
@@ -94,6 +125,7 @@ class ConstructionAnalyzer(Actor):
     ) -> None:
         super().__init__(nc, subjects)
         self.store = AnalysisStore(pool)
+        self.projects = ProjectStore(pool)
         # A client of the fleet like any other, on this process's connection.
         self.client = Client(nc=nc, prefix=subjects.prefix, timeout=config.executor.total_timeout_s)
         self.roles = frozenset(config.roles)
@@ -101,7 +133,9 @@ class ConstructionAnalyzer(Actor):
     async def setup(self) -> None:
         verbs = {
             "hoai": self._hoai, "safety": self._safety, "query": self._query,
-            "quantities": self._quantities,
+            "quantities": self._quantities, "report": self._report,
+            "projects.put": self._project_put, "projects.get": self._project_get,
+            "projects.list": self._project_list,
             "get": self._get, "list": self._list,
         }  # fmt: skip
         for verb, handler in verbs.items():
@@ -168,6 +202,64 @@ class ConstructionAnalyzer(Actor):
             return _wrote(result, answer)
 
         return await self._answer(AnalysisKind.QUANTITIES, request, make)
+
+    async def _report(self, msg: Msg) -> bytes:
+        request = decode_body(ReportRequest, msg.data, "construction.report")
+        project = await self._project(request.project_id)
+        # The figures depend on the day and the project's state: both are in the input.
+        if request.as_of is None:
+            request.as_of = dt.date.today().isoformat()
+        as_of = request.as_of
+        found = report.figures(
+            project, request.type, dt.date.fromisoformat(as_of), request.language
+        )
+
+        async def make() -> ReportResult:
+            answer = await report.analyse(self.client, request, project, as_of, found)
+            result = ReportResult(
+                project_id=project.project_id, report_type=request.type, as_of=as_of,
+                figures=found,
+                markdown=report.markdown(project, request, as_of, found, answer.response),
+            )  # fmt: skip
+            return _wrote(result, answer)
+
+        keyed = _Keyed(request, project)
+        return await self._answer(AnalysisKind.REPORT, keyed, make)
+
+    async def _project(self, project_id: str) -> Project:
+        with unreachable_as(_DATABASE):
+            found = await self.projects.get(project_id)
+        if found is None:
+            raise BadRequest(f"no project {project_id}")
+        return _decode_project(found[0])
+
+    async def _project_put(self, msg: Msg) -> bytes:
+        project = decode_body(Project, msg.data, "construction.projects.put")
+        report.check_dates(project)
+        with unreachable_as(_DATABASE):
+            created, updated = await self.projects.put(
+                project.project_id, project.name, encode(project)
+            )
+        self.log.info("project_stored", project_id=project.project_id)
+        return encode(ProjectStored(project=project, created_at=created, updated_at=updated))
+
+    async def _project_get(self, msg: Msg) -> bytes:
+        ask = decode_body(ProjectGet, msg.data, "construction.projects.get")
+        with unreachable_as(_DATABASE):
+            found = await self.projects.get(ask.project_id)
+        if found is None:
+            raise BadRequest(f"no project {ask.project_id}")
+        doc, created, updated = found
+        return encode(ProjectStored(project=_decode_project(doc), created_at=created,
+                                    updated_at=updated))  # fmt: skip
+
+    async def _project_list(self, msg: Msg) -> bytes:
+        ask = decode_body(ProjectList, msg.data, "construction.projects.list")
+        with unreachable_as(_DATABASE):
+            rows = await self.projects.recent(ask.limit)
+        stored = [ProjectStored(project=_decode_project(d), created_at=c, updated_at=u)
+                  for d, c, u in rows]  # fmt: skip
+        return encode(Projects(projects=stored))
 
     async def _answer(
         self, kind: AnalysisKind, request: _Request, make: Callable[[], Awaitable[Analysis]]

@@ -1,5 +1,5 @@
-"""Analyses in Postgres (`construction_analyses`): each result as its verb answered it,
-found again by id or by its input."""
+"""Analyses (`construction_analyses`: each result as its verb answered it, found again by
+id or by its input) and projects (`construction_projects`) in Postgres."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import asyncpg
 from actors.store.sink import ACQUIRE_TIMEOUT_S
 from schemas.construction import AnalysisKind, AnalysisSummary
 
-__all__ = ["AnalysisStore", "Stored"]
+__all__ = ["AnalysisStore", "ProjectStore", "Stored"]
 
 Stored = tuple[bytes, float]  # the encoded result, when it was made (unix time)
 
@@ -82,3 +82,43 @@ class AnalysisStore:
             )
             for r in rows
         ]
+
+
+class ProjectStore:
+    """Projects in `construction_projects`, each kept as it was put."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def put(self, project_id: str, name: str, doc: bytes) -> tuple[float, float]:
+        """Store a project (a new one, or its new state); return when it was created and
+        updated."""
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            row = await conn.fetchrow(
+                "INSERT INTO construction_projects (project_id, name, doc) VALUES ($1, $2, $3)"
+                " ON CONFLICT (project_id) DO UPDATE SET name = $2, doc = $3,"
+                " updated_at = now() RETURNING created_at, updated_at",
+                project_id, name, doc,
+            )  # fmt: skip
+        return row["created_at"].timestamp(), row["updated_at"].timestamp()
+
+    async def get(self, project_id: str) -> tuple[bytes, float, float] | None:
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            row = await conn.fetchrow(
+                "SELECT doc, created_at, updated_at FROM construction_projects"
+                " WHERE project_id = $1",
+                project_id,
+            )
+        if row is None:
+            return None
+        return bytes(row["doc"]), row["created_at"].timestamp(), row["updated_at"].timestamp()
+
+    async def recent(self, limit: int) -> list[tuple[bytes, float, float]]:
+        async with self._pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            rows = await conn.fetch(
+                "SELECT doc, created_at, updated_at FROM construction_projects"
+                " ORDER BY updated_at DESC LIMIT $1",
+                limit,
+            )
+        return [(bytes(r["doc"]), r["created_at"].timestamp(), r["updated_at"].timestamp())
+                for r in rows]  # fmt: skip
