@@ -333,3 +333,15 @@ async def test_bad_project_and_report_requests_are_bad_requests(
     error = decode_reply(reply.data)
     assert isinstance(error, Error) and error.code == "bad_request" and says in error.message
     assert fleet.engine.stats.generations == 0
+
+
+async def test_a_query_about_a_stored_project_is_given_its_facts(fleet, client: Client) -> None:
+    """`project_id` names a stored project: its facts go before the question; an
+    unknown one is a bad_request."""
+    await client.construction.put_project({**PROJECT, "phase": 8})
+    await client.construction.query("Are we on budget?", project_id="school-7", options=SHORT)
+    asked = list(fleet.engine.stats.prompts)[1]
+    assert "Project: School extension" in asked and "Budget (EUR): 2000000.0" in asked
+    assert "Planned: 2025-01-01 - 2025-12-31" in asked
+    with pytest.raises(BadRequest, match="no project"):
+        await client.construction.query("Are we on budget?", project_id="nope")

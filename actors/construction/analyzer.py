@@ -78,10 +78,10 @@ class _Request(Protocol):
 
 @dataclass
 class _Keyed:
-    """A report's input: the request and the project's state it is computed from."""
+    """An input that includes a stored project: the request and the project's state."""
 
-    request: ReportRequest
-    project: Project
+    request: ReportRequest | QueryRequest
+    project: Project | None
 
     @property
     def fresh(self) -> bool:
@@ -169,12 +169,13 @@ class ConstructionAnalyzer(Actor):
         request = decode_body(QueryRequest, msg.data, "construction.query")
         if not request.query.strip():
             raise BadRequest("query is empty")
+        project = await self._project(request.project_id) if request.project_id else None
 
         async def make() -> QueryResult:
             kind, classified = await query.classify(self.client, request)
             if not classified:
                 self.log.warning("query_not_classified", fallback=kind.value)
-            answer = await query.answer(self.client, request, kind, self.roles)
+            answer = await query.answer(self.client, request, kind, self.roles, project)
             score, markers = query.confidence(answer.response)
             found, when = query.figures(kind, answer.response)
             result = QueryResult(
@@ -183,7 +184,7 @@ class ConstructionAnalyzer(Actor):
             )  # fmt: skip
             return _wrote(result, answer)
 
-        return await self._answer(AnalysisKind.QUERY, request, make)
+        return await self._answer(AnalysisKind.QUERY, _Keyed(request, project), make)
 
     async def _quantities(self, msg: Msg) -> bytes:
         request = decode_body(QuantitiesRequest, msg.data, "construction.quantities")

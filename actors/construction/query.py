@@ -2,9 +2,10 @@
 
 The classifier (the `fast` role, temperature 0) must answer one of the six types: the
 JSON schema's enum says so (the original's free text could match none). Each type has
-the original's model and temperature; the question goes to it with its context (the HOAI
-phase, the regulations, the project's facts). The answer gets a confidence from a
-documented heuristic, and a financial or schedule answer the figures and dates in it.
+the original's model and temperature; the question goes to it with its context (the
+stored project's facts when it names one, the HOAI phase, the regulations, other facts).
+The answer gets a confidence from a documented heuristic, and a financial or schedule
+answer the figures and dates in it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import msgspec
 from actors.construction.extract import dates, quantities
 from bus.client import Client
 from schemas import GenerateResult
-from schemas.construction import DateFound, Quantity, QueryRequest, QueryType
+from schemas.construction import DateFound, Project, Quantity, QueryRequest, QueryType
 from schemas.requests import Language
 
 __all__ = [
@@ -67,6 +68,11 @@ _WORDS: dict[Language, dict[str, str]] = {
         "context": "Context:",
         "question": "Question:",
         "answer_in": "Answer in English.",
+        "project": "Project",
+        "budget": "Budget (EUR)",
+        "costs": "Costs to date (EUR)",
+        "area": "Area (m²)",
+        "dates": "Planned",
     },
     "de": {
         "classify": "Ordne diese Frage zum Bauwesen genau einem Typ zu: technical, safety, "
@@ -78,6 +84,11 @@ _WORDS: dict[Language, dict[str, str]] = {
         "context": "Kontext:",
         "question": "Frage:",
         "answer_in": "Antworte auf Deutsch.",
+        "project": "Projekt",
+        "budget": "Budget (EUR)",
+        "costs": "Kosten bisher (EUR)",
+        "area": "Fläche (m²)",
+        "dates": "Geplant",
     },
 }
 
@@ -95,11 +106,23 @@ async def classify(client: Client, req: QueryRequest) -> tuple[QueryType, bool]:
         return QueryType.GENERAL, False
 
 
-def enriched(req: QueryRequest) -> str:
-    """The question with its context, as the answering model gets it."""
+def _project_lines(project: Project, words: dict[str, str]) -> list[str]:
+    facts = {
+        words["project"]: project.name, words["project_phase"]: project.phase,
+        words["budget"]: project.budget_eur, words["costs"]: project.costs_to_date_eur,
+        words["area"]: project.area_m2, words["dates"]: (
+            f"{project.start} - {project.end}" if project.start and project.end else None
+        ),
+    }  # fmt: skip
+    return [f"{name}: {value}" for name, value in facts.items() if value is not None]
+
+
+def enriched(req: QueryRequest, project: Project | None = None) -> str:
+    """The question with its context (and the project's facts), as the answering model
+    gets it."""
     words = _WORDS[req.language]
     context = req.context
-    lines: list[str] = []
+    lines = _project_lines(project, words) if project is not None else []
     if context is not None:
         if context.phase is not None:
             lines.append(words["phase"].format(phase=context.phase))
@@ -112,7 +135,11 @@ def enriched(req: QueryRequest) -> str:
 
 
 async def answer(
-    client: Client, req: QueryRequest, kind: QueryType, roles: frozenset[str]
+    client: Client,
+    req: QueryRequest,
+    kind: QueryType,
+    roles: frozenset[str],
+    project: Project | None = None,
 ) -> GenerateResult:
     """The answer from the type's role (`primary` when the fleet has no such role) at
     the type's temperature, unless the request sets one."""
@@ -122,7 +149,7 @@ async def answer(
     if options.get("temperature") is None:
         options["temperature"] = route.temperature
     return await client.generate(
-        role, enriched(req), system=_WORDS[req.language]["answer_in"],
+        role, enriched(req, project), system=_WORDS[req.language]["answer_in"],
         options={k: v for k, v in options.items() if v is not None},
         deadline_ms=req.deadline_ms, stream=False,
     )  # fmt: skip
