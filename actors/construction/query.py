@@ -73,6 +73,7 @@ _WORDS: dict[Language, dict[str, str]] = {
         "costs": "Costs to date (EUR)",
         "area": "Area (m²)",
         "dates": "Planned",
+        "project_phase": "HOAI phase",
     },
     "de": {
         "classify": "Ordne diese Frage zum Bauwesen genau einem Typ zu: technical, safety, "
@@ -89,6 +90,7 @@ _WORDS: dict[Language, dict[str, str]] = {
         "costs": "Kosten bisher (EUR)",
         "area": "Fläche (m²)",
         "dates": "Geplant",
+        "project_phase": "HOAI-Leistungsphase",
     },
 }
 
