@@ -3,13 +3,16 @@ site safety, stored analyses read back."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client as NATS
+from nats.js.errors import BucketNotFoundError
 
-from bus.errors import BadRequest
+from bus.errors import BadRequest, Unavailable
 from bus.rpc import call
 from bus.subjects import Subjects
 from schemas import Error, encode
@@ -19,6 +22,8 @@ from schemas.construction import (
     AnalysisKind,
     AnalysisList,
     AnalysisSummary,
+    DocumentRequest,
+    DocumentResult,
     HoaiRequest,
     HoaiResult,
     Project,
@@ -45,7 +50,10 @@ _decode_quantities = msgspec.json.Decoder(QuantitiesResult | Error).decode
 _decode_report = msgspec.json.Decoder(ReportResult | Error).decode
 _decode_project = msgspec.json.Decoder(ProjectStored | Error).decode
 _decode_projects = msgspec.json.Decoder(Projects | Error).decode
-Stored = HoaiResult | SafetyResult | QueryResult | QuantitiesResult | ReportResult
+_decode_document = msgspec.json.Decoder(DocumentResult | Error).decode
+# What a request needs beside a document's base64 content.
+_ENVELOPE_BYTES = 64 * 1024
+Stored = HoaiResult | SafetyResult | QueryResult | QuantitiesResult | ReportResult | DocumentResult
 _decode_stored = msgspec.json.Decoder(Stored | Error).decode
 _decode_analyses = msgspec.json.Decoder(Analyses | Error).decode
 _SERVICE = "construction analyzer"
@@ -113,6 +121,41 @@ class Construction:
             "projects.list", ProjectList, fields, _decode_projects, _READ_TIMEOUT_S
         )
         return reply.projects
+
+    async def document(
+        self,
+        analysis_type: str,
+        *,
+        data: bytes | None = None,
+        text: str | None = None,
+        filename: str = "",
+        **fields: Any,
+    ) -> DocumentResult:
+        """A document (its bytes: PDF, DOCX, text, Markdown; or its text) analysed for
+        `analysis_type` (compliance, cost, schedule, risk). Bytes that would not fit in
+        one message go through the documents object store first, by themselves."""
+        fields |= {"analysis_type": analysis_type, "filename": filename}
+        if text is not None:
+            fields["text"] = text
+        elif data is not None:
+            if len(data) * 4 // 3 + _ENVELOPE_BYTES < self._nc.max_payload:
+                fields["content"] = data
+            else:
+                fields["object"] = await self._put_document(data)
+        timeout = fields.pop("timeout", None)
+        return await self._ask("document", DocumentRequest, fields, _decode_document, timeout)
+
+    async def _put_document(self, data: bytes) -> str:
+        """Put `data` in the documents object store under its digest; return the name."""
+        name = hashlib.sha256(data).hexdigest()
+        try:
+            store = await self._nc.jetstream().object_store(self._subjects.documents_bucket)
+            await store.put(name, data)
+        except BucketNotFoundError as exc:
+            raise Unavailable("no construction analyzer has made the documents store") from exc
+        except nats.errors.Error as exc:
+            raise Unavailable(f"could not put the document in the store: {exc!r}") from exc
+        return name
 
     async def _ask(
         self,

@@ -204,6 +204,11 @@ class Subjects:
         return f"{self._base}.cache.invalidated"
 
     @property
+    def documents_bucket(self) -> str:
+        """The object store documents too large for one message travel through."""
+        return f"{self.prefix}_documents"
+
+    @property
     def limit_bucket(self) -> str:
         return f"{self.prefix}_limits"
 

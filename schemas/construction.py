@@ -5,6 +5,7 @@
 `query`: a question classified, enriched, answered, with a confidence and its figures.
 `quantities`: a material survey, the quantities of dimensioned elements computed here.
 `report`: a Markdown report on a stored project (`projects.put/get/list`), figures ours.
+`document`: a PDF, DOCX, text or Markdown document analysed, long ones in parallel parts.
 Every result is stored (`construction_analyses`) under an id; the same input again is
 answered from the store unless the request says `fresh`. `get` reads one back, `list`
 the latest.
@@ -37,6 +38,9 @@ __all__ = [
     "Conversion",
     "DateFound",
     "DeliveryStep",
+    "DocumentRequest",
+    "DocumentResult",
+    "DocumentType",
     "Element",
     "FeeLine",
     "Figure",
@@ -158,6 +162,16 @@ class AnalysisKind(enum.StrEnum):
     QUERY = "query"
     QUANTITIES = "quantities"
     REPORT = "report"
+    DOCUMENT = "document"
+
+
+class DocumentType(enum.StrEnum):
+    """What a document is analysed for."""
+
+    COMPLIANCE = "compliance"
+    COST = "cost"
+    SCHEDULE = "schedule"
+    RISK = "risk"
 
 
 class QueryType(enum.StrEnum):
@@ -450,6 +464,41 @@ class ReportResult(Analysis, kw_only=True, omit_defaults=True, tag="report_resul
     as_of: str
     figures: list[Figure] = []
     markdown: str = ""
+
+
+ObjectName = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9_.-]{1,128}\Z")]
+
+
+class DocumentRequest(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """`construction.document`: a document analysed for `analysis_type`. The document is
+    `text`, or its bytes in `content` (base64 on the wire), or, when larger than the
+    payload limit, the name of an object in the documents object store (`object`; the SDK
+    and the CLI put it there). `format` is taken from `filename` or the bytes if unset."""
+
+    analysis_type: DocumentType
+    text: Annotated[str, Meta(max_length=8_000_000)] | None = None
+    content: bytes | None = None
+    object: ObjectName | None = None
+    filename: Annotated[str, Meta(max_length=255)] = ""
+    format: Literal["pdf", "docx", "txt", "md"] | None = None
+    language: Language = "en"
+    project_id: ProjectId | None = None
+    role: Name = "primary"
+    options: Options | None = None
+    deadline_ms: DeadlineMs | None = None
+    fresh: bool = False
+
+
+class DocumentResult(Analysis, kw_only=True, omit_defaults=True, tag="document_result"):
+    """The analysis (`text`), combined from the analyses of the parts a long document was
+    split into (each one call, spread over the fleet), and what was read."""
+
+    analysis_type: DocumentType
+    format: str
+    pages: int
+    characters: int
+    parts: int
+    part_analyses: list[str] = []
 
 
 class Quantity(Struct, kw_only=True, omit_defaults=True):

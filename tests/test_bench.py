@@ -102,3 +102,21 @@ def test_reason_bench_reports_parallelism_and_the_cost_per_step() -> None:
     assert per_step["in_chain"]["p99"] >= per_step["in_chain"]["p50"] > 0
     assert _positive(per_step["direct_generate"]["p50"]) and math.isfinite(per_step["added_p50"])
     assert set(report["targets"]["met"]) == {"parallel_ratio", "added_per_step"}
+
+
+def test_construction_bench_reports_the_document_on_one_and_three_hosts() -> None:
+    """A tiny construction run exits 0 with both walls, their ratio and the fee times."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "actors", "bench", "--construction", "--pages", "3",
+         "--fee-calls", "50"],
+        capture_output=True, timeout=180, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    document = report["document"]
+    assert document["parts"] == 3 and document["calls"] == 4
+    assert _positive(document["wall_s"]["1_host"]) and _positive(document["wall_s"]["3_hosts"])
+    assert _positive(document["three_over_one"])
+    fee = report["fee_per_call_us"]
+    assert fee["in_process"]["p99"] >= fee["in_process"]["p50"] > 0
+    assert fee["through_nats_stored"]["p50"] > 0

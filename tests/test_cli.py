@@ -17,6 +17,7 @@ import httpx
 import pytest
 from nats.aio.msg import Msg
 
+from actors.cli.bench.pdf import pdf
 from actors.simulator import Script
 from bus.client import Client
 from bus.connection import NATS
@@ -312,6 +313,9 @@ def _asking(subject: str, *args: str) -> object:
         _asking("construction.quantities", "construction", "quantities", "--spec", "a wall"),
         _asking("construction.report", "construction", "report", "p", "--type", "safety"),
         _asking("construction.projects.list", "construction", "projects", "list"),
+        _asking(
+            "construction.document", "construction", "document", "pyproject.toml", "--type", "risk"
+        ),
         _asking("construction.list", "construction", "list"),
     ],
 )
@@ -621,6 +625,12 @@ async def test_construction_projects_and_a_report_written_to_a_file(
     assert code == 0 and "written to" in out, err
     assert report.read_text().startswith("# Financial report: School extension")
     assert "| Budget used | 45 % |" in report.read_text()
+    spec = tmp_path / "spec.pdf"
+    spec.write_bytes(pdf([["The shell is due 12.03.2025."]]))
+    code, out, err = await run("construction", "document", str(spec), "--type", "schedule", *bus)
+    assert code == 0 and "schedule analysis of a pdf document: 1 pages" in out, err
+    code, _, err = await run("construction", "document", "/no/such.pdf", "--type", "risk", *bus)
+    assert code == 1 and "cannot read it" in err
     project.write_text("{not json")
     code, _, err = await run("construction", "projects", "put", str(project), *bus)
     assert code == 1 and "not a readable JSON project" in err and "Traceback" not in err

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from actors.cli.bench.pdf import pdf
 from actors.simulator import Script
 from bus.client import Client
 from bus.errors import BadRequest
@@ -345,3 +346,70 @@ async def test_a_query_about_a_stored_project_is_given_its_facts(fleet, client: 
     assert "Planned: 2025-01-01 - 2025-12-31" in asked
     with pytest.raises(BadRequest, match="no project"):
         await client.construction.query("Are we on budget?", project_id="nope")
+
+
+async def test_a_short_document_is_analysed_in_one_call(fleet, client: Client) -> None:
+    """A text document of one part: one call, whose prompt holds the text and the focus
+    of the analysis type; asked again, from the store."""
+    spec = "The contractor shall finish the shell by 12.03.2025 (DIN 18202 tolerances)."
+    result = await client.construction.document(
+        "compliance", data=spec.encode(), filename="spec.txt", options=SHORT
+    )
+    assert (result.format, result.parts, result.part_analyses) == ("txt", 1, [])
+    assert result.text and fleet.engine.stats.generations == 1
+    (asked,) = list(fleet.engine.stats.prompts)
+    assert spec in asked and "requirements and regulations" in asked
+    again = await client.construction.document(
+        "compliance", data=spec.encode(), filename="spec.txt", options=SHORT
+    )
+    assert again.stored and fleet.engine.stats.generations == 1
+
+
+async def test_a_long_document_is_analysed_in_parallel_parts_then_combined(
+    fleet, client: Client
+) -> None:
+    """20 parts: 20 part calls, then 3 group combinations (8, 8, 4), then one: 24."""
+    text = "\n\n".join(f"Section {i}. " + "The crane base needs a check. " * 190 for i in range(20))
+    result = await client.construction.document("risk", text=text, options=SHORT)
+    assert result.parts == 20 and len(result.part_analyses) == 20
+    assert fleet.engine.stats.generations == 24
+    prompts = list(fleet.engine.stats.prompts)
+    assert sum("\n\nAnalyse part " in p for p in prompts) == 20
+    assert sum("\n\nCombine these analyses" in p for p in prompts) == 4
+
+
+async def test_a_document_over_the_payload_limit_travels_through_the_object_store(
+    fleet, client: Client
+) -> None:
+    """A 7 MB PDF (its base64 over the 8 MB limit): the SDK puts it in the object store,
+    the analyzer reads it from there."""
+    data = pdf([["The contractor shall finish the shell by 12.03.2025."]], padding=7_000_000)
+    assert len(data) * 4 // 3 > client.nc.max_payload
+    result = await client.construction.document(
+        "schedule", data=data, filename="big.pdf", options=SHORT
+    )
+    assert (result.format, result.pages, result.parts) == ("pdf", 1, 1)
+    (asked,) = list(fleet.engine.stats.prompts)
+    assert "finish the shell by 12.03.2025" in asked
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        pytest.param(b'{"analysis_type": "legal", "text": "x"}', "analysis_type", id="type"),
+        pytest.param(b'{"analysis_type": "cost"}', "once", id="no-document"),
+        pytest.param(b'{"analysis_type": "cost", "text": "x", "object": "y"}', "once",
+                     id="two-documents"),
+        pytest.param(b'{"analysis_type": "cost", "object": "missing"}', "no document",
+                     id="unknown-object"),
+        pytest.param(b'{"analysis_type": "cost", "content": "JVBERi0xLjQKbm90", '
+                     b'"filename": "x.pdf"}', "not a readable PDF", id="corrupt-pdf"),
+    ],
+)  # fmt: skip
+async def test_a_bad_document_request_is_a_bad_request(
+    fleet, client: Client, prefix: str, body: bytes, says: str
+) -> None:
+    reply = await client.nc.request(f"{prefix}.v1.construction.document", body, timeout=10)
+    error = decode_reply(reply.data)
+    assert isinstance(error, Error) and error.code == "bad_request" and says in error.message
+    assert fleet.engine.stats.generations == 0

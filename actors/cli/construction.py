@@ -1,6 +1,6 @@
-"""`ollamesh construction hoai|safety|query|quantities|report|projects|get|list`: HOAI
-fees with their analysis, site safety, questions, material surveys, project reports,
-stored analyses."""
+"""`ollamesh construction hoai|safety|query|quantities|document|report|projects|get|list`:
+HOAI fees with their analysis, site safety, questions, material surveys, documents,
+project reports, stored analyses."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from bus.construction import Stored
 from bus.errors import BadRequest
 from schemas.construction import (
     AnalysisKind,
+    DocumentResult,
+    DocumentType,
     HoaiResult,
     ObjectKind,
     QuantitiesResult,
@@ -63,6 +65,12 @@ def _show(result: Stored, console: Console) -> None:
         _show_query(result, console)
     elif isinstance(result, QuantitiesResult):
         _show_survey(result, console)
+    elif isinstance(result, DocumentResult):
+        console.print(
+            f"{result.analysis_type.value} analysis of a {result.format} document: "
+            f"{result.pages} pages, {result.characters:,} characters, {result.parts} parts",
+            markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
     else:
         print(result.markdown, end="")
         result.text = ""  # it is in the report
@@ -151,7 +159,7 @@ async def construction(args: argparse.Namespace) -> int:
     console = Console()
     make = {
         "hoai": _hoai_fields, "query": _query_fields, "quantities": _quantities_fields,
-        "projects": _project_fields,
+        "projects": _project_fields, "document": _document_fields,
     }.get(args.verb)  # fmt: skip
     fields = make(args) if make else {}  # a bad input is said before connecting
     async with Client(args.nats, prefix=args.prefix, timeout=args.timeout) as client:
@@ -163,6 +171,8 @@ async def construction(args: argparse.Namespace) -> int:
             _show(await client.construction.query(**fields), console)
         elif args.verb == "quantities":
             _show(await client.construction.quantities(**fields), console)
+        elif args.verb == "document":
+            _show(await client.construction.document(**fields), console)
         elif args.verb == "report":
             await _report(client, args, console)
         elif args.verb == "projects":
@@ -253,6 +263,22 @@ async def _report(client: Client, args: argparse.Namespace, console: Console) ->
     except OSError as exc:
         raise BadRequest(f"-o: cannot write {args.output}: {exc.strerror}") from None
     console.print(f"[report {result.analysis_id} written to {args.output}]", markup=False)
+
+
+def _document_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The document's bytes, read before connecting."""
+    path = Path(args.file)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadRequest(f"{args.file}: cannot read it: {exc.strerror}") from None
+    fields: dict[str, Any] = {
+        "analysis_type": args.type, "data": data, "filename": path.name,
+        "language": args.language, "fresh": args.fresh,
+    }  # fmt: skip
+    if args.project is not None:
+        fields["project_id"] = args.project
+    return fields
 
 
 def _project_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -354,6 +380,12 @@ def register(
     qs.add_argument("--project", help="the project's id, to find the analysis by later")
     qs.add_argument("--language", choices=LANGUAGES, default="en")
     qs.add_argument("--fresh", action="store_true", help="survey again, even if stored")
+    dc = verbs.add_parser("document", help="analyse a PDF, DOCX, text or Markdown file")
+    dc.add_argument("file")
+    dc.add_argument("--type", required=True, choices=[t.value for t in DocumentType])
+    dc.add_argument("--project", help="the project's id, to find the analysis by later")
+    dc.add_argument("--language", choices=LANGUAGES, default="en")
+    dc.add_argument("--fresh", action="store_true", help="analyse again, even if stored")
     rp = verbs.add_parser("report", help="a Markdown report on a stored project")
     rp.add_argument("project_id")
     rp.add_argument("--type", required=True, choices=[t.value for t in ReportType])
@@ -378,6 +410,6 @@ def register(
     ls.add_argument("--kind", choices=[k.value for k in AnalysisKind])
     ls.add_argument("--project")
     ls.add_argument("--limit", type=int, default=20)
-    for verb in (h, sf, q, qs, rp, g, ls):
+    for verb in (h, sf, q, qs, dc, rp, g, ls):
         bus_args(verb)
         verb.set_defaults(func=run)

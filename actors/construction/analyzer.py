@@ -1,7 +1,7 @@
 """The construction analyzer: HOAI fees with their analysis, site safety, questions,
-material surveys, project reports, stored and read back.
+material surveys, project reports, documents, stored and read back.
 
-`<prefix>.v1.construction.{hoai,safety,query,quantities,report,get,list}` and
+`<prefix>.v1.construction.{hoai,safety,query,quantities,report,document,get,list}` and
 `.projects.{put,get,list}` (request/reply, one queue group for every replica). Whatever
 can be computed without a model is computed here, exactly, and given to the model as
 fact; the model is reached through the public subjects like any client's. Every result
@@ -11,6 +11,7 @@ request says `fresh`.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import time
@@ -21,9 +22,12 @@ from typing import Any, Protocol, TypeVar
 
 import asyncpg
 import msgspec
+import nats.errors
 from nats.aio.msg import Msg
+from nats.js.api import ObjectStoreConfig, StorageType
+from nats.js.errors import BadRequestError, ObjectNotFoundError
 
-from actors.construction import hoai, quantities, query, report, safety
+from actors.construction import documents, hoai, quantities, query, report, safety
 from actors.construction.fees import hoai_fee
 from actors.construction.store import AnalysisStore, ProjectStore
 from actors.store.sink import unreachable_as
@@ -31,7 +35,7 @@ from bus.actor import Actor
 from bus.client import Client
 from bus.config import Config
 from bus.connection import Connection
-from bus.errors import BadRequest
+from bus.errors import BadRequest, Unavailable
 from bus.rpc import decode_body
 from bus.subjects import Subjects
 from schemas import GenerateResult, encode
@@ -41,6 +45,8 @@ from schemas.construction import (
     AnalysisGet,
     AnalysisKind,
     AnalysisList,
+    DocumentRequest,
+    DocumentResult,
     HoaiRequest,
     HoaiResult,
     Project,
@@ -62,8 +68,10 @@ __all__ = ["ConstructionAnalyzer", "input_hash"]
 
 _QUEUE = "construction"
 _DATABASE = "the construction database"
+_DOCUMENTS_TTL_S = 24 * 3600.0
+_MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
 _decode_result = msgspec.json.Decoder(
-    HoaiResult | SafetyResult | QueryResult | QuantitiesResult | ReportResult
+    HoaiResult | SafetyResult | QueryResult | QuantitiesResult | ReportResult | DocumentResult
 ).decode
 _decode_project = msgspec.json.Decoder(Project).decode
 A = TypeVar("A", bound=Analysis)
@@ -78,10 +86,11 @@ class _Request(Protocol):
 
 @dataclass
 class _Keyed:
-    """An input that includes a stored project: the request and the project's state."""
+    """An input that includes more than its request: a stored project's state, or a
+    document's digest."""
 
-    request: ReportRequest | QueryRequest
-    project: Project | None
+    request: ReportRequest | QueryRequest | DocumentRequest
+    state: Project | str | None
 
     @property
     def fresh(self) -> bool:
@@ -96,7 +105,7 @@ def input_hash(request: Any) -> str:
     """What identifies an input: the request, `fresh` aside, in a fixed key order (and,
     for a report, the project's state too)."""
     if isinstance(request, _Keyed):
-        parts: Any = (msgspec.structs.replace(request.request, fresh=False), request.project)
+        parts: Any = (msgspec.structs.replace(request.request, fresh=False), request.state)
     else:
         parts = msgspec.structs.replace(request, fresh=False)
     return hashlib.sha256(msgspec.json.encode(parts, order="deterministic")).hexdigest()
@@ -129,11 +138,14 @@ class ConstructionAnalyzer(Actor):
         # A client of the fleet like any other, on this process's connection.
         self.client = Client(nc=nc, prefix=subjects.prefix, timeout=config.executor.total_timeout_s)
         self.roles = frozenset(config.roles)
+        self.js = nc.jetstream()
 
     async def setup(self) -> None:
+        await self._ensure_documents_bucket()
         verbs = {
             "hoai": self._hoai, "safety": self._safety, "query": self._query,
             "quantities": self._quantities, "report": self._report,
+            "document": self._document,
             "projects.put": self._project_put, "projects.get": self._project_get,
             "projects.list": self._project_list,
             "get": self._get, "list": self._list,
@@ -203,6 +215,63 @@ class ConstructionAnalyzer(Actor):
             return _wrote(result, answer)
 
         return await self._answer(AnalysisKind.QUANTITIES, request, make)
+
+    async def _ensure_documents_bucket(self) -> None:
+        """The object store large documents travel through (kept a day)."""
+        config = ObjectStoreConfig(
+            description="Documents for construction.document, too large for one message",
+            ttl=_DOCUMENTS_TTL_S,
+            storage=StorageType.FILE,
+        )
+        try:
+            await self.js.create_object_store(self.subjects.documents_bucket, config=config)
+        except BadRequestError as exc:  # there already, made otherwise: used as it is
+            self.log.info("documents_bucket_exists", note=exc.description)
+
+    async def reconnected(self) -> None:
+        await self._ensure_documents_bucket()
+
+    async def _document(self, msg: Msg) -> bytes:
+        request = decode_body(DocumentRequest, msg.data, "construction.document")
+        data = await self._document_bytes(request)
+        # Reading a long PDF takes a while: not on the loop every request shares.
+        read = await asyncio.to_thread(documents.extract, data, request.filename, request.format)
+        parts = documents.split(read.text)
+        digest = hashlib.sha256(data).hexdigest()
+
+        async def make() -> DocumentResult:
+            answer, analyses = await documents.analyse(self.client, request, parts)
+            result = DocumentResult(
+                analysis_type=request.analysis_type, format=read.format, pages=read.pages,
+                characters=len(read.text), parts=len(parts),
+                part_analyses=analyses if len(parts) > 1 else [],
+            )  # fmt: skip
+            return _wrote(result, answer)
+
+        # The document is in the key by its digest, however it came.
+        bare = msgspec.structs.replace(request, text=None, content=None, object=None)
+        return await self._answer(AnalysisKind.DOCUMENT, _Keyed(bare, digest), make)
+
+    async def _document_bytes(self, request: DocumentRequest) -> bytes:
+        given = [x is not None for x in (request.text, request.content, request.object)]
+        if sum(given) != 1:
+            raise BadRequest("give the document once: as text, content or object")
+        if request.text is not None:
+            return request.text.encode()
+        if request.content is not None:
+            return request.content
+        assert request.object is not None
+        try:
+            store = await self.js.object_store(self.subjects.documents_bucket)
+            found = await store.get(request.object)
+        except ObjectNotFoundError:
+            raise BadRequest(f"no document {request.object} in the documents store") from None
+        except nats.errors.Error as exc:
+            raise Unavailable(f"the documents store is unreachable: {exc!r}") from exc
+        data = found.data or b""
+        if len(data) > _MAX_DOCUMENT_BYTES:
+            raise BadRequest(f"the document is {len(data)} bytes, over {_MAX_DOCUMENT_BYTES}")
+        return data
 
     async def _report(self, msg: Msg) -> bytes:
         request = decode_body(ReportRequest, msg.data, "construction.report")

@@ -1,6 +1,6 @@
-"""`ollamesh bench`: the spine, the cache, host strategies on a skewed fleet and the
-reasoning coordinator, measured against a direct call in the same run; one JSON object on
-stdout."""
+"""`ollamesh bench`: the spine, the cache, host strategies on a skewed fleet, the
+reasoning coordinator and the construction analyzer, measured against a direct call (or
+one host) in the same run; one JSON object on stdout."""
 
 from __future__ import annotations
 
@@ -36,6 +36,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     r = p.add_argument_group("the reasoning coordinator (instead of the above)")
     r.add_argument("--reason", action="store_true", help="parallel steps and cost per step")
     r.add_argument("--reason-chains", type=int, default=20, help="chains of each shape")
+    k = p.add_argument_group("the construction analyzer (instead of the above)")
+    k.add_argument("--construction", action="store_true", help="a long PDF on 1 and 3 hosts")
+    k.add_argument("--pages", type=int, default=100, help="pages of the PDF")
+    k.add_argument("--fee-calls", type=int, default=10_000, help="fee calculations timed")
     p.set_defaults(func=run)
 
 
@@ -49,7 +53,7 @@ async def bench(args: argparse.Namespace) -> int:
     """Run the bench asked for; print one JSON object on stdout."""
     sizes = (
         args.fleet_requests, args.fleet_tokens, args.fleet_streams, args.cache_requests,
-        args.reason_chains,
+        args.reason_chains, args.pages, args.fee_calls,
     )  # fmt: skip
     if min(args.requests, args.tokens, args.stream_tokens, *sizes) < 1 or args.warmup < 0:
         print("error: request counts, token counts and streams must be positive", file=sys.stderr)
@@ -64,7 +68,11 @@ async def bench(args: argparse.Namespace) -> int:
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
     try:
-        if args.reason:
+        if args.construction:
+            from actors.cli.bench.construction import construction_bench
+
+            figures = await construction_bench(args.pages, args.fee_calls)
+        elif args.reason:
             from actors.cli.bench.reason import reason_bench
 
             figures = await reason_bench(args.reason_chains)
