@@ -34,6 +34,7 @@ __all__ = [
     "AnalysisKind",
     "AnalysisList",
     "AnalysisSummary",
+    "Asked",
     "Computed",
     "Conversion",
     "DateFound",
@@ -189,6 +190,19 @@ ProjectId = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9_.-]{1,64}\Z")]
 AnalysisId = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9_-]{1,64}\Z")]
 
 
+class Asked(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """What a verb's request has beside its input: the answer's language, the project it
+    belongs to, the role (or model) that writes, options for its model calls, its
+    deadline, and whether to analyse again even if the same input was answered."""
+
+    language: Language = "en"
+    project_id: ProjectId | None = None
+    role: Name = "primary"
+    options: Options | None = None
+    deadline_ms: DeadlineMs | None = None
+    fresh: bool = False
+
+
 class HoaiRequest(HoaiFeeRequest, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """`construction.hoai`: the fee, then (unless `analysis` is false) the model's analysis
     of the phases commissioned, from the prompt store's `hoai_analysis_template`."""
@@ -235,7 +249,7 @@ class Severity(enum.StrEnum):
 Item = Annotated[str, Meta(max_length=2000)]
 
 
-class SafetyRequest(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+class SafetyRequest(Asked, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """`construction.safety`: a site's safety analysis, from the prompt store's
     `safety_check_template`."""
 
@@ -243,12 +257,6 @@ class SafetyRequest(Struct, kw_only=True, forbid_unknown_fields=True, omit_defau
     workers: Annotated[int, Meta(ge=0, le=100_000)] = 0
     equipment: Annotated[list[Item], Meta(max_length=200)] = []
     hazards: Annotated[list[Item], Meta(max_length=200)] = []
-    language: Language = "en"
-    project_id: ProjectId | None = None
-    role: Name = "primary"
-    options: Options | None = None
-    deadline_ms: DeadlineMs | None = None
-    fresh: bool = False
 
 
 class Risk(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
@@ -300,7 +308,7 @@ class Element(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=Tr
     count: Annotated[int, Meta(ge=1, le=100_000)] = 1
 
 
-class QuantitiesRequest(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+class QuantitiesRequest(Asked, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """`construction.quantities`: a material list, waste allowances, a cost estimate and a
     delivery plan from `specifications`, free text or elements with dimensions (whose
     quantities are computed here and checked against the model's)."""
@@ -309,12 +317,6 @@ class QuantitiesRequest(Struct, kw_only=True, forbid_unknown_fields=True, omit_d
         Annotated[str, Meta(min_length=1, max_length=50_000)]
         | Annotated[list[Element], Meta(min_length=1, max_length=500)]
     )
-    language: Language = "en"
-    project_id: ProjectId | None = None
-    role: Name = "primary"
-    options: Options | None = None
-    deadline_ms: DeadlineMs | None = None
-    fresh: bool = False
 
 
 class MaterialLine(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
@@ -433,18 +435,13 @@ class ReportType(enum.StrEnum):
     QUALITY = "quality"
 
 
-class ReportRequest(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+class ReportRequest(Asked, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """`construction.report`: a Markdown report on a stored project, its figures computed
     here as of `as_of` (default: today), the prose by the model."""
 
     project_id: ProjectId
     type: ReportType
     as_of: IsoDate | None = None
-    language: Language = "en"
-    role: Name = "primary"
-    options: Options | None = None
-    deadline_ms: DeadlineMs | None = None
-    fresh: bool = False
 
 
 class Figure(Struct, kw_only=True, omit_defaults=True):
@@ -469,7 +466,7 @@ class ReportResult(Analysis, kw_only=True, omit_defaults=True, tag="report_resul
 ObjectName = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9_.-]{1,128}\Z")]
 
 
-class DocumentRequest(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+class DocumentRequest(Asked, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """`construction.document`: a document analysed for `analysis_type`. The document is
     `text`, or its bytes in `content` (base64 on the wire), or, when larger than the
     payload limit, the name of an object in the documents object store (`object`; the SDK
@@ -481,12 +478,6 @@ class DocumentRequest(Struct, kw_only=True, forbid_unknown_fields=True, omit_def
     object: ObjectName | None = None
     filename: Annotated[str, Meta(max_length=255)] = ""
     format: Literal["pdf", "docx", "txt", "md"] | None = None
-    language: Language = "en"
-    project_id: ProjectId | None = None
-    role: Name = "primary"
-    options: Options | None = None
-    deadline_ms: DeadlineMs | None = None
-    fresh: bool = False
 
 
 class DocumentResult(Analysis, kw_only=True, omit_defaults=True, tag="document_result"):
