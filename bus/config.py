@@ -203,6 +203,19 @@ class HealthConfig(Struct, forbid_unknown_fields=True, kw_only=True):
         return max(30.0, 6 * self.interval_s)
 
 
+class GatewayConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """The HTTP gateway: Ollama's API in front of the fleet."""
+
+    # Loopback by default: without API keys the gateway is open to whoever reaches it.
+    host: str = "127.0.0.1"
+    # 11435: Ollama's own port (11434) stays free for a host on the same machine. 0: any.
+    port: Annotated[int, Meta(ge=0, le=65535)] = 11435
+    # The largest request body read (a bigger one is 413).
+    max_body_bytes: PositiveInt = 8 * 1024 * 1024
+    # How long answers under way may finish when the gateway stops.
+    shutdown_grace_s: Annotated[float, Meta(ge=0)] = 10.0
+
+
 class ReasoningConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """The reasoning coordinator: which role does what, how many chains at once."""
 
@@ -242,6 +255,7 @@ class Config(Struct, forbid_unknown_fields=True, kw_only=True):
     executor: ExecutorConfig = msgspec.field(default_factory=ExecutorConfig)
     health: HealthConfig = msgspec.field(default_factory=HealthConfig)
     reasoning: ReasoningConfig = msgspec.field(default_factory=ReasoningConfig)
+    gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
     # Load-time options per model or role, applied to every request over the client's.
     load_options: dict[str, LoadOptions] = msgspec.field(default_factory=dict)
     log_format: str = "auto"

@@ -10,7 +10,7 @@ from typing import Any
 
 from actors.cli.run import SERVERS_GRACE_S, config_failed, run_async
 from actors.runtime.logs import configure_logging
-from actors.runtime.names import ACTORS
+from actors.runtime.names import ACTORS, DEFAULT_ACTORS
 from bus.config import ConfigError, load_config
 
 __all__ = ["main"]
@@ -23,7 +23,7 @@ def _up(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     configure_logging(config.log_level, args.log_format or config.log_format)
-    named = args.actors.split(",") if args.actors else ACTORS
+    named = args.actors.split(",") if args.actors else DEFAULT_ACTORS
     actors = tuple(a.strip() for a in named if a.strip())
     stack = Stack(config, actors=actors)
     return run_async(lambda: run_until_signalled(stack), grace=None)
@@ -137,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the actors (router + one executor per Ollama host)")
     up.add_argument("--config", help="TOML config file (default: $OLLAMESH_CONFIG)")
     up.add_argument(
-        "--actors", help=f"comma-separated actors to run (default: all of {','.join(ACTORS)})"
+        "--actors",
+        help=f"comma-separated actors to run, of {','.join(ACTORS)}"
+        f" (default: {','.join(DEFAULT_ACTORS)})",
     )
     up.add_argument("--log-format", choices=["auto", "json", "console"])
     up.set_defaults(func=_up)

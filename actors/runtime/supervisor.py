@@ -16,13 +16,14 @@ import structlog
 from actors.cache import CacheKeeper
 from actors.construction import ConstructionAnalyzer
 from actors.executor import Executor
+from actors.gateway import Gateway
 from actors.health import HealthMonitor
 from actors.prompts import PromptStore
 from actors.reasoning import Reasoner
 from actors.recorder import Recorder
 from actors.router import Router
 from actors.runtime.metrics import Metrics
-from actors.runtime.names import ACTORS, DATABASE_ACTORS
+from actors.runtime.names import ACTORS, DATABASE_ACTORS, DEFAULT_ACTORS
 from actors.store import EmbeddedPostgres, open_pool
 from bus.actor import Actor
 from bus.board import Board
@@ -68,7 +69,7 @@ class Stack:
         self,
         config: Config,
         *,
-        actors: tuple[str, ...] = ACTORS,
+        actors: tuple[str, ...] = DEFAULT_ACTORS,
         data_dir: Path | None = None,
         db_dir: Path | None = None,
     ) -> None:
@@ -88,6 +89,7 @@ class Stack:
         self.prompts: PromptStore | None = None
         self.reasoning: Reasoner | None = None
         self.construction: ConstructionAnalyzer | None = None
+        self.gateway: Gateway | None = None
         self.health: HealthMonitor | None = None
         self.nc: Connection | None = None
         self.registry: HostRegistry | None = None
@@ -102,7 +104,7 @@ class Stack:
         """Every running actor, router first."""
         stores = (
             self.recorder, self.cache, self.prompts, self.health, self.reasoning,
-            self.construction,
+            self.construction, self.gateway,
         )  # fmt: skip
         others = [a for a in stores if a is not None]
         return ([self.router] if self.router else []) + list(self.executors) + others
@@ -184,6 +186,9 @@ class Stack:
             assert self.pool is not None
             self.construction = ConstructionAnalyzer(self.nc, self.subjects, self.config, self.pool)
             await self.construction.start()
+        if "gateway" in self._wanted:
+            self.gateway = Gateway(self.nc, self.subjects, self.config)
+            await self.gateway.start()
         if "health" in self._wanted:
             self.health = HealthMonitor(
                 self.nc,
@@ -270,6 +275,8 @@ class Stack:
         if self.router:
             await self.router.stop(grace)
         await asyncio.gather(*(e.stop(grace) for e in self.executors))
+        if self.gateway:  # the front door closes first
+            await self.gateway.stop(grace)
         for store in (
             self.construction, self.reasoning, self.health, self.recorder, self.cache,
             self.prompts,

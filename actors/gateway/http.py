@@ -1,0 +1,184 @@
+"""A thin ASGI app: routes by method and path, bodies read within a bound, answers whole
+or streamed; a client that goes away mid-stream has its request cancelled on the fleet.
+
+Thin on purpose: the streaming hot path is a dictionary lookup, one body read and the
+chunks' writes, without a framework's middleware stack in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+import structlog
+from starlette.types import Receive, Scope, Send
+
+from bus.errors import BadRequest, OllameshError, PayloadTooLarge
+
+__all__ = ["App", "Reply", "Request", "Stream", "json_reply"]
+
+log = structlog.get_logger("actors.gateway")
+_encode = msgspec.json.Encoder().encode
+_REQUEST_ID = b"x-request-id"
+# How long a cancel of an abandoned request may take to go out.
+_CANCEL_S = 2.0
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[bytes, bytes]
+    body: bytes
+    request_id: str
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Cancellable(Protocol):
+    request_id: str
+
+    async def cancel(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass
+class Stream:
+    """A streamed answer: `lines` written as they come; `on_close` is cancelled on the
+    fleet if the client goes away before the end."""
+
+    status: int
+    lines: AsyncIterator[bytes]
+    media_type: str
+    headers: dict[str, str] = field(default_factory=dict)
+    on_close: Cancellable | None = None
+
+
+def json_reply(status: int, body: Any, headers: dict[str, str] | None = None) -> Reply:
+    return Reply(status, _encode(body), {"content-type": "application/json; charset=utf-8",
+                                         **(headers or {})})  # fmt: skip
+
+
+Handler = Callable[[Request], Awaitable[Reply | Stream]]
+ErrorReply = Callable[[OllameshError], Reply]
+
+
+class App:
+    """The ASGI callable: `routes` by (method, path), errors shaped by `error_reply`."""
+
+    def __init__(self, routes: dict[tuple[str, str], Handler], error_reply: ErrorReply,
+                 max_body: int) -> None:  # fmt: skip
+        self._routes = routes
+        self._error = error_reply
+        self._max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        method, path = scope["method"], scope["path"]
+        headers = dict(scope["headers"])
+        rid = headers.get(_REQUEST_ID, b"").decode("latin-1") or uuid.uuid4().hex
+        handler = self._routes.get((method, path))
+        try:
+            if handler is None:
+                status = 405 if any(p == path for _, p in self._routes) else 404
+                await _send(send, Reply(status, b"404 page not found" if status == 404 else
+                                        b"405 method not allowed"))  # fmt: skip
+                return
+            body = await self._body(receive, headers)
+            answer = await handler(Request(method, path, headers, body, rid))
+        except OllameshError as exc:
+            await _send(send, self._error(exc))
+            return
+        if isinstance(answer, Reply):
+            await _send(send, answer, head=method == "HEAD")
+        else:
+            await _stream(answer, receive, send)
+
+    async def _body(self, receive: Receive, headers: dict[bytes, bytes]) -> bytes:
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self._max_body:
+            raise PayloadTooLarge(f"the body is {int(length)} bytes, over {self._max_body}")
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise BadRequest("the client went away before its request was read")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max_body:
+                raise PayloadTooLarge(f"the body is over {self._max_body} bytes")
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts)
+
+
+def _headers(reply_headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply_headers.items()]
+
+
+async def _send(send: Send, reply: Reply, *, head: bool = False) -> None:
+    headers = {"content-type": "text/plain; charset=utf-8", **reply.headers}
+    headers["content-length"] = str(len(reply.body))
+    await send({"type": "http.response.start", "status": reply.status,
+                "headers": _headers(headers)})  # fmt: skip
+    await send({"type": "http.response.body", "body": b"" if head else reply.body})
+
+
+async def _stream(answer: Stream, receive: Receive, send: Send) -> None:
+    """Write the lines as they come; if the client goes away first, cancel the request."""
+    headers = {"content-type": answer.media_type, **answer.headers}
+    gone = asyncio.ensure_future(_disconnected(receive))
+    finished = False
+    try:
+        await send({"type": "http.response.start", "status": answer.status,
+                    "headers": _headers(headers)})  # fmt: skip
+        async for line in _until(answer.lines, gone):
+            await send({"type": "http.response.body", "body": line, "more_body": True})
+        if not gone.done():
+            await send({"type": "http.response.body", "body": b""})
+            finished = True
+    except OSError as exc:  # the connection broke under a write
+        log.info("client_gone", error=repr(exc))
+    finally:
+        gone.cancel()
+        if not finished and answer.on_close is not None:
+            log.info("request_abandoned", request_id=answer.on_close.request_id)
+            try:
+                await asyncio.wait_for(answer.on_close.cancel(), _CANCEL_S)
+            except (TimeoutError, OllameshError, OSError) as exc:
+                log.warning("cancel_not_sent", error=repr(exc))
+        if answer.on_close is not None:
+            await answer.on_close.aclose()  # its subscription, whatever happened
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _until(lines: AsyncIterator[bytes], gone: asyncio.Future[None]) -> AsyncIterator[bytes]:
+    """`lines` until they end or `gone` is done."""
+    iterator = lines.__aiter__()
+    while True:
+        step = asyncio.ensure_future(iterator.__anext__())
+        await asyncio.wait({step, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not step.done():
+            step.cancel()
+            await asyncio.gather(step, return_exceptions=True)
+            return
+        try:
+            yield step.result()
+        except StopAsyncIteration:
+            return

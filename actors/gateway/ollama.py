@@ -1,0 +1,219 @@
+"""Ollama's native API in front of the fleet, as Ollama's own clients expect it.
+
+Requests are decoded into the wire contract (whose field names are Ollama's) and sent on
+the public subjects; answers go back as Ollama writes them: NDJSON lines
+(`application/x-ndjson`) ending with the figures, or one object with `stream: false`;
+errors as `{"error": "..."}` with Ollama's statuses, and one more such line when a
+stream breaks after it began.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import msgspec
+
+from actors.gateway.http import Reply, Request, Stream, json_reply
+from bus.client import ChunkStream, Client
+from bus.errors import BadRequest, ModelNotFound, OllameshError
+from schemas import (
+    ChatRequest,
+    ChatResult,
+    Chunk,
+    Done,
+    EmbedRequest,
+    EmbedResult,
+    GenerateRequest,
+    GenerateResult,
+)
+
+__all__ = ["OllamaRoutes", "error_reply"]
+
+VERSION = "0.12.6"
+# Ollama's statuses for our error codes (499: the client went away).
+_STATUS = {
+    "bad_request": 400, "payload_too_large": 413, "model_not_found": 404,
+    "rate_limited": 429, "overloaded": 503, "no_healthy_host": 503, "unavailable": 503,
+    "cancelled": 499, "timeout": 500, "upstream_error": 500, "internal": 500,
+}  # fmt: skip
+_encode = msgspec.json.Encoder().encode
+_STRIP = ("type", "request_id", "host", "fallback_from", "cached")
+
+
+def _now() -> str:
+    moment = dt.datetime.now(dt.UTC)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def error_reply(exc: OllameshError) -> Reply:
+    """A failure as Ollama answers it: its status and `{"error": "..."}`."""
+    headers = {}
+    if exc.retry_after_ms:
+        headers["retry-after"] = str(max(1, round(exc.retry_after_ms / 1000)))
+    return json_reply(_STATUS.get(exc.code, 500), {"error": exc.message}, headers)
+
+
+@contextlib.contextmanager
+def _as_ollama_says(model: str | None) -> Iterator[None]:
+    """A model the fleet lacks, in Ollama's words."""
+    try:
+        yield
+    except ModelNotFound as exc:
+        raise ModelNotFound(f'model "{model}" not found, try pulling it first') from exc
+
+
+def _ollama_shape(result: msgspec.Struct) -> dict[str, Any]:
+    """A result as Ollama writes it: our routing fields left out, `created_at` added."""
+    out = msgspec.to_builtins(result)
+    for key in _STRIP:
+        out.pop(key, None)
+    return {"model": out.pop("model", ""), "created_at": _now(), **out}
+
+
+def _decode(kind: type[msgspec.Struct], body: bytes) -> Any:
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"invalid JSON: {exc}") from None
+
+
+class OllamaRoutes:
+    """The handlers of Ollama's routes, on one fleet client."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def routes(self) -> dict[tuple[str, str], Any]:
+        return {
+            ("GET", "/"): self.root, ("HEAD", "/"): self.root,
+            ("GET", "/api/version"): self.version, ("HEAD", "/api/version"): self.version,
+            ("GET", "/api/tags"): self.tags, ("GET", "/api/ps"): self.ps,
+            ("POST", "/api/show"): self.show, ("POST", "/api/generate"): self.generate,
+            ("POST", "/api/chat"): self.chat, ("POST", "/api/embed"): self.embed,
+            ("POST", "/api/embeddings"): self.embeddings,
+        }  # fmt: skip
+
+    async def root(self, req: Request) -> Reply:
+        return Reply(200, b"Ollama is running", {"content-type": "text/plain; charset=utf-8"})
+
+    async def version(self, req: Request) -> Reply:
+        return json_reply(200, {"version": VERSION})
+
+    async def tags(self, req: Request) -> Reply:
+        reply = await self.client.fleet.models("list")
+        models: dict[str, dict[str, Any]] = {}
+        for host in reply.results:
+            for m in host.models or []:
+                models.setdefault(m.name, {
+                    "name": m.name, "model": m.name, "modified_at": m.modified_at,
+                    "size": m.size, "digest": m.digest,
+                    "details": {"format": "gguf", "family": m.family,
+                                "families": [m.family] if m.family else None,
+                                "parameter_size": m.parameter_size,
+                                "quantization_level": m.quantization},
+                })  # fmt: skip
+        return json_reply(200, {"models": sorted(models.values(), key=lambda m: m["name"])})
+
+    async def ps(self, req: Request) -> Reply:
+        reply = await self.client.fleet.models("ps")
+        loaded = [
+            {"name": m.name, "model": m.name, "size": m.size, "size_vram": m.size_vram,
+             "expires_at": m.expires_at, "context_length": m.context_length}
+            for host in reply.results for m in host.loaded or []
+        ]  # fmt: skip
+        return json_reply(200, {"models": loaded})
+
+    async def show(self, req: Request) -> Reply:
+        asked = _decode(dict[str, Any], req.body)
+        name = asked.get("model") or asked.get("name")
+        if not isinstance(name, str) or not name:
+            raise BadRequest("model is required")
+        reply = await self.client.fleet.models("show", name)
+        for host in reply.results:
+            if host.ok and host.info is not None:
+                return json_reply(200, host.info)
+        raise ModelNotFound(f'model "{name}" not found, try pulling it first')
+
+    async def generate(self, req: Request) -> Reply | Stream:
+        request = _decode(GenerateRequest, req.body)
+        return await self._answer(req, request, self._generate_line, GenerateResult)
+
+    async def chat(self, req: Request) -> Reply | Stream:
+        request = _decode(ChatRequest, req.body)
+        return await self._answer(req, request, self._chat_line, ChatResult)
+
+    async def _answer(
+        self, req: Request, request: Any, line: Any, result_type: type[msgspec.Struct]
+    ) -> Reply | Stream:
+        request.request_id = request.request_id or req.request_id
+        with _as_ollama_says(request.model):
+            sent = await self.client.send(request)
+        if not request.stream:
+            return json_reply(200, _ollama_shape(sent), {"x-request-id": request.request_id})
+        stream: ChunkStream = sent  # type: ignore[assignment]
+        return Stream(
+            200, _lines(stream, request.model or "", line), "application/x-ndjson",
+            {"x-request-id": stream.request_id}, on_close=stream,
+        )  # fmt: skip
+
+    @staticmethod
+    def _generate_line(model: str, chunk: Chunk) -> dict[str, Any]:
+        line: dict[str, Any] = {"model": model, "created_at": _now(), "response": chunk.text}
+        if chunk.thinking:
+            line["thinking"] = chunk.thinking
+        line["done"] = False
+        return line
+
+    @staticmethod
+    def _chat_line(model: str, chunk: Chunk) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": chunk.text}
+        if chunk.thinking:
+            message["thinking"] = chunk.thinking
+        if chunk.tool_calls:
+            message["tool_calls"] = msgspec.to_builtins(chunk.tool_calls)
+        return {"model": model, "created_at": _now(), "message": message, "done": False}
+
+    async def embed(self, req: Request) -> Reply:
+        request = _decode(EmbedRequest, req.body)
+        with _as_ollama_says(request.model):
+            result: EmbedResult = await self.client.send(request)  # type: ignore[assignment]
+        return json_reply(200, _ollama_shape(result))
+
+    async def embeddings(self, req: Request) -> Reply:
+        """The legacy route: `{model, prompt}` -> `{embedding}`."""
+        asked = _decode(dict[str, Any], req.body)
+        request = _decode(EmbedRequest, _encode({"model": asked.get("model"),
+                                                 "input": asked.get("prompt", "")}))  # fmt: skip
+        with _as_ollama_says(request.model):
+            result: EmbedResult = await self.client.send(request)  # type: ignore[assignment]
+        return json_reply(200, {"embedding": result.embeddings[0] if result.embeddings else []})
+
+
+async def _lines(stream: ChunkStream, model: str, line: Any) -> AsyncIterator[bytes]:
+    """The stream as Ollama's NDJSON: a line per chunk, then the figures; a failure after
+    the first line is one more `{"error": ...}` line."""
+    try:
+        async for chunk in stream:
+            yield _encode(line(stream.model or model, chunk)) + b"\n"
+    except OllameshError as exc:
+        yield _encode({"error": exc.message}) + b"\n"
+        return
+    done: Done | None = stream.done
+    final = line(stream.model or model, Chunk(request_id="", seq=0))
+    final["done"] = True
+    if done is not None:
+        final["model"] = done.model or final["model"]
+        final |= {k: v for k, v in msgspec.to_builtins(done).items()
+                  if k in _FIGURES and v is not None}  # fmt: skip
+    yield _encode(final) + b"\n"
+
+
+_FIGURES = (
+    "done_reason", "total_duration", "load_duration", "prompt_eval_count",
+    "prompt_eval_duration", "eval_count", "eval_duration",
+)  # fmt: skip

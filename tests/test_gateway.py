@@ -1,0 +1,134 @@
+"""The HTTP gateway: Ollama's own client, unchanged, against the fleet; the NDJSON framing
+byte by byte; errors in Ollama's shape; a client that leaves stops its generation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import ollama
+import pytest
+
+MODELS = ["llama3.2:3b", "qwen2.5:7b", "nomic-embed-text"]
+
+
+@pytest.fixture
+async def gateway(sim_factory, stack_factory):
+    """A router, an executor, the monitor and the gateway (any free port); one host."""
+    sim = await sim_factory(models=MODELS, tokens_per_second=200)
+    stack = await stack_factory(
+        [sim.url], actors=("router", "executor", "health", "gateway"), gateway={"port": 0}
+    )
+    assert stack.gateway is not None
+    return sim, stack.gateway.url
+
+
+async def test_the_ollama_client_generates_chats_and_embeds(gateway) -> None:
+    _, url = gateway
+    async with ollama.AsyncClient(host=url) as client:
+        await _generate_chat_embed(client)
+
+
+async def _generate_chat_embed(client: ollama.AsyncClient) -> None:
+    result = await client.generate("llama3.2:3b", "Why is the sky blue?",
+                                   options={"num_predict": 12})  # fmt: skip
+    assert result.done and result.response and result.eval_count == 12
+    parts = [p async for p in await client.chat(
+        "qwen2.5:7b", [{"role": "user", "content": "hi"}], stream=True,
+        options={"num_predict": 8},
+    )]  # fmt: skip
+    assert all(not p.done for p in parts[:-1]) and parts[-1].done and parts[-1].eval_count == 8
+    assert "".join(p.message.content for p in parts)
+    vectors = await client.embed("nomic-embed-text", ["a", "b"])
+    assert len(vectors.embeddings) == 2 and len(vectors.embeddings[0]) > 0
+
+
+async def test_the_sync_client_lists_shows_and_streams(gateway) -> None:
+    """The blocking client, in a thread (the gateway serves on this test's loop)."""
+    _, url = gateway
+    with ollama.Client(host=url) as client:
+        await asyncio.to_thread(_list_show_stream, client)
+
+
+def _list_show_stream(client: ollama.Client) -> None:
+    names = {m.model for m in client.list().models}
+    assert {"llama3.2:3b", "qwen2.5:7b", "nomic-embed-text:latest"} <= names
+    assert client.show("llama3.2:3b").modelfile is not None
+    assert isinstance(client.ps().models, list)
+    chunks = list(client.generate("llama3.2:3b", "count", stream=True,
+                                  options={"num_predict": 5}))  # fmt: skip
+    assert chunks[-1].done and chunks[-1].done_reason == "length"
+    assert "".join(c.response for c in chunks)
+
+
+async def test_an_unknown_model_is_ollama_s_404(gateway) -> None:
+    _, url = gateway
+    async with ollama.AsyncClient(host=url) as client:
+        with pytest.raises(ollama.ResponseError) as caught:
+            await client.generate("no-such:1b", "hi")
+    assert caught.value.status_code == 404
+    assert caught.value.error == 'model "no-such:1b" not found, try pulling it first'
+
+
+async def test_the_ndjson_stream_byte_by_byte(gateway) -> None:
+    """One JSON object a line, `done: false` until the last, which has the figures; the
+    request id comes back."""
+    _, url = gateway
+    async with httpx.AsyncClient(base_url=url) as http:
+        body = {"model": "llama3.2:3b", "prompt": "hi", "options": {"num_predict": 6}}
+        async with http.stream("POST", "/api/generate", json=body) as resp:
+            assert resp.status_code == 200
+            assert resp.headers["content-type"] == "application/x-ndjson"
+            assert resp.headers["x-request-id"]
+            raw = b"".join([part async for part in resp.aiter_raw()])
+    lines = raw.split(b"\n")
+    assert lines[-1] == b"" and all(lines[:-1])
+    objects = [json.loads(line) for line in lines[:-1]]
+    assert [o["done"] for o in objects] == [False] * (len(objects) - 1) + [True]
+    last = objects[-1]
+    assert last["eval_count"] == 6 and last["done_reason"] == "length"
+    assert last["model"] == "llama3.2:3b" and last["created_at"].endswith("Z")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "says"),
+    [
+        ("GET", "/api/nothing", None, 404, None),
+        ("GET", "/api/generate", None, 405, None),
+        ("POST", "/api/generate", b"{", 400, "invalid JSON"),
+        ("POST", "/api/chat", b'{"model": "llama3.2:3b", "messages": "hi"}', 400, "messages"),
+        ("POST", "/api/generate", b'{"model": "x", "prompt": "' + b"a" * 9_000_000 + b'"}', 413,
+         "over"),
+    ],
+)  # fmt: skip
+async def test_bad_requests_get_ollama_s_errors_at_once(
+    gateway, method: str, path: str, body: bytes | None, status: int, says: str | None
+) -> None:
+    _, url = gateway
+    async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+        resp = await http.request(method, path, content=body)
+    assert resp.status_code == status
+    if says is not None:
+        assert says in resp.json()["error"]
+
+
+async def test_root_and_version(gateway) -> None:
+    _, url = gateway
+    async with httpx.AsyncClient(base_url=url) as http:
+        assert (await http.get("/")).text == "Ollama is running"
+        assert (await http.head("/")).status_code == 200
+        assert (await http.get("/api/version")).json()["version"]
+
+
+async def test_a_client_that_leaves_stops_its_generation(gateway) -> None:
+    """The client reads one line of a 5,000-token answer and closes the connection: the
+    request is cancelled on the fleet, and the host stops generating."""
+    sim, url = gateway
+    async with httpx.AsyncClient(base_url=url) as http:
+        body = {"model": "llama3.2:3b", "prompt": "long", "options": {"num_predict": 5000}}
+        async with http.stream("POST", "/api/generate", json=body) as resp:
+            async for _ in resp.aiter_lines():
+                break
+        await sim.engine.wait_for(lambda s: s.in_flight == 1, timeout=5)
+    await sim.engine.wait_for(lambda s: s.in_flight == 0, timeout=10)
