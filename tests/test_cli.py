@@ -580,6 +580,8 @@ async def test_construction_hoai_prints_the_fee_then_get_and_list_find_it(
     assert code == 0 and match[1] in listed, err
     code, _, err = await run("construction", "hoai", "--costs", "1e5", "--points", "7,1", *bus)
     assert code == 1 and err.startswith("error: bad_request:") and "Traceback" not in err
+    code, _, err = await run("construction", "hoai", "--costs", "1e5", "--points", "4,x", *bus)
+    assert code == 1 and "--points" in err and "Traceback" not in err
     sim.engine.scripts.add(Script(match="Perform safety", text="RISKS:\n- Falls (high)\n"))
     code, out, err = await run(
         "construction", "safety", "--workers", "12", "--equipment", "crane,scaffold", *bus

@@ -27,6 +27,7 @@ from schemas.construction import (
     ObjectKind,
     QuantitiesResult,
     QueryResult,
+    ReportResult,
     ReportType,
     SafetyResult,
 )
@@ -45,6 +46,14 @@ def _phases(text: str) -> list[int]:
         except ValueError:
             raise BadRequest(f"--phases: {text!r} is not like 1-4 or 1,2,3") from None
     return phases
+
+
+def _points(text: str) -> dict[int, int]:
+    """`4,6,5,3,4,3`: the evaluation points of criteria 1-6, in order."""
+    try:
+        return {i: int(p) for i, p in enumerate(text.split(","), 1)}
+    except ValueError:
+        raise BadRequest(f"--points: {text!r} is not whole numbers like 4,6,5,3,4,3") from None
 
 
 def _rate(text: str) -> str | float:
@@ -72,9 +81,8 @@ def _show(result: Stored, console: Console) -> None:
             markup=False, highlight=False, soft_wrap=True,
         )  # fmt: skip
     else:
-        print(result.markdown, end="")
-        result.text = ""  # it is in the report
-    if result.text:
+        print(result.markdown, end="")  # the model's text is in it
+    if result.text and not isinstance(result, ReportResult):
         print(result.text)
     origin = "from the store, " if result.stored else ""
     made = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result.created_at))
@@ -193,6 +201,14 @@ async def construction(args: argparse.Namespace) -> int:
     return 0
 
 
+def _asked(args: argparse.Namespace) -> dict[str, Any]:
+    """What every verb's command takes beside its input: language, fresh, project."""
+    fields: dict[str, Any] = {"language": args.language, "fresh": args.fresh}
+    if getattr(args, "project", None) is not None:
+        fields["project_id"] = args.project
+    return fields
+
+
 def _items(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
@@ -214,12 +230,7 @@ def _quantities_fields(args: argparse.Namespace) -> dict[str, Any]:
         except ValueError:
             raise BadRequest(f"--element: {text!r} has a dimension that is no number") from None
         elements.append(dict(zip(_ELEMENT_FIELDS, [*parts[:2], *numbers], strict=False)))
-    fields: dict[str, Any] = {
-        "specifications": args.spec or elements, "language": args.language, "fresh": args.fresh,
-    }  # fmt: skip
-    if args.project is not None:
-        fields["project_id"] = args.project
-    return fields
+    return {"specifications": args.spec or elements, **_asked(args)}
 
 
 def _query_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -230,28 +241,19 @@ def _query_fields(args: argparse.Namespace) -> dict[str, Any]:
             raise BadRequest(f"--fact: {fact!r} is not NAME=VALUE")
         facts[name.strip()] = value.strip()
     context = {"phase": args.phase, "regulations": args.regulation, "facts": facts}
-    fields: dict[str, Any] = {
-        "query": args.question, "language": args.language, "fresh": args.fresh,
-        "context": {k: v for k, v in context.items() if v},
-    }  # fmt: skip
-    if args.project is not None:
-        fields["project_id"] = args.project
-    return fields
+    context = {k: v for k, v in context.items() if v}
+    return {"query": args.question, "context": context, **_asked(args)}
 
 
 def _safety_fields(args: argparse.Namespace) -> dict[str, Any]:
-    fields: dict[str, Any] = {
+    return {
         "conditions": args.conditions, "workers": args.workers,
-        "equipment": _items(args.equipment), "hazards": _items(args.hazards),
-        "language": args.language, "fresh": args.fresh,
+        "equipment": _items(args.equipment), "hazards": _items(args.hazards), **_asked(args),
     }  # fmt: skip
-    if args.project is not None:
-        fields["project_id"] = args.project
-    return fields
 
 
 async def _report(client: Client, args: argparse.Namespace, console: Console) -> None:
-    fields: dict[str, Any] = {"language": args.language, "fresh": args.fresh}
+    fields = _asked(args)
     if args.as_of:
         fields["as_of"] = args.as_of
     result = await client.construction.report(args.project_id, args.type, **fields)
@@ -272,13 +274,7 @@ def _document_fields(args: argparse.Namespace) -> dict[str, Any]:
         data = path.read_bytes()
     except OSError as exc:
         raise BadRequest(f"{args.file}: cannot read it: {exc.strerror}") from None
-    fields: dict[str, Any] = {
-        "analysis_type": args.type, "data": data, "filename": path.name,
-        "language": args.language, "fresh": args.fresh,
-    }  # fmt: skip
-    if args.project is not None:
-        fields["project_id"] = args.project
-    return fields
+    return {"analysis_type": args.type, "data": data, "filename": path.name, **_asked(args)}
 
 
 def _project_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -312,14 +308,13 @@ def _hoai_fields(args: argparse.Namespace) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "eligible_costs": args.costs, "kind": args.kind, "phases": _phases(args.phases),
         "rate": _rate(args.rate), "incidental_costs_pct": args.incidentals, "vat_pct": args.vat,
-        "language": args.language, "analysis": not args.no_analysis, "fresh": args.fresh,
-        "project_type": args.project_type,
+        "analysis": not args.no_analysis, "project_type": args.project_type, **_asked(args),
     }  # fmt: skip
     if args.points:
-        fields["points"] = {i + 1: int(p) for i, p in enumerate(args.points.split(","))}
+        fields["points"] = _points(args.points)
     else:
         fields["zone"] = args.zone
-    optional = {"area_m2": args.area, "agreed_fee": args.agreed_fee, "project_id": args.project}
+    optional = {"area_m2": args.area, "agreed_fee": args.agreed_fee}
     fields |= {k: v for k, v in optional.items() if v is not None}
     if args.conversion is not None:
         fields["conversion"] = {} if args.conversion < 0 else {"surcharge_pct": args.conversion}
