@@ -236,22 +236,23 @@ class Reasoner(Actor):
             return  # delivered again while it runs here: this run acknowledges it
         try:
             chain = await self.store.get(chain_id)
-        except DOWN as exc:
+            if chain is None:
+                await msg.ack()  # never recorded
+                return
+            if chain.state is not ChainState.RUNNING:
+                await self._resend_end(work)
+                await msg.ack()
+                return
+            if msg.metadata.num_delivered > 1 and await self._owned_elsewhere(chain_id):
+                self.log.info("chain_left_to_owner", chain_id=chain_id)
+                return
+        except DOWN as exc:  # the database (or NATS) is out of reach: it waits queued
             self.log.warning(
                 "chain_waits_for_database", chain_id=chain_id, error=repr(exc),
                 retry_in_s=self._ack_wait_s,
             )  # fmt: skip
-            await msg.nak(delay=self._ack_wait_s)
-            return
-        if chain is None:
-            await msg.ack()  # never recorded
-            return
-        if chain.state is not ChainState.RUNNING:
-            await self._resend_end(work)
-            await msg.ack()
-            return
-        if msg.metadata.num_delivered > 1 and await self._owned_elsewhere(chain_id):
-            self.log.info("chain_left_to_owner", chain_id=chain_id)
+            with logged(self.log, "chain_not_handed_back", chain_id=chain_id):
+                await msg.nak(delay=self._ack_wait_s)
             return
         task = self.spawn(self._run(work, request, chain, msg))
         self._running[chain_id] = task
