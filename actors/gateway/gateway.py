@@ -4,7 +4,7 @@ behind an ordinary load balancer, each a client of the fleet like any other."""
 
 from __future__ import annotations
 
-from actors.gateway.http import App
+from actors.gateway.http import App, Family
 from actors.gateway.ollama import OllamaRoutes, error_reply
 from actors.gateway.server import HttpServer
 from bus.actor import Actor
@@ -25,9 +25,9 @@ class Gateway(Actor):
         super().__init__(nc, subjects)
         self.cfg = config.gateway
         self.client = Client(nc=nc, prefix=subjects.prefix, timeout=config.executor.total_timeout_s)
-        routes = OllamaRoutes(self.client).routes()
+        families = [Family("/", OllamaRoutes(self.client).routes(), error_reply)]
         self.http = HttpServer(
-            App(routes, error_reply, self.cfg.max_body_bytes), self.cfg.host, self.cfg.port
+            App(families, self.cfg.max_body_bytes), self.cfg.host, self.cfg.port
         )
 
     @property

@@ -17,9 +17,10 @@ import msgspec
 import structlog
 from starlette.types import Receive, Scope, Send
 
+from actors.gateway.errors import MethodNotAllowed, RouteNotFound
 from bus.errors import BadRequest, OllameshError, PayloadTooLarge
 
-__all__ = ["App", "Reply", "Request", "Stream", "json_reply"]
+__all__ = ["App", "Family", "Reply", "Request", "Stream", "json_reply"]
 
 log = structlog.get_logger("actors.gateway")
 _encode = msgspec.json.Encoder().encode
@@ -73,14 +74,28 @@ Handler = Callable[[Request], Awaitable[Reply | Stream]]
 ErrorReply = Callable[[OllameshError], Reply]
 
 
-class App:
-    """The ASGI callable: `routes` by (method, path), errors shaped by `error_reply`."""
+@dataclass(frozen=True)
+class Family:
+    """Routes that answer errors in one shape (Ollama's, OpenAI's). A path under `prefix`
+    that no route serves is answered in this family's shape too."""
 
-    def __init__(self, routes: dict[tuple[str, str], Handler], error_reply: ErrorReply,
-                 max_body: int) -> None:  # fmt: skip
-        self._routes = routes
-        self._error = error_reply
+    prefix: str
+    routes: dict[tuple[str, str], Handler]
+    error: ErrorReply
+
+
+class App:
+    """The ASGI callable: each family's routes by (method, path), errors in its shape."""
+
+    def __init__(self, families: list[Family], max_body: int) -> None:
+        self._routes = {key: (handler, f) for f in families for key, handler in f.routes.items()}
+        self._paths = {path for _, path in self._routes}
+        # Longest prefix first: `/v1/` before `/`.
+        self._families = sorted(families, key=lambda f: len(f.prefix), reverse=True)
         self._max_body = max_body
+
+    def _family(self, path: str) -> Family:
+        return next(f for f in self._families if path.startswith(f.prefix))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,17 +103,17 @@ class App:
         method, path = scope["method"], scope["path"]
         headers = dict(scope["headers"])
         rid = headers.get(_REQUEST_ID, b"").decode("latin-1") or uuid.uuid4().hex
-        handler = self._routes.get((method, path))
+        found = self._routes.get((method, path))
+        family = found[1] if found is not None else self._family(path)
         try:
-            if handler is None:
-                status = 405 if any(p == path for _, p in self._routes) else 404
-                await _send(send, Reply(status, b"404 page not found" if status == 404 else
-                                        b"405 method not allowed"))  # fmt: skip
-                return
+            if found is None:
+                if path in self._paths:
+                    raise MethodNotAllowed(f"{method} is not allowed on {path}")
+                raise RouteNotFound(f"no route {method} {path}")
             body = await self._body(receive, headers)
-            answer = await handler(Request(method, path, headers, body, rid))
+            answer = await found[0](Request(method, path, headers, body, rid))
         except OllameshError as exc:
-            await _send(send, self._error(exc))
+            await _send(send, family.error(exc))
             return
         if isinstance(answer, Reply):
             await _send(send, answer, head=method == "HEAD")

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from actors.gateway.errors import HttpError, MethodNotAllowed, RouteNotFound
 from actors.gateway.http import Reply, Request, Stream, json_reply
 from bus.client import ChunkStream, Client
 from bus.errors import BadRequest, ModelNotFound, OllameshError
@@ -49,11 +50,16 @@ def _now() -> str:
 
 
 def error_reply(exc: OllameshError) -> Reply:
-    """A failure as Ollama answers it: its status and `{"error": "..."}`."""
+    """A failure as Ollama answers it: its status and `{"error": "..."}` (an unknown route
+    as Go's router does, in plain text)."""
+    if isinstance(exc, RouteNotFound | MethodNotAllowed):
+        text = "404 page not found" if exc.status == 404 else "405 method not allowed"
+        return Reply(exc.status, text.encode())
     headers = {}
     if exc.retry_after_ms:
         headers["retry-after"] = str(max(1, round(exc.retry_after_ms / 1000)))
-    return json_reply(_STATUS.get(exc.code, 500), {"error": exc.message}, headers)
+    status = exc.status if isinstance(exc, HttpError) else _STATUS.get(exc.code, 500)
+    return json_reply(status, {"error": exc.message}, headers)
 
 
 @contextlib.contextmanager
