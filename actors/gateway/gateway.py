@@ -26,9 +26,7 @@ class Gateway(Actor):
         self.cfg = config.gateway
         self.client = Client(nc=nc, prefix=subjects.prefix, timeout=config.executor.total_timeout_s)
         families = [Family("/", OllamaRoutes(self.client).routes(), error_reply)]
-        self.http = HttpServer(
-            App(families, self.cfg.max_body_bytes), self.cfg.host, self.cfg.port
-        )
+        self.http = HttpServer(App(families, self.cfg.max_body_bytes), self.cfg.host, self.cfg.port)
 
     @property
     def url(self) -> str:
