@@ -86,6 +86,35 @@ async def test_structured_output_validates_against_the_schema(client: ollama.Asy
     assert peak.name and isinstance(peak.height_m, int)
 
 
+def weather(city: str, days: int) -> str:
+    """The forecast for `city`, `days` ahead (a tool for the model to call)."""
+    return f"sunny in {city} for {days} days"
+
+
+async def test_tools_are_called_with_arguments_their_schema_accepts(
+    client: ollama.AsyncClient, sim_factory
+) -> None:
+    """With tools, a user's message is answered by a call (whole or streamed, the same
+    call); the tool's result is answered in words; a model without tools refuses them."""
+    reply = await client.chat(GEN, CHAT, tools=[weather], options={"seed": 4})
+    (call,) = reply.message.tool_calls or []
+    assert call.function.name == "weather" and reply.message.content == ""
+    assert isinstance(call.function.arguments["city"], str)
+    assert isinstance(call.function.arguments["days"], int)
+    stream = await client.chat(GEN, CHAT, tools=[weather], options={"seed": 4}, stream=True)
+    parts = [p async for p in stream]
+    assert [c for p in parts for c in p.message.tool_calls or []] == [call]
+    assert "".join(p.message.content or "" for p in parts) == "" and parts[-1].eval_count
+    answered = [*CHAT, reply.message, {"role": "tool", "content": "sunny", "tool_name": "weather"}]
+    words = await client.chat(GEN, answered, tools=[weather])
+    assert words.message.content and not words.message.tool_calls
+    plain = connect(await sim_factory(models=["llava:7b"]))
+    with pytest.raises(ollama.ResponseError) as refused:
+        await plain.chat("llava:7b", CHAT, tools=[weather])
+    await plain.close()
+    assert refused.value.status_code == 400 and "does not support tools" in refused.value.error
+
+
 async def test_thinking_and_images_parse(sim_factory) -> None:
     """`think=True` fills `message.thinking`; raw image bytes reach a vision model."""
     sim = await sim_factory(models=["qwen3:8b", "llava:7b"])

@@ -36,6 +36,10 @@ class ModelInfo:
         return "thinking" in self.capabilities
 
     @property
+    def calls_tools(self) -> bool:
+        return "tools" in self.capabilities
+
+    @property
     def sees(self) -> bool:
         return "vision" in self.capabilities
 

@@ -7,6 +7,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -62,6 +63,9 @@ class Turn:
     stops: list[str]
     prompt_tokens: int
     context: list[int] | None  # generate's token context so far (None for chat and raw)
+    # A chat with tools whose last message is the user's: the model calls a tool instead
+    # of answering (its call's tokens are generated but not streamed as content).
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 def token_ids(text: str) -> list[int]:
@@ -126,14 +130,32 @@ def plan_chat(req: ChatRequest, info: ModelInfo, label: str) -> Turn:
     think = _think(req.think, info, label)
     options = req.options or Options()
     messages = req.messages or []
-    key = msgspec.json.encode((messages, req.format))
+    tools = _tools(req.tools, info, label)
+    key = msgspec.json.encode((messages, req.format, req.tools))
     sampler = Sampler(info.name, key, options.seed, options.temperature)
-    thinking, content, limited = _tokens(sampler, fmt, think, options)
+    calls = None
+    if tools and messages and messages[-1].role == "user":
+        calls = [sampler.tool_call(tools)]
+        thinking = sampler.thoughts() if think else []
+        content, limited = split_json(msgspec.json.encode(calls).decode()), False
+    else:
+        thinking, content, limited = _tokens(sampler, fmt, think, options)
     prompt_tokens = _TEMPLATE_TOKENS + sum(
         _TEMPLATE_TOKENS + count_tokens(m.content or "") + _IMAGE_TOKENS * len(m.images or ())
         for m in messages
     )
-    return Turn(True, label, thinking, content, limited, options.stops(), prompt_tokens, None)
+    stops = options.stops()
+    return Turn(True, label, thinking, content, limited, stops, prompt_tokens, None, calls)
+
+
+def _tools(tools: list[Any] | None, info: ModelInfo, label: str) -> list[dict[str, Any]]:
+    if not tools:
+        return []
+    if not info.calls_tools:
+        raise BadRequest(f"registry.ollama.ai/library/{label} does not support tools")
+    if not all(isinstance(t, dict) and isinstance(t.get("function"), dict) for t in tools):
+        raise BadRequest("invalid tools: each needs a function")
+    return tools
 
 
 def _stop_at(text: str, stops: list[str]) -> int:

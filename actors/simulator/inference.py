@@ -61,6 +61,12 @@ class _Lines:
             self.content = (b'","response":', b',"done":false}\n')
             self.thinking = (b'","response":"","thinking":', b',"done":false}\n')
 
+    def tool_calls(self, calls: object) -> bytes:
+        """The line that carries a chat's tool calls, as Ollama streams them."""
+        message = {"role": "assistant", "content": "", "tool_calls": calls}
+        return b"".join((self.head, timestamp().encode(), b'","message":', _encode(message),
+                         b',"done":false}\n'))  # fmt: skip
+
     def line(self, thinking: bool, text: str) -> bytes:
         middle, tail = self.thinking if thinking else self.content
         return b"".join((self.head, timestamp().encode(), middle, _encode(text), tail))
@@ -198,10 +204,13 @@ class InferenceApi:
         content: list[str] = []
         thoughts: list[str] = []
         try:
+            calling = turn.tool_calls is not None
             async for thinking, text in answer.pieces():
                 (thoughts if thinking else content).append(text)
-                if lines is not None:
+                if lines is not None and (thinking or not calling):
                     await ex.write(lines.line(thinking, text))
+            if calling and lines is not None:
+                await ex.write(lines.tool_calls(turn.tool_calls))
         except ModelFailed as failure:
             if not ex.started:
                 raise Refused(500, str(failure)) from None
@@ -216,7 +225,7 @@ class InferenceApi:
             else:
                 await ex.end()
             return
-        whole = "".join(content)
+        whole = "" if turn.tool_calls is not None else "".join(content)
         final = _final(turn, answer, started, ready, "" if stream else whole, thoughts, stream)
         if turn.context is not None:
             final["context"] = turn.context + token_ids(whole)
@@ -305,9 +314,11 @@ def _final(
     thinking = "" if stream else "".join(thoughts)
     out: dict[str, object] = {"model": turn.model, "created_at": timestamp()}
     if turn.chat:
-        message = {"role": "assistant", "content": text}
+        message: dict[str, object] = {"role": "assistant", "content": text}
         if thinking:
             message["thinking"] = thinking
+        if turn.tool_calls is not None and not stream:
+            message["tool_calls"] = turn.tool_calls
         out["message"] = message
     else:
         out["response"] = text

@@ -99,6 +99,17 @@ class Sampler:
         """Choose what a thinking model thinks before it answers: 6-16 tokens."""
         return self.answer(self._rng.randint(6, 16))
 
+    def tool_call(self, tools: list[Any]) -> dict[str, Any]:
+        """Choose one of `tools` (OpenAI-style function specs) and arguments that satisfy
+        its `parameters` schema: `{"function": {"name", "arguments"}}`."""
+        rng = self._rng
+        spec = rng.choice(tools).get("function") or {}
+        params = spec.get("parameters")
+        arguments = _value(rng, params, params, 0) if isinstance(params, dict) else {}
+        if not isinstance(arguments, dict):
+            arguments = {}
+        return {"function": {"name": spec.get("name", ""), "arguments": arguments}}
+
     def json_text(self, fmt: object) -> str:
         """Write a JSON document for `format`: `"json"`, or a JSON schema to satisfy."""
         rng = self._rng
