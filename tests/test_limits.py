@@ -11,11 +11,11 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
-from actors.router.limits import RateLimiter, Step, gcra
 from bus.client import Client
 from bus.config import ModelLimits
 from bus.connection import NATS, connect
 from bus.errors import BadRequest, Overloaded, RateLimited
+from bus.limits import Limit, RateLimiter, SharedLimits, Step, gcra
 from bus.server import EmbeddedNats
 from bus.subjects import model_token
 
@@ -184,6 +184,31 @@ async def test_a_refusal_by_one_limit_reserves_nothing_in_the_other(kv: KeyValue
     with pytest.raises(RateLimited, match="2 requests/min") as refused:
         await limiter.reserve(MODEL, 0, max_wait_s=0.0)
     assert refused.value.retry_after_ms == 30000
+
+
+async def test_limits_given_per_call_share_the_bucket_under_their_own_stems(kv: KeyValue) -> None:
+    """Per-call limits (API keys, a set that changes at run time): each stem is its own
+    budget beside a model's in the same bucket, and a limit changed between calls applies
+    to the next call (the state is time, so rpm 2 needs half of rpm 1's wait)."""
+    clock = FakeClock()
+    shared = SharedLimits(kv, clock=clock)
+    models = RateLimiter(kv, {MODEL: ModelLimits(rpm=1)}, clock=clock)
+    alice, bob = Limit("apikey.a1.x", "API key 'alice'", rpm=1), Limit("apikey.b2", "bob", rpm=1)
+    assert await models.reserve(MODEL, 0, max_wait_s=0.0) == 0.0
+    assert await shared.reserve(alice, 0, max_wait_s=0.0) == 0.0
+    assert await shared.reserve(bob, 0, max_wait_s=0.0) == 0.0
+    with pytest.raises(RateLimited, match=r"API key 'alice' is over its rate limit") as refused:
+        await shared.reserve(alice, 0, max_wait_s=0.0)
+    assert refused.value.retry_after_ms == 60000
+    with pytest.raises(RateLimited) as refused:
+        await shared.reserve(alice._replace(rpm=2), 0, max_wait_s=0.0)
+    assert refused.value.retry_after_ms == 30000
+    assert sorted(await kv.keys()) == sorted(
+        [f"{model_token(MODEL)}.rpm", "apikey.a1.x.rpm", "apikey.b2.rpm"]
+    )
+    assert not Limit("apikey.c3", "unlimited").limited
+    assert await shared.reserve(Limit("apikey.c3", "unlimited"), 10**9, max_wait_s=0.0) == 0.0
+    assert "apikey.c3.rpm" not in await kv.keys()
 
 
 async def test_unlimited_models_never_touch_the_bucket(kv: KeyValue) -> None:

@@ -16,7 +16,6 @@ from nats.js.kv import KeyValue
 from actors.router.admission import resolve_model, validate
 from actors.router.cache import AnswerCache, cache_key
 from actors.router.deadlines import Deadlines
-from actors.router.limits import RateLimiter
 from actors.router.queues import QueueWatch, retry_after_ms
 from actors.router.selection import ModelStats, Selector, task_role
 from actors.router.sharing import Generate, SharedAnswers, Ticket
@@ -35,6 +34,7 @@ from bus.errors import (
     PayloadTooLarge,
     quote,
 )
+from bus.limits import RateLimiter
 from bus.queue import QueueFull, enqueue
 from bus.registry import HostRegistry
 from bus.subjects import Subjects, canonical_model

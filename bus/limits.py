@@ -1,9 +1,14 @@
-"""Per-model rate limits (requests and tokens per minute), shared by every router.
+"""Rate limits (requests and tokens per minute) shared by every process that charges them:
+a model's, which every router charges, and an API key's, which every gateway charges.
 
 Each limit is a GCRA (generic cell rate algorithm) whose one number of state, the
 theoretical arrival time (TAT), lives in a JetStream key-value bucket and is changed only
-by compare-and-set, so any number of router processes share one budget. TATs are wall
-clock seconds: routers on different machines need their clocks in sync (NTP) to agree.
+by compare-and-set, so any number of processes share one budget. TATs are wall clock
+seconds: processes on different machines need their clocks in sync (NTP) to agree.
+
+`SharedLimits` charges any `Limit` it is given (a stem in the bucket, a name for errors,
+rpm and tpm), so a set of limits that changes at run time (API keys) needs no state of
+its own; `RateLimiter` is the routers' fixed set of limits per model on top of it.
 """
 
 from __future__ import annotations
@@ -23,15 +28,15 @@ from bus.config import ModelLimits
 from bus.errors import BadRequest, RateLimited, Unavailable
 from bus.subjects import model_token
 
-__all__ = ["RateLimiter"]
+__all__ = ["Limit", "RateLimiter", "SharedLimits", "Step", "gcra"]
 
-log = structlog.get_logger("actors.router.limits")
+log = structlog.get_logger("bus.limits")
 
 # A limit of L units per minute lets L units through at once, then one every 60/L seconds.
 WINDOW_S = 60.0
 # Float sums of 60/L drift by ulps; a wait this small counts as none.
 _EPSILON_S = 1e-6
-# Compare-and-set attempts before giving up: each failure means another router wrote first.
+# Compare-and-set attempts before giving up: each failure means another process wrote first.
 _CAS_TRIES = 20
 
 
@@ -79,59 +84,71 @@ class _State(NamedTuple):
     revision: int | None  # None: the key does not exist (yet, or any more).
 
 
-class RateLimiter:
-    """Reserve and settle requests and tokens per minute against a shared KV bucket."""
+class Limit(NamedTuple):
+    """One budget: where its state lives in the bucket (`<stem>.rpm`, `<stem>.tpm`), what
+    errors call it, and its limits per minute (None: not limited in that unit)."""
 
-    def __init__(
-        self,
-        kv: KeyValue,
-        limits: Mapping[str, ModelLimits],
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        # Keyed by canonical model name: the router resolves roles before calling.
+    stem: str
+    name: str
+    rpm: int | None = None
+    tpm: int | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.rpm is not None or self.tpm is not None
+
+
+def _charges(limit: Limit, tokens: int, *, zero_tokens: bool) -> list[_Charge]:
+    """What a request counts against: one request, and its tokens (unless there are none
+    and `zero_tokens` is false: a refund of nothing)."""
+    charges: list[_Charge] = []
+    if limit.rpm is not None:
+        charges.append(_Charge(f"{limit.stem}.rpm", 1, limit.rpm, "requests"))
+    if limit.tpm is not None and (tokens or zero_tokens):
+        charges.append(_Charge(f"{limit.stem}.tpm", tokens, limit.tpm, "tokens"))
+    return charges
+
+
+class SharedLimits:
+    """Reserve and settle requests and tokens per minute of any `Limit`, against a bucket
+    every process charging the same limits shares."""
+
+    def __init__(self, kv: KeyValue, clock: Callable[[], float] = time.time) -> None:
         self._kv = kv
-        self._limits = {
-            model: lim
-            for model, lim in limits.items()
-            if lim.rpm is not None or lim.tpm is not None
-        }
         self._clock = clock
-        # One reservation per model at a time in this process: CAS then only races other
-        # routers, instead of every concurrent request here retrying against the others.
-        self._locks = {model: asyncio.Lock() for model in self._limits}
+        # One reservation per limit at a time in this process: CAS then only races other
+        # processes, instead of every concurrent request here retrying against the others.
+        # One lock per limit ever charged here: a few bytes each, for as many as there are.
+        self._locks: dict[str, asyncio.Lock] = {}
 
-    def limited(self, model: str) -> bool:
-        """Whether `model` has any limit."""
-        return model in self._limits
+    def _lock(self, limit: Limit) -> asyncio.Lock:
+        lock = self._locks.get(limit.stem)
+        if lock is None:
+            lock = self._locks[limit.stem] = asyncio.Lock()
+        return lock
 
-    async def reserve(self, model: str, tokens: int, max_wait_s: float) -> float:
+    async def reserve(self, limit: Limit, tokens: int, max_wait_s: float) -> float:
         """Reserve one request and `tokens` tokens; return the seconds left to wait.
 
         Does not sleep: the caller waits the returned time (0.0 when admitted at once)
-        before enqueueing. Raises `RateLimited` when either limit would need a wait over
+        before going on. Raises `RateLimited` when either limit would need a wait over
         `max_wait_s`, reserving nothing; `BadRequest` when `tokens` exceeds a minute's
         allowance; `Unavailable` when NATS does not answer.
         """
-        lim = self._limits.get(model)
-        if lim is None:
+        if not limit.limited:
             return 0.0
         if tokens < 0:
             raise ValueError(f"tokens must be >= 0, got {tokens}")
-        if lim.tpm is not None and tokens > lim.tpm:
+        if limit.tpm is not None and tokens > limit.tpm:
             raise BadRequest(
-                f"the request needs about {tokens} tokens; {model} allows {lim.tpm} per minute"
+                f"the request needs about {tokens} tokens; {limit.name} allows {limit.tpm}"
+                " per minute"
             )
-        token = model_token(model)
-        charges: list[_Charge] = []
-        if lim.rpm is not None:
-            charges.append(_Charge(f"{token}.rpm", 1, lim.rpm, "requests"))
-        if lim.tpm is not None:
-            charges.append(_Charge(f"{token}.tpm", tokens, lim.tpm, "tokens"))
+        charges = _charges(limit, tokens, zero_tokens=True)
+        async with self._lock(limit):
+            return await self._reserve(limit.name, charges, max_wait_s)
 
-        async with self._locks[model]:
-            return await self._reserve(model, charges, max_wait_s)
-
-    async def _reserve(self, model: str, charges: list[_Charge], max_wait_s: float) -> float:
+    async def _reserve(self, name: str, charges: list[_Charge], max_wait_s: float) -> float:
         # Decide from the current values first, so a refusal writes nothing at all.
         states = [await self._read(c.key) for c in charges]
         now = self._clock()
@@ -140,12 +157,12 @@ class RateLimiter:
             for c, s in zip(charges, states, strict=True)
         ]
         if not all(s.admitted for s in steps):
-            raise _refusal(model, charges, steps)
+            raise _refusal(name, charges, steps)
 
         # Commit each limit by compare-and-set. A lost race re-decides against what the
-        # other router wrote, so no limit ever admits beyond `max_wait_s`. Two keys cannot
+        # other process wrote, so no limit ever admits beyond `max_wait_s`. Two keys cannot
         # change atomically: if the second limit refuses after the first was committed,
-        # the first is refunded, which other routers may briefly have seen as taken
+        # the first is refunded, which other processes may briefly have seen as taken
         # (they err towards refusing, never towards admitting too much).
         committed: list[_Charge] = []
         waits: list[float] = []
@@ -154,33 +171,25 @@ class RateLimiter:
             if not step.admitted:
                 for done in committed:
                     await self._cas(done, -done.cost, None, None)
-                raise _refusal(model, [charge], [step])
+                raise _refusal(name, [charge], [step])
             committed.append(charge)
             waits.append(step.wait)
         return max(waits)
 
-    async def release(self, model: str, tokens: int) -> None:
+    async def release(self, limit: Limit, tokens: int) -> None:
         """Give back a reservation whose request never ran (refused, or a duplicate)."""
-        lim = self._limits.get(model)
-        if lim is None:
+        if not limit.limited:
             return
-        token = model_token(model)
-        charges = []
-        if lim.rpm is not None:
-            charges.append(_Charge(f"{token}.rpm", 1, lim.rpm, "requests"))
-        if lim.tpm is not None and tokens:
-            charges.append(_Charge(f"{token}.tpm", tokens, lim.tpm, "tokens"))
-        async with self._locks[model]:
-            for charge in charges:
+        async with self._lock(limit):
+            for charge in _charges(limit, tokens, zero_tokens=False):
                 await self._cas(charge, -charge.cost, None, None)
 
-    async def settle(self, model: str, extra_tokens: int) -> None:
+    async def settle(self, limit: Limit, extra_tokens: int) -> None:
         """Charge (or, when negative, refund) the tokens a request used beyond its estimate."""
-        lim = self._limits.get(model)
-        if lim is None or lim.tpm is None or extra_tokens == 0:
+        if limit.tpm is None or extra_tokens == 0:
             return
-        charge = _Charge(f"{model_token(model)}.tpm", extra_tokens, lim.tpm, "tokens")
-        async with self._locks[model]:
+        charge = _Charge(f"{limit.stem}.tpm", extra_tokens, limit.tpm, "tokens")
+        async with self._lock(limit):
             await self._cas(charge, extra_tokens, None, None)
 
     async def _cas(
@@ -200,7 +209,7 @@ class RateLimiter:
                 else:
                     await self._kv.update(charge.key, value, last=state.revision)
             except KeyWrongLastSequenceError:
-                state = None  # Another router wrote first: read its value and decide again.
+                state = None  # Another process wrote first: read its value and decide again.
                 continue
             except nats.errors.Error as exc:
                 raise Unavailable(f"rate limit store failed: {exc}") from exc
@@ -226,7 +235,44 @@ class RateLimiter:
         return _State(tat, entry.revision)
 
 
-def _refusal(model: str, charges: list[_Charge], steps: list[Step]) -> RateLimited:
+class RateLimiter:
+    """The routers' limits per model, each model's budget shared by every router."""
+
+    def __init__(
+        self,
+        kv: KeyValue,
+        limits: Mapping[str, ModelLimits],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        # Keyed by canonical model name: the router resolves roles before calling.
+        self._shared = SharedLimits(kv, clock)
+        self._limits = {
+            model: Limit(model_token(model), model, lim.rpm, lim.tpm)
+            for model, lim in limits.items()
+            if lim.rpm is not None or lim.tpm is not None
+        }
+
+    def limited(self, model: str) -> bool:
+        """Whether `model` has any limit."""
+        return model in self._limits
+
+    async def reserve(self, model: str, tokens: int, max_wait_s: float) -> float:
+        """Reserve one request and `tokens` tokens of `model` (see `SharedLimits.reserve`)."""
+        limit = self._limits.get(model)
+        return 0.0 if limit is None else await self._shared.reserve(limit, tokens, max_wait_s)
+
+    async def release(self, model: str, tokens: int) -> None:
+        """Give back a reservation whose request never ran (refused, or a duplicate)."""
+        if (limit := self._limits.get(model)) is not None:
+            await self._shared.release(limit, tokens)
+
+    async def settle(self, model: str, extra_tokens: int) -> None:
+        """Charge (or, when negative, refund) the tokens a request used beyond its estimate."""
+        if (limit := self._limits.get(model)) is not None:
+            await self._shared.settle(limit, extra_tokens)
+
+
+def _refusal(name: str, charges: list[_Charge], steps: list[Step]) -> RateLimited:
     """The error for a request that would wait too long, naming the limits in the way."""
     wait = max(s.wait for s in steps)
     over = ", ".join(
@@ -235,7 +281,7 @@ def _refusal(model: str, charges: list[_Charge], steps: list[Step]) -> RateLimit
         if not s.admitted
     )
     return RateLimited(
-        f"{model} is over its rate limit ({over}); retry in {wait:.1f}s",
+        f"{name} is over its rate limit ({over}); retry in {wait:.1f}s",
         # Less the tolerance, so float noise in `wait` never adds a millisecond.
         retry_after_ms=math.ceil((wait - _EPSILON_S) * 1000),
     )
