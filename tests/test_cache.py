@@ -199,6 +199,18 @@ async def test_identical_requests_in_flight_reach_the_host_once(
     assert sim.engine.stats.requests["/api/generate"] == 1
 
 
+async def test_identical_embeds_each_get_their_vectors(sim_factory, stack_factory, client) -> None:
+    """An embed's vectors are not in its stream, so an identical embed under way is not
+    followed: each generates (or, once the cache keeper stored one, reads it whole).
+    Without the cache keeper the first one's mark stays, and every later one generates."""
+    sim = await sim_factory(models=["nomic-embed-text"])
+    await stack_factory([sim.url])
+    first = await client.embed("nomic-embed-text", "same")
+    together = await asyncio.gather(*(client.embed("nomic-embed-text", "same") for _ in range(4)))
+    assert first.embeddings and all(r.embeddings == first.embeddings for r in together)
+    assert sim.engine.stats.requests["/api/embed"] == 5
+
+
 async def test_followers_of_a_failed_generation_get_its_error_then_retry_afresh(
     database_url: str, sim_factory, stack_factory, client: Client
 ) -> None:

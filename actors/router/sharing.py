@@ -33,6 +33,9 @@ class Generate(enum.Enum):
 
     # It generates, and identical requests arriving meanwhile follow it.
     LEAD = "lead"
+    # It generates on its own, neither following nor followed: an embed, whose vectors a
+    # stream does not carry, cannot be replayed from the leading request's stream.
+    ALONE = "alone"
     # It is the leading request itself, sent again (the same `request_id`): queued again,
     # it is a duplicate there (the same stream, or a reused id refused), and it must not
     # follow itself nor, refused, end the stream of its first copy.
@@ -81,6 +84,8 @@ class SharedAnswers:
         leader = claim
         if leader == ticket.request_id:
             return Generate.AGAIN
+        if ticket.kind is Kind.EMBED:
+            return Generate.ALONE
         relay = self._relay(ticket, leader, key)
         if not ticket.stream:
             return await relay
