@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import msgspec
 
+from actors.gateway.catalog import catalog
 from actors.gateway.errors import HttpError, MethodNotAllowed, RouteNotFound
 from actors.gateway.http import Reply, Request, Stream, json_reply
 from bus.client import ChunkStream, Client
@@ -91,8 +92,9 @@ def _decode(kind: type[msgspec.Struct], body: bytes) -> Any:
 class OllamaRoutes:
     """The handlers of Ollama's routes, on one fleet client."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, roles: Mapping[str, str]) -> None:
         self.client = client
+        self.roles = roles
 
     def routes(self) -> dict[tuple[str, str], Any]:
         return {
@@ -111,19 +113,23 @@ class OllamaRoutes:
         return json_reply(200, {"version": VERSION})
 
     async def tags(self, req: Request) -> Reply:
-        reply = await self.client.fleet.models("list")
-        models: dict[str, dict[str, Any]] = {}
-        for host in reply.results:
-            for m in host.models or []:
-                models.setdefault(m.name, {
-                    "name": m.name, "model": m.name, "modified_at": m.modified_at,
-                    "size": m.size, "digest": m.digest,
-                    "details": {"format": "gguf", "family": m.family,
-                                "families": [m.family] if m.family else None,
-                                "parameter_size": m.parameter_size,
-                                "quantization_level": m.quantization},
-                })  # fmt: skip
-        return json_reply(200, {"models": sorted(models.values(), key=lambda m: m["name"])})
+        """Every model on the fleet, and each role as an alias (`details.parent_model`
+        and `alias_of` name the model it stands for)."""
+        models = []
+        for item in await catalog(self.client, self.roles):
+            m = item.model
+            entry: dict[str, Any] = {
+                "name": item.name, "model": item.name, "modified_at": m.modified_at,
+                "size": m.size, "digest": m.digest,
+                "details": {"parent_model": item.alias_of or "", "format": "gguf",
+                            "family": m.family, "families": [m.family] if m.family else None,
+                            "parameter_size": m.parameter_size,
+                            "quantization_level": m.quantization},
+            }  # fmt: skip
+            if item.alias_of is not None:
+                entry["alias_of"] = item.alias_of
+            models.append(entry)
+        return json_reply(200, {"models": models})
 
     async def ps(self, req: Request) -> Reply:
         reply = await self.client.fleet.models("ps")
