@@ -50,10 +50,13 @@ class Fleet:
         *,
         host: str | None = None,
         keep_alive: float | str | None = None,
+        destination: str | None = None,
         timeout: float = _ADMIN_TIMEOUT_S,
     ) -> ModelsReply:
-        """Run `verb` (list, show, ps, load, unload, delete, pull) for `model`."""
-        body = encode(ModelsRequest(model=model, host=host, keep_alive=keep_alive))
+        """Run `verb` (list, show, ps, load, unload, delete, pull, copy) for `model`."""
+        request = ModelsRequest(model=model, host=host, keep_alive=keep_alive,
+                                destination=destination)  # fmt: skip
+        body = encode(request)
         subject = self._subjects.models(verb)
         return await call(self._nc, subject, body, _models, timeout, service="monitor")
 

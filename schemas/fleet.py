@@ -26,7 +26,7 @@ __all__ = [
     "Verb",
 ]
 
-Verb = Literal["list", "show", "ps", "pull", "load", "unload", "delete"]
+Verb = Literal["list", "show", "ps", "pull", "load", "unload", "delete", "copy"]
 ModelName = Annotated[Name, Meta(min_length=1)]
 
 
@@ -122,11 +122,13 @@ class ModelsRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     that is up; show asks the first host that has the model; load, unload and delete act
     on every host that has it. `keep_alive` is load's (Ollama's duration: `"10m"`,
     seconds, `-1` forever); unset, a pinned model stays forever, any other 5 minutes.
+    `destination` is copy's: the new name, on every host that has `model`.
     """
 
     model: ModelName | None = None
     host: Name | None = None
     keep_alive: float | str | None = None
+    destination: ModelName | None = None
 
 
 class HostResult(Struct, kw_only=True, omit_defaults=True):

@@ -132,3 +132,53 @@ async def test_a_client_that_leaves_stops_its_generation(gateway) -> None:
                 break
         await sim.engine.wait_for(lambda s: s.in_flight == 1, timeout=5)
     await sim.engine.wait_for(lambda s: s.in_flight == 0, timeout=10)
+
+
+async def test_pull_copy_and_delete_across_two_hosts(sim_factory, stack_factory) -> None:
+    """The official client pulls onto both hosts with progress summed over them and a
+    final success; copy and delete act on every host that has the model."""
+    sims = [await sim_factory(models=MODELS) for _ in range(2)]
+    stack = await stack_factory([s.url for s in sims], actors=("router", "executor", "health",
+                                                               "gateway"), gateway={"port": 0})  # fmt: skip
+    assert stack.gateway is not None
+    async with ollama.AsyncClient(host=stack.gateway.url) as client:
+        progress = [p async for p in await client.pull("phi3:mini", stream=True)]
+        assert (await client.pull("phi3:mini")).status == "success"  # already there: at once
+        await client.copy("phi3:mini", "my-phi:latest")
+        copied = {m.model for m in (await client.list()).models}
+        await client.delete("phi3:mini")
+        left = {m.model for m in (await client.list()).models}
+        with pytest.raises(ollama.ResponseError) as missing:
+            await client.delete("phi3:mini")
+    assert progress[0].status == "pulling manifest" and progress[-1].status == "success"
+    layers = [p for p in progress if p.digest]
+    assert layers and all(p.total for p in layers)
+    largest = max(p.total for p in layers)
+    assert any(p.completed == largest for p in layers)  # both hosts' bytes, together
+    for sim in sims:
+        assert {"phi3:mini", "my-phi:latest"} & set(sim.engine.models) == {"my-phi:latest"}
+    assert {"phi3:mini", "my-phi:latest"} <= copied and "phi3:mini" not in left
+    assert missing.value.status_code == 404
+
+
+async def test_priority_and_deadline_as_headers(gateway) -> None:
+    """`X-Ollamesh-Deadline-Ms` bounds a request as `deadline_ms` does; bad values of
+    either header are 400s that say what is expected."""
+    _, url = gateway
+    long = {"model": "llama3.2:3b", "prompt": "long", "stream": False,
+            "options": {"num_predict": 5000}}  # fmt: skip
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        late = await http.post("/api/generate", json=long,
+                               headers={"X-Ollamesh-Deadline-Ms": "300"})  # fmt: skip
+        batch = await http.post("/api/generate", headers={"X-Ollamesh-Priority": "batch"},
+                                json={**long, "options": {"num_predict": 3}})  # fmt: skip
+        bad = [
+            await http.post("/api/generate", json=long, headers={name: value})
+            for name, value in (("X-Ollamesh-Priority", "urgent"),
+                                ("X-Ollamesh-Deadline-Ms", "soon"))
+        ]  # fmt: skip
+    assert late.status_code == 500 and "in time" in late.json()["error"]
+    assert batch.status_code == 200 and batch.json()["eval_count"] == 3
+    assert [r.status_code for r in bad] == [400, 400]
+    assert "interactive or batch" in bad[0].json()["error"]
+    assert "milliseconds" in bad[1].json()["error"]

@@ -95,6 +95,10 @@ class OllamaAdmin(OllamaClient):
     async def delete(self, model: str, timeout: float) -> None:
         await self.send("DELETE", "/api/delete", encode({"model": model}), model, timeout)
 
+    async def copy(self, model: str, destination: str, timeout: float) -> None:
+        await self._post("/api/copy", {"source": model, "destination": destination}, model,
+                         timeout)  # fmt: skip
+
     async def load(
         self, model: str, keep_alive: float | str | None, options: dict[str, Any], timeout: float
     ) -> None:

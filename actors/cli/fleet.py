@@ -141,7 +141,7 @@ def _keep_alive(text: str | None) -> float | str | None:
 
 
 async def models(args: argparse.Namespace) -> int:
-    """`ollamesh models list|show|ps|pull|load|unload|delete`."""
+    """`ollamesh models list|show|ps|pull|load|unload|delete|copy`."""
     console = Console()
     model = getattr(args, "model", None)
     async with Client(args.nats, prefix=args.prefix, timeout=args.timeout) as client:
@@ -157,6 +157,7 @@ async def models(args: argparse.Namespace) -> int:
                 model,
                 host=args.host,
                 keep_alive=_keep_alive(getattr(args, "keep_alive", None)),
+                destination=getattr(args, "destination", None),
                 timeout=args.timeout,
             )
     return _report(reply, console)
@@ -178,11 +179,14 @@ def register(
         "load": "load a model into memory (an empty request: no text generated)",
         "unload": "drop a model from memory",
         "delete": "delete a model from disk",
+        "copy": "copy a model to a new name, on every host that has it",
     }
     for verb, text in helps.items():
         v = verbs.add_parser(verb, help=text)
         if verb not in ("list", "ps"):
             v.add_argument("model")
+        if verb == "copy":
+            v.add_argument("destination", help="the new name")
         v.add_argument("--host", help="only this host (its URL); default: every host concerned")
         if verb == "load":
             v.add_argument(

@@ -10,10 +10,9 @@ is empty. Errors are `{"error": {"message", "type", "param", "code"}}`; 429 and 
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -32,6 +31,7 @@ from actors.gateway.openai_wire import (
     to_embed,
     to_generate,
 )
+from actors.gateway.routing import send, used
 from bus.client import ChunkStream, Client
 from bus.errors import ModelNotFound, OllameshError
 from schemas import ChatResult, Chunk, EmbedResult, GenerateResult, http_status
@@ -71,12 +71,8 @@ def error_reply(exc: OllameshError) -> Reply:
     return json_reply(status, _error_body(exc, status), headers)
 
 
-@contextlib.contextmanager
-def _as_openai_says(model: str | None) -> Iterator[None]:
-    try:
-        yield
-    except ModelNotFound as exc:
-        raise ModelNotFound(f"The model `{model}` does not exist") from exc
+def _missing(model: str | None) -> str:
+    return f"The model `{model}` does not exist"
 
 
 def _usage(stats: Stats | None) -> dict[str, int]:
@@ -137,7 +133,7 @@ class OpenAIRoutes:
         for entry in await self._listed():
             if entry["id"] == name:
                 return json_reply(200, entry)
-        raise ModelNotFound(f"The model `{name}` does not exist")
+        raise ModelNotFound(_missing(name))
 
     async def chat(self, req: Request) -> Reply | Stream:
         body: ChatCompletionBody = decode_body(ChatCompletionBody, req.body)
@@ -152,8 +148,7 @@ class OpenAIRoutes:
     async def _answer(
         self, req: Request, body: Any, request: Any, kind: str, shape: _Shape
     ) -> Reply | Stream:
-        with _as_openai_says(request.model):
-            sent = await self.client.send(request)
+        sent = await send(self.client, req, request, _missing)
         head = {"id": f"{kind}-{request.request_id}", "created": int(time.time())}
         headers = {"x-request-id": request.request_id}
         if not body.stream:
@@ -161,14 +156,14 @@ class OpenAIRoutes:
             return json_reply(200, shape.whole(head | {"model": result.model}, result), headers)
         stream: ChunkStream = sent  # type: ignore[assignment]
         usage = body.stream_options is not None and body.stream_options.include_usage
-        events = _events(stream, head, shape, usage, body.model)
+        events = _events(req, stream, head, shape, usage, body.model)
         return Stream(200, events, "text/event-stream", headers | {"cache-control": "no-cache"},
                       on_close=stream)  # fmt: skip
 
     async def embeddings(self, req: Request) -> Reply:
         body: EmbeddingBody = decode_body(EmbeddingBody, req.body)
-        with _as_openai_says(body.model):
-            result: EmbedResult = await self.client.send(to_embed(body, req.request_id))  # type: ignore[assignment]
+        request = to_embed(body, req.request_id)
+        result: EmbedResult = await send(self.client, req, request, _missing)  # type: ignore[assignment]
         data = [{"object": "embedding", "index": i,
                  "embedding": encode_vector(v, body.encoding_format)}
                 for i, v in enumerate(result.embeddings)]  # fmt: skip
@@ -250,7 +245,7 @@ def _event(body: dict[str, Any]) -> bytes:
 
 
 async def _events(
-    stream: ChunkStream, head: dict[str, Any], shape: _Shape, usage: bool, model: str
+    req: Request, stream: ChunkStream, head: dict[str, Any], shape: _Shape, usage: bool, model: str
 ) -> AsyncIterator[bytes]:
     """The stream as OpenAI's server-sent events; a failure after the first event is an
     `{"error": ...}` event (which the `openai` client raises), then `[DONE]`."""
@@ -275,6 +270,7 @@ async def _events(
         yield _DONE
         return
     done = stream.done
+    await req.spent(used(done))
     yield _event(extra({**base, "choices": [shape.last(_finish(done, calls > 0))]}))
     if usage:
         yield _event({**base, "choices": [], "usage": _usage(done)})

@@ -35,7 +35,7 @@ from schemas.fleet import HostHealth, HostResult, HostState, ModelsReply, Models
 
 __all__ = ["VERBS", "ModelManager"]
 
-VERBS: tuple[Verb, ...] = ("list", "show", "ps", "pull", "load", "unload", "delete")
+VERBS: tuple[Verb, ...] = ("list", "show", "ps", "pull", "load", "unload", "delete", "copy")
 
 
 class Fleet(Protocol):
@@ -77,6 +77,7 @@ class ModelManager:
             "load": self._load,
             "unload": self._unload,
             "delete": self._delete,
+            "copy": self._copy,
         }
 
     def handler(self, verb: Verb) -> Callable[[Msg], Awaitable[bytes]]:
@@ -90,6 +91,8 @@ class ModelManager:
     async def run(self, verb: Verb, req: ModelsRequest) -> ModelsReply:
         if verb not in ("list", "ps") and not req.model:
             raise BadRequest(f"models.{verb} needs a model")
+        if verb == "copy" and not req.destination:
+            raise BadRequest("models.copy needs a destination")
         if req.model:  # `llama3` is `llama3:latest`, as hosts list it
             req = msgspec.structs.replace(req, model=canonical_model(req.model))
         hosts = self._targets(verb, req)
@@ -171,6 +174,11 @@ class ModelManager:
         assert req.model is not None
         await admin.delete(req.model, self._timeout_s)
         return HostResult(host=host, status="deleted")
+
+    async def _copy(self, host: str, admin: OllamaAdmin, req: ModelsRequest) -> HostResult:
+        assert req.model is not None and req.destination is not None
+        await admin.copy(req.model, req.destination, self._timeout_s)
+        return HostResult(host=host, status="copied")
 
 
 def _unreachable(host: str, failures: list[str]) -> OllameshError:

@@ -131,7 +131,9 @@ class Pulls:
         try:
             async for line in self._admin(host).pull(model, self._timeout_s):
                 now = loop.time()
-                if line.status != status or now - sent_at >= _PROGRESS_EVERY_S:
+                # A layer's last line always goes out, so progress ends at its total.
+                finished = bool(line.total) and line.completed >= line.total
+                if line.status != status or finished or now - sent_at >= _PROGRESS_EVERY_S:
                     status, sent_at = line.status, now
                     await self._publish(subject, _event(host, model, line))
                 if now - refreshed_at >= self._refresh_s:

@@ -43,6 +43,7 @@ def build_app(engine: Engine) -> Starlette:
         Route("/api/ps", api(models.ps), methods=["GET"]),
         Route("/api/show", api(models.show), methods=["POST"]),
         Route("/api/delete", api(models.delete), methods=["DELETE"]),
+        Route("/api/copy", api(models.copy), methods=["POST"]),
         Route("/api/pull", api(models.pull, guarded=True), methods=["POST"]),
         Route("/api/generate", api(inference.generate, guarded=True), methods=["POST"]),
         Route("/api/chat", api(inference.chat, guarded=True), methods=["POST"]),

@@ -235,6 +235,16 @@ class Engine:
         self.models[info.name] = info
         return info
 
+    def copy(self, source: str, destination: str) -> ModelInfo | None:
+        """Put `source`'s model on disk again as `destination` (the same blobs and details);
+        None if the host does not have `source`."""
+        info = self.find(source)
+        if info is None:
+            return None
+        copied = dataclasses.replace(info, name=describe(destination).name, modified_at=_now())
+        self.models[copied.name] = copied
+        return copied
+
     def remove(self, name: str) -> bool:
         """Delete a model from disk and memory; False if the host does not have it."""
         info = self.find(name)

@@ -1,4 +1,5 @@
-"""The endpoints about models rather than answers: list, running, show, pull and delete."""
+"""The endpoints about models rather than answers: list, running, show, pull, copy and
+delete."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import msgspec
 from actors.simulator.catalogue import ModelInfo, describe
 from actors.simulator.engine import Engine
 from actors.simulator.exchange import Exchange
-from actors.simulator.wire import BadRequest, ModelRequest, Refused, decode, iso
+from actors.simulator.wire import BadRequest, CopyRequest, ModelRequest, Refused, decode, iso
 
 __all__ = ["PULL_MISSING_ERROR", "ModelsApi"]
 
@@ -170,6 +171,14 @@ class ModelsApi:
         if info is None:
             raise Refused(404, f"model '{name}' not found")
         await ex.json(200, _show(info))
+
+    async def copy(self, ex: Exchange) -> None:
+        req = decode(ex.body, CopyRequest)
+        if not req.source.strip() or not req.destination.strip():
+            raise BadRequest("source and destination are required")
+        if self.engine.copy(req.source.strip(), req.destination.strip()) is None:
+            raise Refused(404, f"model '{req.source}' not found")
+        await ex.reply(200, b"", [])
 
     async def delete(self, ex: Exchange) -> None:
         name = decode(ex.body, ModelRequest).target()
