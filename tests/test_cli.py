@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 from asyncio.subprocess import PIPE, Process
 from collections.abc import Callable
@@ -89,20 +90,34 @@ async def test_a_typed_error_is_one_line_not_a_traceback(
     assert err.startswith("error: model_not_found:") and "Traceback" not in err
 
 
+def free_port() -> int:
+    """A port nothing listens on now (the kernel's pick, released at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 async def test_up_serves_and_stops_cleanly_on_sigterm(
     sim_factory, nats_server, prefix, tmp_path
 ) -> None:
-    """`ollamesh up` (with its embedded Postgres) serves requests, records them for
-    `ollamesh stats`, and on SIGTERM drains and exits 0 with JSON logs."""
+    """`ollamesh up` (with its embedded Postgres) serves requests, over NATS and through
+    its HTTP gateway, records them for `ollamesh stats`, and on SIGTERM drains and exits 0
+    with JSON logs."""
     sim = await sim_factory(models=MODELS)
+    port = free_port()
     # The embedded Postgres goes into XDG_DATA_HOME.
-    env = up_env(nats_server.url, sim.url, prefix=prefix, XDG_DATA_HOME=str(tmp_path))
+    env = up_env(nats_server.url, sim.url, prefix=prefix, XDG_DATA_HOME=str(tmp_path),
+                 OLLAMESH_GATEWAY_PORT=str(port))  # fmt: skip
     proc = await ollamesh_up(env)
     assert proc.stderr is not None
     try:
         async with Client(nats_server.url, prefix=prefix, timeout=10) as client:
             result = await client.generate("llama3.2:3b", "hi", options={"num_predict": 3})
             assert result.eval_count == 3
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                body = {"model": "llama3.2:3b", "prompt": "hi", "stream": False,
+                        "options": {"num_predict": 2}}  # fmt: skip
+                assert (await http.post("/api/generate", json=body)).json()["eval_count"] == 2
 
             async def recorded() -> bool:
                 return any(r.model == "llama3.2:3b" for r in (await client.stats()).windows["1m"])
@@ -281,6 +296,8 @@ def _subject(subjects: Subjects, name: str) -> str:
         return subjects.reasoning(verb)
     if family == "construction":
         return subjects.construction(verb)
+    if family == "keys":
+        return subjects.keys(verb)
     return str(getattr(subjects, name))
 
 
@@ -317,6 +334,8 @@ def _asking(subject: str, *args: str) -> object:
             "construction.document", "construction", "document", "pyproject.toml", "--type", "risk"
         ),
         _asking("construction.list", "construction", "list"),
+        _asking("keys.list", "keys", "list"),
+        _asking("keys.create", "keys", "create", "ci", "--rpm", "5"),
     ],
 )
 async def test_ctrl_c_ends_a_command_waiting_for_an_answer(

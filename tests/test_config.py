@@ -110,3 +110,11 @@ async def test_up_with_every_problem_prints_one_line_each_and_exits_2(tmp_path: 
     lines = err.decode().strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 2, lines
     assert all(line.startswith("error: ") for line in lines) and "Traceback" not in err.decode()
+
+
+def test_the_gateway_port_from_the_environment() -> None:
+    """`OLLAMESH_GATEWAY_PORT` wins over the file; anything but a port is one clear error."""
+    assert load_config(env={"OLLAMESH_GATEWAY_PORT": "0"}).gateway.port == 0
+    for bad in ("http", "70000", "-1"):
+        with pytest.raises(ConfigError, match="OLLAMESH_GATEWAY_PORT is a port"):
+            load_config(env={"OLLAMESH_GATEWAY_PORT": bad})

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import msgspec
 from rich.console import Console
 
@@ -88,6 +89,7 @@ async def demo(tokens_per_second: float = 150.0) -> int:
                     "shutdown_grace_s": 0.1,
                 },
                 "metrics": {"port": None},
+                "gateway": {"port": 0},
             },
             Config,
         )
@@ -198,11 +200,36 @@ async def demo(tokens_per_second: float = 150.0) -> int:
                 ("fleet view", f"{', '.join(down) or 'no host'} down; pulled on {where}")
             )
 
+            _say("\n7. HTTP clients reach the same fleet through the gateway:")
+            http_ok = await _through_gateway(stack)
+            summary.append(("http gateway", "Ollama and OpenAI routes answered" if http_ok
+                            else "FAILED"))  # fmt: skip
+
             _say("\nSummary")
             for step, what in summary:
                 _say(f"  {step:<22} {what}")
             passed = ok and outcome.startswith("cancelled") and total >= expected
-            passed = passed and down == ["gpu-a"] and where == "gpu-b"
+            passed = passed and down == ["gpu-a"] and where == "gpu-b" and http_ok
             _say("\ndemo " + ("passed" if passed else "FAILED"))
             await asyncio.sleep(0)
             return 0 if passed else 1
+
+
+async def _through_gateway(stack: Stack) -> bool:
+    """One chat on Ollama's route and one on OpenAI's, as unchanged clients send them."""
+    assert stack.gateway is not None
+    url = stack.gateway.url
+    question = [{"role": "user", "content": "Is the crane inspected?"}]
+    async with httpx.AsyncClient(base_url=url, timeout=30.0) as http:
+        native = await http.post("/api/chat", json={"model": "fast", "messages": question,
+                                 "stream": False, "options": {"num_predict": 8}})  # fmt: skip
+        compat = await http.post("/v1/chat/completions", json={"model": "primary",
+                                 "messages": question, "max_tokens": 8})  # fmt: skip
+    if native.status_code != 200 or compat.status_code != 200:
+        _say(f"   -> {native.status_code} {native.text[:120]} / {compat.status_code}"
+             f" {compat.text[:120]}")  # fmt: skip
+        return False
+    _say(f"   POST {url}/api/chat            -> {native.json()['message']['content'].strip()}")
+    reply = compat.json()["choices"][0]["message"]["content"]
+    _say(f"   POST {url}/v1/chat/completions -> {reply.strip()}")
+    return True

@@ -9,9 +9,7 @@ ACTORS = (
     "router", "executor", "recorder", "cache", "prompts", "health", "reasoning", "construction",
     "gateway",
 )  # fmt: skip
-# What `ollamesh up` runs when told nothing: every actor but the HTTP gateway, which
-# listens on a port of its own and is asked for (`--actors ...,gateway`) until its
-# OpenAI routes and API keys are in.
-DEFAULT_ACTORS = tuple(a for a in ACTORS if a != "gateway")
+# What `ollamesh up` runs when told nothing: every actor, the HTTP gateway included.
+DEFAULT_ACTORS = ACTORS
 # Those that keep state in Postgres.
 DATABASE_ACTORS = frozenset({"recorder", "cache", "prompts", "reasoning", "construction"})

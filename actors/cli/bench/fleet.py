@@ -84,6 +84,7 @@ async def _run(url: str, strategy: str, requests: int, tokens: int, streams: int
                 "roles": {"primary": _MODEL, "backup": _MODEL},
                 "routing": {"host_strategy": strategy},
                 "metrics": {"port": None},
+                "gateway": {"port": 0},
                 "executor": {
                     "host_slots": {s.url: slots for s, (_, slots) in zip(sims, FLEET, strict=True)},
                     "shutdown_grace_s": 2.0,
