@@ -19,6 +19,7 @@ from bus.errors import (
     PayloadTooLarge,
 )
 from bus.fleet import Fleet
+from bus.keys import ApiKeys
 from bus.reasoning import Reasoning
 from bus.rpc import call
 from bus.stream import ChainStream, ChunkStream, Stream, replay
@@ -135,6 +136,11 @@ class Client:
     def construction(self) -> Construction:
         """HOAI fees with their analysis, and stored analyses."""
         return Construction(self.nc, self.subjects, self.timeout)
+
+    @property
+    def keys(self) -> ApiKeys:
+        """The HTTP gateway's API keys: create, list, revoke."""
+        return ApiKeys(self.nc, self.subjects, self.timeout)
 
     @property
     def fleet(self) -> Fleet:

@@ -19,6 +19,7 @@ __all__ = [
     "ConfigError",
     "DatabaseConfig",
     "ExecutorConfig",
+    "GatewayConfig",
     "HealthConfig",
     "LoadOptions",
     "MetricsConfig",
@@ -214,6 +215,15 @@ class GatewayConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     max_body_bytes: PositiveInt = 8 * 1024 * 1024
     # How long answers under way may finish when the gateway stops.
     shutdown_grace_s: Annotated[float, Meta(ge=0)] = 10.0
+    # Without API keys the gateway listens on loopback whatever `host` says, and serves
+    # only clients on its own machine, unless this is true (a proxy in front that
+    # authenticates, a private network). With keys, `host` is used as it is.
+    allow_open: bool = False
+    # How often each gateway reads the API keys again (every change is applied at once).
+    keys_reload_s: Positive = 30.0
+    # With Postgres unreachable, the keys read last stay in force this long; then every
+    # route answers 503 until they can be read again (never open access).
+    keys_max_age_s: Positive = 90.0
 
 
 class ReasoningConfig(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -273,6 +283,10 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         out["ollama_hosts"] = [h.strip() for h in hosts.split(",") if h.strip()]
     if prefix := env.get("OLLAMESH_PREFIX"):
         out["prefix"] = prefix
+    if port := env.get("OLLAMESH_GATEWAY_PORT"):
+        if not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"OLLAMESH_GATEWAY_PORT is a port (0-65535), not {port!r}")
+        out["gateway"] = {"port": int(port)}
     return out
 
 
@@ -400,5 +414,8 @@ def _timeouts(config: Config) -> list[str]:
          "health.slow_ms is over health.timeout_s"),
         (recorder.retry_s <= recorder.retry_max_s,
          "recorder.retry_s is over recorder.retry_max_s"),
+        (config.gateway.keys_reload_s <= config.gateway.keys_max_age_s,
+         "gateway.keys_reload_s is over gateway.keys_max_age_s (the keys would count as"
+         " unreadable between two reads)"),
     ]  # fmt: skip
     return [message for holds, message in rules if not holds]

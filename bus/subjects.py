@@ -122,6 +122,11 @@ class Subjects:
         report, get, list, projects.put, projects.get, projects.list."""
         return f"{self._base}.construction.{verb}"
 
+    def keys(self, verb: str) -> str:
+        """Request/reply to the HTTP gateways' API keys: create, list, revoke (a change is
+        announced on `event("keys")`)."""
+        return f"{self._base}.keys.{verb}"
+
     def board(self, executor: str) -> str:
         """Where one executor publishes its load (core NATS, not stored)."""
         return f"{self._base}.board.{model_token(executor)}"

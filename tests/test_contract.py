@@ -10,6 +10,7 @@ import bus.config
 import schemas
 import schemas.cache
 import schemas.fleet
+import schemas.keys
 import schemas.reasoning
 import schemas.replies
 import schemas.requests
@@ -174,14 +175,15 @@ def _structs(module: object) -> list[type[msgspec.Struct]]:
 
 # The management requests: a misspelt field would change what the command does.
 MANAGEMENT = {"HealthQuery", "ModelsRequest", "PromptPut", "PromptRef", "PromptList",
-              "PromptRender", "Invalidate", "ReasonGet", "ReasonList"}  # fmt: skip
+              "PromptRender", "Invalidate", "ReasonGet", "ReasonList", "KeyCreate", "KeyList",
+              "KeyRevoke"}  # fmt: skip
 
 
 def test_only_management_requests_reject_unknown_fields() -> None:
     """Inference requests, replies and internal messages take a newer writer's extra
     fields; management requests refuse them."""
     modules = [schemas.requests, schemas.replies, schemas.fleet, schemas.templates,
-               schemas.cache, schemas.work, schemas.reasoning]  # fmt: skip
+               schemas.cache, schemas.work, schemas.reasoning, schemas.keys]  # fmt: skip
     structs = [s for m in modules for s in _structs(m)]
     forbidding = {s.__name__ for s in structs if s.__struct_config__.forbid_unknown_fields}
     assert forbidding == MANAGEMENT

@@ -1,5 +1,5 @@
 """The `ollamesh` command: up, demo, sim, bench, generate, chat, reason, chains, construction,
-queues, stats, cache, prompts, models, status."""
+queues, stats, cache, prompts, models, status, keys."""
 
 from __future__ import annotations
 
@@ -116,6 +116,13 @@ def _construction(args: argparse.Namespace) -> int:
     return run_async(lambda: construction(args))
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from actors.cli.keys import keys
+
+    configure_logging("warning")
+    return run_async(lambda: keys(args))
+
+
 def _demo(args: argparse.Namespace) -> int:
     from actors.cli.demo import demo
 
@@ -128,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     from actors.cli.bench import register as register_bench
     from actors.cli.construction import register as register_construction
     from actors.cli.fleet import register as register_fleet
+    from actors.cli.keys import register as register_keys
     from actors.cli.reason import register as register_reason
     from actors.cli.sim import register as register_sim
 
@@ -196,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_fleet(sub, _bus_args, _fleet)
     register_reason(sub, _bus_args, _reasoning)
     register_construction(sub, _bus_args, _construction)
+    register_keys(sub, _bus_args, _keys)
     register_sim(sub)
     register_bench(sub)
     return parser

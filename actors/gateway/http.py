@@ -1,5 +1,6 @@
 """A thin ASGI app: routes by method and path, bodies read within a bound, answers whole
 or streamed; a client that goes away mid-stream has its request cancelled on the fleet.
+An optional guard admits each request (API keys) before its body is read.
 
 Thin on purpose: the streaming hot path is a dictionary lookup, one body read and the
 chunks' writes, without a framework's middleware stack in between.
@@ -18,15 +19,23 @@ import structlog
 from starlette.types import Receive, Scope, Send
 
 from actors.gateway.errors import MethodNotAllowed, RouteNotFound
-from bus.errors import BadRequest, OllameshError, PayloadTooLarge
+from bus.errors import BadRequest, Internal, OllameshError, PayloadTooLarge
 
-__all__ = ["App", "Family", "Reply", "Request", "Stream", "json_reply"]
+__all__ = ["App", "Family", "Grant", "Guard", "Reply", "Request", "Stream", "json_reply"]
 
 log = structlog.get_logger("actors.gateway")
 _encode = msgspec.json.Encoder().encode
 _REQUEST_ID = b"x-request-id"
 # How long a cancel of an abandoned request may take to go out.
 _CANCEL_S = 2.0
+
+
+class Grant(Protocol):
+    """What the guard let a request do (its API key's rights and limits)."""
+
+    def allow(self, model: str | None) -> None: ...
+
+    async def spent(self, tokens: int) -> None: ...
 
 
 @dataclass
@@ -36,6 +45,22 @@ class Request:
     headers: dict[bytes, bytes]
     body: bytes
     request_id: str
+    # The client's address ("" when the server does not say).
+    client: str = ""
+    # What the guard granted (None: no guard, or no keys, so nothing is restricted).
+    grant: Grant | None = None
+
+    def allow(self, model: str | None) -> None:
+        """Raise `Forbidden` if the request's key may not use `model` (None: the fleet
+        chooses, which a key limited to some models may not leave to it)."""
+        if self.grant is not None:
+            self.grant.allow(model)
+
+    async def spent(self, tokens: int) -> None:
+        """Settle the key's tokens per minute with what the answer really used (prompt and
+        output tokens); its estimate was charged at admission. Never raises."""
+        if self.grant is not None:
+            await self.grant.spent(tokens)
 
 
 @dataclass
@@ -72,27 +97,46 @@ def json_reply(status: int, body: Any, headers: dict[str, str] | None = None) ->
 
 Handler = Callable[[Request], Awaitable[Reply | Stream]]
 ErrorReply = Callable[[OllameshError], Reply]
+# Admits a request before its handler runs and before its body is read (`body` is b""
+# then): whether the route is an admin one is the second argument. Raises the refusal
+# (Unauthorized, Forbidden, RateLimited, Unavailable), answered in the family's shape.
+Guard = Callable[[Request, bool], Awaitable[Grant | None]]
 
 
 @dataclass(frozen=True)
 class Family:
     """Routes that answer errors in one shape (Ollama's, OpenAI's). A path under `prefix`
-    that no route serves is answered in this family's shape too."""
+    that no route serves is answered in this family's shape too. A route's path ending in
+    `/*` serves every path under it (`/v1/models/*`: the handler reads the rest)."""
 
     prefix: str
     routes: dict[tuple[str, str], Handler]
     error: ErrorReply
+    # Routes (keys of `routes`) only an admin key may use: pulling, deleting models.
+    admin: frozenset[tuple[str, str]] = frozenset()
 
 
 class App:
     """The ASGI callable: each family's routes by (method, path), errors in its shape."""
 
-    def __init__(self, families: list[Family], max_body: int) -> None:
+    def __init__(
+        self, families: list[Family], max_body: int, *, guard: Guard | None = None
+    ) -> None:
         self._routes = {key: (handler, f) for f in families for key, handler in f.routes.items()}
         self._paths = {path for _, path in self._routes}
+        self._under = [(method, path[:-1], route) for (method, path), route in
+                       self._routes.items() if path.endswith("/*")]  # fmt: skip
         # Longest prefix first: `/v1/` before `/`.
         self._families = sorted(families, key=lambda f: len(f.prefix), reverse=True)
         self._max_body = max_body
+        self._guard = guard
+
+    def _route(self, method: str, path: str) -> tuple[Handler, Family] | None:
+        found = self._routes.get((method, path))
+        if found is None and self._under:
+            found = next((r for m, p, r in self._under if m == method and
+                          path.startswith(p) and len(path) > len(p)), None)  # fmt: skip
+        return found
 
     def _family(self, path: str) -> Family:
         return next(f for f in self._families if path.startswith(f.prefix))
@@ -103,17 +147,25 @@ class App:
         method, path = scope["method"], scope["path"]
         headers = dict(scope["headers"])
         rid = headers.get(_REQUEST_ID, b"").decode("latin-1") or uuid.uuid4().hex
-        found = self._routes.get((method, path))
+        found = self._route(method, path)
         family = found[1] if found is not None else self._family(path)
         try:
             if found is None:
-                if path in self._paths:
+                if path in self._paths or any(path.startswith(p) for _, p, _ in self._under):
                     raise MethodNotAllowed(f"{method} is not allowed on {path}")
                 raise RouteNotFound(f"no route {method} {path}")
-            body = await self._body(receive, headers)
-            answer = await found[0](Request(method, path, headers, body, rid))
+            peer = scope.get("client")
+            req = Request(method, path, headers, b"", rid, client=peer[0] if peer else "")
+            if self._guard is not None:  # before the body: a refused client sends none
+                req.grant = await self._guard(req, _admin(family, method, path))
+            req.body = await self._body(receive, headers)
+            answer = await found[0](req)
         except OllameshError as exc:
             await _send(send, family.error(exc))
+            return
+        except Exception:  # a bug here: the client gets a 500 in its shape, the log the rest
+            log.exception("route_failed", method=method, path=path, request_id=rid)
+            await _send(send, family.error(Internal("internal error", request_id=rid)))
             return
         if isinstance(answer, Reply):
             await _send(send, answer, head=method == "HEAD")
@@ -137,6 +189,14 @@ class App:
             parts.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(parts)
+
+
+def _admin(family: Family, method: str, path: str) -> bool:
+    """Whether (method, path) is one of `family`'s admin routes (a `/*` one included)."""
+    if (method, path) in family.admin:
+        return True
+    return any(m == method and p.endswith("/*") and path.startswith(p[:-1])
+               for m, p in family.admin)  # fmt: skip
 
 
 def _headers(reply_headers: dict[str, str]) -> list[tuple[bytes, bytes]]:

@@ -162,7 +162,7 @@ class Stack:
                 buckets.claims,
             )
             await self.router.start()
-        if DATABASE_ACTORS & set(self._wanted):
+        if DATABASE_ACTORS & set(self._wanted) or self._gateway_database:
             self.pool = await self._open_database()
         if "recorder" in self._wanted:
             assert self.pool is not None
@@ -187,7 +187,9 @@ class Stack:
             self.construction = ConstructionAnalyzer(self.nc, self.subjects, self.config, self.pool)
             await self.construction.start()
         if "gateway" in self._wanted:
-            self.gateway = Gateway(self.nc, self.subjects, self.config)
+            self.gateway = Gateway(
+                self.nc, self.subjects, self.config, buckets.limits, pool=self.pool
+            )
             await self.gateway.start()
         if "health" in self._wanted:
             self.health = HealthMonitor(
@@ -207,6 +209,14 @@ class Stack:
             actors=[a.name for a in self.actors],
             hosts=[(e.host_url, "up" if e.up else "down", e.models) for e in self.executors],
         )
+
+    @property
+    def _gateway_database(self) -> bool:
+        """Whether the gateway needs a database of its own here (for API keys): when one is
+        configured. Without `database.url` it uses the embedded one only if another actor
+        of this process starts it; a gateway alone has none, so no keys (loopback only),
+        rather than an embedded Postgres of its own holding keys no other gateway sees."""
+        return "gateway" in self._wanted and bool(self.config.database.url)
 
     async def _open_database(self) -> asyncpg.Pool:
         """Connect to `database.url`, or start the embedded Postgres first."""
