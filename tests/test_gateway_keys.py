@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
+import ollama
+import openai
 import pytest
 import pytest_asyncio
 import structlog
@@ -134,6 +136,30 @@ async def test_a_key_from_the_sdk_is_required_on_every_route_then(keyed, client:
     listed = await client.keys.list()
     assert [k.key_id for k in listed] == [made.key.key_id]
     assert made.secret not in repr(listed) and digest(made.secret).hex() not in repr(listed)
+
+
+async def test_the_official_clients_send_their_key(keyed, client: Client) -> None:
+    """The `ollama` client with an Authorization header and the `openai` client with its
+    `api_key` are served; without the key, each raises its own 401."""
+    stack = await keyed()
+    url = stack.gateway.url
+    made = await client.keys.create("clients")
+    headers = {"Authorization": f"Bearer {made.secret}"}
+    async with ollama.AsyncClient(host=url, headers=headers) as keyed_ollama:
+        answer = await keyed_ollama.generate("fast", "hi", options={"num_predict": 3})
+    assert answer.eval_count == 3
+    async with ollama.AsyncClient(host=url) as bare:
+        with pytest.raises(ollama.ResponseError) as refused:
+            await bare.generate("fast", "hi")
+    assert refused.value.status_code == 401
+    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=made.secret) as keyed_openai:
+        chat = await keyed_openai.chat.completions.create(
+            model="fast", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+        )
+    assert chat.usage is not None and chat.usage.completion_tokens == 3
+    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="olm_wrong") as wrong:
+        with pytest.raises(openai.AuthenticationError):
+            await wrong.models.list()
 
 
 async def test_a_revoked_key_is_refused_by_every_gateway_within_one_event(
