@@ -9,7 +9,10 @@ import sys
 
 import pytest
 
+from actors.cli.bench.cpu import CpuMeter, children_named
 from actors.cli.bench.harness import percentile
+
+_linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 
 @pytest.mark.parametrize(
@@ -26,6 +29,41 @@ def test_percentile_interpolates_between_ranks(
 
 def _positive(value: object) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def _cpu_figures(by_path: dict[str, dict[str, float]], processes: set[str]) -> None:
+    """Every path of a scenario has each process's CPU ms per request, and a positive total."""
+    for path, cpu in by_path.items():
+        assert set(cpu) == processes | {"total"}, (path, cpu)
+        assert all(isinstance(v, int | float) and v >= 0 for v in cpu.values()), (path, cpu)
+        assert _positive(cpu["total"]), (path, cpu)
+
+
+@_linux_only
+def test_cpu_meter_reads_each_process_s_own_accounting() -> None:
+    """A child that burns 0.3 s of CPU shows it in ms per request; children are found by name."""
+    burn = "import time\nt=time.process_time()\nwhile time.process_time()-t<0.3: pass\nprint('done', flush=True)\ninput()"
+    with (
+        subprocess.Popen(
+            [sys.executable, "-c", burn], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        ) as child,
+        subprocess.Popen(["sleep", "30"]) as sleeper,
+    ):
+        try:
+            meter = CpuMeter({"client": None, "child": child.pid})
+            before = meter.read()
+            assert child.stdout is not None and child.stdout.readline() == "done\n"
+            cpu = meter.ms_per_request(before, 2)
+            assert (
+                100 <= cpu["child"] <= 400 and cpu["client"] is not None and cpu["client"] >= 0
+            ), cpu
+            assert cpu["total"] == pytest.approx(cpu["child"] + cpu["client"], abs=0.002)
+            assert sleeper.pid in children_named("sleep") and child.pid not in children_named(
+                "sleep"
+            )
+        finally:
+            child.kill()
+            sleeper.kill()
 
 
 def test_bench_prints_one_json_report() -> None:
@@ -51,6 +89,45 @@ def test_bench_prints_one_json_report() -> None:
     assert all(_positive(v) for v in streams["ollamesh"].values()), streams
     assert set(report["targets"]["met"]) == {"added_ttft_p50", "added_ttft_p99", "requests_per_s"}
     assert report["machine"]["cpus"] >= 1
+    if sys.platform.startswith("linux"):
+        cpu = report["cpu_ms_per_request"]
+        assert set(cpu) == {"c1", "c32", "c64", "stream_64"}
+        for by_path in cpu.values():
+            assert set(by_path) == {"direct", "ollamesh"}
+            _cpu_figures(by_path, {"client", "simulator", "executor", "router", "nats_server"})
+
+
+def test_http_bench_compares_direct_calls_with_the_gateway() -> None:
+    """A tiny --http run exits 0 with time to first token, requests/s and CPU per process of
+    every path: direct, through NATS, the gateway's Ollama and OpenAI routes."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "actors", "bench", "--http", "--http-requests", "8", "--http-warmup", "2"],
+        capture_output=True, timeout=100, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    paths = report["paths"]
+    assert paths == ["direct", "nats", "gateway_ollama", "gateway_openai"]
+    ttft = report["ttft_ms"]["c1"]
+    for path in paths:
+        assert ttft[path]["p99"] >= ttft[path]["p50"] > 0, ttft
+        assert ttft["errors"][path] == 0
+    assert set(ttft["added"]) == set(paths) - {"direct"}
+    assert all(math.isfinite(v["p50"]) and math.isfinite(v["p99"]) for v in ttft["added"].values())
+    for level in ("c32", "c64"):
+        rates = report["requests_per_s"][level]
+        assert all(_positive(rates[path]) for path in paths), rates
+        assert all(_positive(r) for r in rates["ratio"].values()) and set(rates["ratio"]) == set(
+            paths
+        ) - {"direct"}
+    assert set(report["targets"]["met"]) == {"gateway_ollama", "gateway_openai"}
+    if sys.platform.startswith("linux"):
+        cpu = report["cpu_ms_per_request"]
+        assert set(cpu) == {"c1", "c32", "c64"}
+        processes = {"client", "simulator", "executor", "router", "gateway", "nats_server"}
+        for by_path in cpu.values():
+            assert set(by_path) == set(paths)
+            _cpu_figures(by_path, processes)
 
 
 def test_fleet_bench_compares_every_host_strategy() -> None:

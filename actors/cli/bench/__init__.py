@@ -1,6 +1,6 @@
-"""`ollamesh bench`: the spine, the cache, host strategies on a skewed fleet, the
-reasoning coordinator and the construction analyzer, measured against a direct call (or
-one host) in the same run; one JSON object on stdout."""
+"""`ollamesh bench`: the spine, the HTTP gateway, the cache, host strategies on a skewed
+fleet, the reasoning coordinator and the construction analyzer, measured against a direct
+call (or one host) in the same run; one JSON object on stdout."""
 
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--tokens", type=int, default=16, help="num_predict of each request")
     p.add_argument("--stream-tokens", type=int, default=512, help="num_predict of the 64 streams")
     p.add_argument("--warmup", type=int, default=50, help="unmeasured requests before each")
+    h = p.add_argument_group("the HTTP gateway (instead of the above)")
+    h.add_argument("--http", action="store_true", help="direct HTTP vs through the gateway")
+    h.add_argument("--http-requests", type=int, default=1000, help="requests per scenario")
+    h.add_argument("--http-tokens", type=int, default=16, help="num_predict of each request")
+    h.add_argument("--http-warmup", type=int, default=50, help="unmeasured requests before each")
     f = p.add_argument_group("host strategies on a skewed fleet (instead of the above)")
     f.add_argument("--fleet", action="store_true", help="compare the host strategies")
     f.add_argument("--fleet-requests", type=int, default=256, help="requests per strategy")
@@ -52,10 +57,13 @@ def run(args: argparse.Namespace) -> int:
 async def bench(args: argparse.Namespace) -> int:
     """Run the bench asked for; print one JSON object on stdout."""
     sizes = (
-        args.fleet_requests, args.fleet_tokens, args.fleet_streams, args.cache_requests,
-        args.reason_chains, args.pages, args.fee_calls,
+        args.http_requests, args.http_tokens, args.fleet_requests, args.fleet_tokens,
+        args.fleet_streams, args.cache_requests, args.reason_chains, args.pages, args.fee_calls,
     )  # fmt: skip
-    if min(args.requests, args.tokens, args.stream_tokens, *sizes) < 1 or args.warmup < 0:
+    if (
+        min(args.requests, args.tokens, args.stream_tokens, *sizes) < 1
+        or min(args.warmup, args.http_warmup) < 0
+    ):
         print("error: request counts, token counts and streams must be positive", file=sys.stderr)
         return 2
     # SIGTERM unwinds like Ctrl-C does, so every child is stopped and temp files removed.
@@ -80,6 +88,10 @@ async def bench(args: argparse.Namespace) -> int:
             from actors.cli.bench.cache import cache_bench
 
             figures = await cache_bench(args.cache_requests)
+        elif args.http:
+            from actors.cli.bench.http import http_bench
+
+            figures = await http_bench(args.http_requests, args.http_tokens, args.http_warmup)
         elif args.fleet:
             from actors.cli.bench.fleet import fleet_bench
 

@@ -1,6 +1,7 @@
 """What every bench shares: the fleet of processes under test, waiting for readiness,
-percentiles, progress, the machine's description. Imports no command, so the benches and
-the `bench` command can import it without a cycle."""
+calls on a path and scenarios of them (with each process's CPU per request), percentiles,
+progress, the machine's description. Imports no command, so the benches and the `bench`
+command can import it without a cycle."""
 
 from __future__ import annotations
 
@@ -17,26 +18,44 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 
+from actors.cli.bench.cpu import CpuMeter
 from actors.runtime.processes import stop_processes
 from actors.store import EmbeddedPostgres
+from bus.client import Client
 from bus.errors import OllameshError
 from bus.server import EmbeddedNats, find_nats_server
 
 __all__ = [
     "MODEL",
     "BenchError",
+    "Call",
+    "Outcome",
     "Procs",
+    "Run",
+    "cpu_by_scenario",
+    "cpu_meter",
+    "div",
+    "each_path",
+    "fig",
     "fleet",
     "fleet_with_database",
+    "free_port",
+    "lent",
     "machine",
+    "ollama_call",
+    "one_connection_clients",
     "p50_p99",
     "percentile",
+    "pool",
     "progress",
+    "through_sdk",
     "unless_one_dies",
     "wait_for",
 ]
@@ -70,6 +89,23 @@ def percentile(values: list[float], q: float) -> float:
 def p50_p99(values: list[float], digits: int = 3) -> dict[str, float]:
     """The median and the 99th percentile of `values`, rounded to `digits`."""
     return {q: round(percentile(values, n), digits) for q, n in (("p50", 50), ("p99", 99))}
+
+
+def fig(value: float, digits: int = 3) -> float | None:
+    """A figure rounded for the report; None when there is none (NaN, inf)."""
+    return round(value, digits) if math.isfinite(value) else None
+
+
+def div(a: float, b: float) -> float:
+    return a / b if b else math.nan
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (a child is told to listen on it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
 
 
 def progress(text: str) -> None:
@@ -121,11 +157,9 @@ async def fleet(
     config_extra: str = "",
 ) -> AsyncIterator[tuple[str, Procs]]:
     """Run the simulator, one executor and one router (and, with `stores`, a process of
-    those actors, e.g. "cache"), configured with `config_extra` (TOML) too; yield the
-    simulator's URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    those actors, e.g. "cache" or "gateway"), configured with `config_extra` (TOML) too;
+    yield the simulator's URL."""
+    port = free_port()
     sim_url = f"http://127.0.0.1:{port}"
     procs: Procs = {}
     with tempfile.TemporaryDirectory(prefix="ollamesh-bench-") as tmp:
@@ -207,3 +241,209 @@ async def unless_one_dies(work: Awaitable[dict[str, Any]], procs: Procs) -> dict
         return task.result()
     name, code = next((n, p.returncode) for n, p in procs.items() if p.returncode is not None)
     raise BenchError(f"the {name} process exited with {code} during the run (see stderr)")
+
+
+def cpu_meter(procs: Procs) -> CpuMeter:
+    """CPU accounting of this process, each child in `procs` and the nats-server child."""
+    return CpuMeter.of({name: proc.pid for name, proc in procs.items()})
+
+
+# -- calls on a path, and scenarios of them ----------------------------------------------
+
+
+@dataclass(slots=True)
+class Outcome:
+    """One call streamed to its end: seconds to the first token, tokens, chunks."""
+
+    ttft: float
+    tokens: int
+    chunks: int
+
+
+@dataclass(slots=True)
+class Run:
+    """One scenario on one path: what each call gave, failures, wall time, and each
+    process's CPU ms per request (empty without a meter)."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    errors: int = 0
+    elapsed: float = 0.0
+    cpu_ms: dict[str, float | None] = field(default_factory=dict)
+
+    def ttft_ms(self) -> dict[str, float]:
+        """Time to first token's p50, p99 and mean in ms (NaN when no call had one)."""
+        ms = [x.ttft * 1000 for x in self.outcomes if x.ttft]
+        return {"p50": percentile(ms, 50), "p99": percentile(ms, 99), "mean": div(sum(ms), len(ms))}
+
+    def rate(self) -> float:
+        """Calls completed per second."""
+        return div(len(self.outcomes), self.elapsed)
+
+
+# A call streams one answer to a prompt with a given num_predict.
+Call = Callable[[str, int], Awaitable[Outcome]]
+
+
+def cpu_by_scenario(scenarios: dict[str, dict[str, Run]]) -> dict[str, Any]:
+    """Each scenario's CPU ms per request, by path, then by process."""
+    return {name: {path: r.cpu_ms for path, r in runs.items()} for name, runs in scenarios.items()}
+
+
+async def pool(call: Call, name: str, n: int, concurrency: int, tokens: int) -> Run:
+    """Make `n` calls (distinct prompts) on `concurrency` workers calling back to back."""
+    result, todo = Run(), iter(range(n))
+
+    async def worker() -> None:
+        for i in todo:
+            try:
+                result.outcomes.append(await call(f"{name} question {i}: tell me more", tokens))
+            except (OllameshError, BenchError, httpx.HTTPError) as exc:
+                result.errors += 1
+                if result.errors == 1:
+                    progress(f"{name}: first error: {exc!r}")
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, n))))
+    result.elapsed = time.perf_counter() - t0
+    return result
+
+
+async def each_path(
+    paths: dict[str, Call],
+    name: str,
+    n: int,
+    conc: int,
+    tokens: int,
+    warmup: int,
+    cpu: CpuMeter | None = None,
+) -> dict[str, Run]:
+    """Run one scenario on each path in turn, each after `warmup` unmeasured calls; with
+    `cpu`, each process's CPU per request of the measured calls."""
+    runs = {}
+    for path, call in paths.items():
+        await pool(call, f"{name} warmup", warmup, conc, tokens)
+        before = cpu.read() if cpu is not None else {}
+        runs[path] = r = await pool(call, name, n, conc, tokens)
+        if cpu is not None:
+            r.cpu_ms = cpu.ms_per_request(before, n)
+        progress(f"{name} {path}: {len(r.outcomes)} ok, {r.errors} failed in {r.elapsed:.2f}s")
+    return runs
+
+
+async def one_connection_clients(
+    stack: contextlib.AsyncExitStack, base_url: str, n: int, timeout: float
+) -> list[httpx.AsyncClient]:
+    """`n` httpx clients of one connection each, closed with `stack`.
+
+    A call borrows one (`lent`) rather than sharing one client of `n` connections:
+    httpcore scans its whole pool twice per request, and with 64 pooled connections the
+    figure would be that scan's, not the server's.
+    """
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    return [
+        await stack.enter_async_context(
+            httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits)
+        )
+        for _ in range(n)
+    ]
+
+
+def lent(
+    clients: list[httpx.AsyncClient],
+    call: Callable[[httpx.AsyncClient, str, int], Awaitable[Outcome]],
+) -> Call:
+    """`call` on a client borrowed from `clients` for its length."""
+
+    async def borrowing(prompt: str, tokens: int) -> Outcome:
+        http = clients.pop()
+        try:
+            return await call(http, prompt, tokens)
+        finally:
+            clients.append(http)
+
+    return borrowing
+
+
+class _Message(msgspec.Struct):
+    content: str = ""
+
+
+class _Line(msgspec.Struct):
+    """What a client reads of one Ollama NDJSON line (generate's or chat's)."""
+
+    response: str = ""
+    message: _Message | None = None
+    done: bool = False
+    error: str | None = None
+
+
+_decode_line = msgspec.json.Decoder(_Line).decode
+
+
+def ollama_call(
+    clients: list[httpx.AsyncClient], *, chat: bool = False, options: dict[str, Any] | None = None
+) -> Call:
+    """A streamed POST /api/generate (or /api/chat, the prompt as one user message) to the
+    clients' server, read line by line as a careful client would; `options` beside
+    num_predict."""
+    path = "/api/chat" if chat else "/api/generate"
+
+    def body(prompt: str, tokens: int) -> bytes:
+        opts = (options or {}) | {"num_predict": tokens}
+        asked: dict[str, Any] = {"model": MODEL, "options": opts}
+        if chat:
+            asked["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            asked["prompt"] = prompt
+        return msgspec.json.encode(asked)
+
+    async def call(http: httpx.AsyncClient, prompt: str, tokens: int) -> Outcome:
+        content = body(prompt, tokens)
+        t0 = time.perf_counter()
+        first, count, reads, done, pending = 0.0, 0, 0, False, b""
+        async with http.stream("POST", path, content=content) as resp:
+            if resp.status_code != 200:
+                raise BenchError(f"{http.base_url} answered {resp.status_code}")
+            async for raw in resp.aiter_raw():
+                reads += 1
+                *lines, pending = (pending + raw).split(b"\n")
+                for line in map(_decode_line, filter(None, lines)):
+                    if line.error:
+                        raise BenchError(f"{http.base_url} failed: {line.error}")
+                    if line.done:
+                        done = True
+                        continue
+                    count += 1  # one NDJSON line per token
+                    text = line.response or (line.message.content if line.message else "")
+                    if text and not first:
+                        first = time.perf_counter() - t0
+        if not done:
+            raise BenchError(f"{http.base_url}'s stream ended without done: true")
+        return Outcome(first, count, reads)  # chunks: socket reads
+
+    return lent(clients, call)
+
+
+def through_sdk(
+    client: Client, *, chat: bool = False, options: dict[str, Any] | None = None, **fields: Any
+) -> Call:
+    """The same call through ollamesh, streamed with the SDK (generate, or chat of one user
+    message); `options` beside num_predict, `fields` of the request (e.g. cache)."""
+
+    async def call(prompt: str, tokens: int) -> Outcome:
+        opts = (options or {}) | {"num_predict": tokens}
+        t0 = time.perf_counter()
+        first, chunks = 0.0, 0
+        if chat:
+            messages = [{"role": "user", "content": prompt}]
+            answer = client.chat(MODEL, messages, stream=True, options=opts, **fields)
+        else:
+            answer = client.generate(MODEL, prompt, stream=True, options=opts, **fields)
+        async with await answer as stream:
+            async for chunk in stream:
+                chunks += 1
+                if chunk.text and not first:
+                    first = time.perf_counter() - t0
+        return Outcome(first, stream.done.eval_count if stream.done else 0, chunks)
+
+    return call
