@@ -213,6 +213,8 @@ class GatewayConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     port: Annotated[int, Meta(ge=0, le=65535)] = 11435
     # The largest request body read (a bigger one is 413).
     max_body_bytes: PositiveInt = 8 * 1024 * 1024
+    # A request body that has not arrived in full after this long is a 408.
+    body_timeout_s: Positive = 30.0
     # How long answers under way may finish when the gateway stops.
     shutdown_grace_s: Annotated[float, Meta(ge=0)] = 10.0
     # Without API keys the gateway listens on loopback whatever `host` says, and serves

@@ -182,3 +182,50 @@ async def test_priority_and_deadline_as_headers(gateway) -> None:
     assert [r.status_code for r in bad] == [400, 400]
     assert "interactive or batch" in bad[0].json()["error"]
     assert "milliseconds" in bad[1].json()["error"]
+
+
+async def test_metrics_per_route_and_status(sim_factory, stack_factory) -> None:
+    """Each answer is counted by its route's pattern (`unmatched` for none), method and
+    status; the requests in flight come back to 0."""
+    sim = await sim_factory(models=MODELS)
+    stack = await stack_factory(
+        [sim.url], actors=("router", "executor", "health", "gateway"), gateway={"port": 0}
+    )
+    assert stack.gateway is not None and stack.metrics.url is not None
+    body = {"model": "llama3.2:3b", "prompt": "hi", "options": {"num_predict": 2}}
+    async with httpx.AsyncClient(base_url=stack.gateway.url) as http:
+        for _ in range(2):
+            assert (await http.post("/api/generate", json=body)).status_code == 200
+        assert (await http.get("/nowhere/at/all")).status_code == 404
+        assert (await http.get("/v1/models/qwen2.5:7b")).status_code == 200
+        scraped = (await http.get(stack.metrics.url)).text
+    counted = {
+        '{method="POST",route="/api/generate",status="200"} 2.0',
+        '{method="GET",route="unmatched",status="404"} 1.0',
+        '{method="GET",route="/v1/models/*",status="200"} 1.0',
+    }
+    for labels in counted:
+        assert f"ollamesh_http_requests_total{labels}" in scraped, scraped
+    assert 'ollamesh_http_response_start_seconds_count{route="/api/generate"} 2.0' in scraped
+    assert 'ollamesh_http_in_flight{route="/api/generate"} 0.0' in scraped
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_408(sim_factory, stack_factory) -> None:
+    """A client that sends its headers and part of its body, then stalls, gets Ollama's
+    error with 408 once `gateway.body_timeout_s` is over, not a connection held open."""
+    sim = await sim_factory(models=MODELS)
+    stack = await stack_factory([sim.url], actors=("router", "executor", "gateway"),
+                                gateway={"port": 0, "body_timeout_s": 0.3})  # fmt: skip
+    assert stack.gateway is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.gateway.http.port)
+    writer.write(b"POST /api/generate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                 b"content-length: 100\r\n\r\n" + b'{"model": "llama')  # fmt: skip
+    await writer.drain()
+    async with asyncio.timeout(10):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))  # fmt: skip
+        body = await reader.readexactly(length)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(body) == {"error": "the request body did not arrive within 0.3s"}

@@ -208,7 +208,7 @@ async def test_a_key_over_its_rpm_gets_429_with_retry_after(keyed, client: Clien
 async def test_admin_routes_and_models_end_to_end(keyed, client: Client) -> None:
     """Ollama's pull and delete take admin keys only (403, the fleet never asked); a key
     limited to some models is 403 for another one, and served for its own."""
-    stack = await keyed()
+    stack = await keyed(("router", "executor", "health", "gateway"))
     url = stack.gateway.url
     user = await client.keys.create("user", models=["fast", "llama3.2:3b"])
     admin = await client.keys.create("ops", admin=True)
@@ -217,8 +217,9 @@ async def test_admin_routes_and_models_end_to_end(keyed, client: Client) -> None
         def as_(key: str) -> dict[str, str]:
             return {"authorization": f"Bearer {key}"}
 
-        for method, path in (("POST", "/api/pull"), ("DELETE", "/api/delete")):
-            body = {"model": "llama3.2:3b", "stream": False}
+        for method, path, model in (("POST", "/api/pull", "llama3.2:3b"),
+                                    ("DELETE", "/api/delete", "no-such:1b")):  # fmt: skip
+            body = {"model": model, "stream": False}
             refused = await http.request(method, path, json=body, headers=as_(user.secret))
             assert refused.status_code == 403 and "an admin route" in refused.json()["error"]
             served = await http.request(method, path, json=body, headers=as_(admin.secret))
@@ -233,6 +234,15 @@ async def test_admin_routes_and_models_end_to_end(keyed, client: Client) -> None
                 "/api/generate", json={"model": model, **asked}, headers=as_(user.secret)
             )
             assert own.status_code == 200, own.text
+        # The model lists show such a key its own models only; a role as its own name.
+        tags = (await http.get("/api/tags", headers=as_(user.secret))).json()["models"]
+        listed = (await http.get("/v1/models", headers=as_(user.secret))).json()["data"]
+        everything = (await http.get("/api/tags", headers=as_(admin.secret))).json()["models"]
+        role_only = await http.post("/api/generate", headers=as_(user.secret),
+                                    json={"role": "fast", **asked})  # fmt: skip
+    assert {m["name"] for m in tags} == {"llama3.2:3b", "fast"} == {m["id"] for m in listed}
+    assert {"qwen2.5:7b", "llama3.2:3b", "fast"} <= {m["name"] for m in everything}
+    assert role_only.status_code == 200, role_only.text
 
 
 async def _database_refuses(server_url: str, name: str, refuse: bool) -> None:

@@ -4,7 +4,7 @@ by name, and each role listed too as an alias of the model it names."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from bus.client import Client
@@ -23,8 +23,11 @@ class Listed:
     alias_of: str | None = None
 
 
-async def catalog(client: Client, roles: Mapping[str, str]) -> list[Listed]:
-    """The models on the fleet's hosts by name, then the roles whose model a host has."""
+async def catalog(
+    client: Client, roles: Mapping[str, str], visible: Callable[[str], bool]
+) -> list[Listed]:
+    """The models on the fleet's hosts by name, then the roles whose model a host has;
+    only those `visible` says the client may use."""
     reply = await client.fleet.models("list")
     merged: dict[str, StoredModel] = {}
     for host in reply.results:
@@ -35,7 +38,7 @@ async def catalog(client: Client, roles: Mapping[str, str]) -> list[Listed]:
         target = canonical_model(roles[role])
         if role not in merged and target in merged:
             listed.append(Listed(role, merged[target], alias_of=target))
-    return listed
+    return [item for item in listed if visible(item.name)]
 
 
 def unix_time(moment: str) -> int:

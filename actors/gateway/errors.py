@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from bus.errors import OllameshError
 
-__all__ = ["Forbidden", "HttpError", "MethodNotAllowed", "RouteNotFound", "Unauthorized"]
+__all__ = [
+    "BodyTimeout",
+    "Forbidden",
+    "HttpError",
+    "MethodNotAllowed",
+    "RouteNotFound",
+    "Unauthorized",
+]
 
 
 class HttpError(OllameshError):
@@ -23,6 +30,13 @@ class RouteNotFound(HttpError):
 class MethodNotAllowed(HttpError):
     code = "method_not_allowed"
     status = 405
+
+
+class BodyTimeout(HttpError):
+    """A body that does not arrive in time (a client stalled, or trickling it)."""
+
+    code = "request_timeout"
+    status = 408
 
 
 class Unauthorized(HttpError):

@@ -15,7 +15,7 @@ import asyncpg
 from nats.js.kv import KeyValue
 
 from actors.gateway import ollama, openai
-from actors.gateway.http import App, Family
+from actors.gateway.http import App, Family, HttpMetrics
 from actors.gateway.keeper import KeyKeeper
 from actors.gateway.keys import KeyGuard, KeyRing, is_loopback
 from actors.gateway.keystore import KeyStore
@@ -46,6 +46,7 @@ class Gateway(Actor):
         config: Config,
         limits: KeyValue,
         pool: asyncpg.Pool | None = None,
+        metrics: HttpMetrics | None = None,
     ) -> None:
         super().__init__(nc, subjects)
         self.cfg = config.gateway
@@ -63,7 +64,8 @@ class Gateway(Actor):
         if pool is not None and self.ring is not None:
             store, reload_s = KeyStore(pool), self.cfg.keys_reload_s
             self.keeper = KeyKeeper(nc, subjects, store, self.ring, reload_s, self.log)
-        app = App(families, self.cfg.max_body_bytes, guard=self.guard)
+        app = App(families, self.cfg.max_body_bytes, body_timeout=self.cfg.body_timeout_s,
+                  guard=self.guard, metrics=metrics)  # fmt: skip
         self.http = HttpServer(app, self.cfg.host, self.cfg.port)
 
     @property

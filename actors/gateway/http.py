@@ -9,6 +9,7 @@ chunks' writes, without a framework's middleware stack in between.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,12 +17,14 @@ from typing import Any, Protocol
 
 import msgspec
 import structlog
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
-from actors.gateway.errors import MethodNotAllowed, RouteNotFound
+from actors.gateway.errors import BodyTimeout, Forbidden, MethodNotAllowed, RouteNotFound
 from bus.errors import BadRequest, Internal, OllameshError, PayloadTooLarge
 
-__all__ = ["App", "Family", "Grant", "Guard", "Reply", "Request", "Stream", "json_reply"]
+__all__ = [
+    "App", "Family", "Grant", "Guard", "HttpMetrics", "Reply", "Request", "Stream", "json_reply",
+]  # fmt: skip
 
 log = structlog.get_logger("actors.gateway")
 _encode = msgspec.json.Encoder().encode
@@ -55,6 +58,14 @@ class Request:
         chooses, which a key limited to some models may not leave to it)."""
         if self.grant is not None:
             self.grant.allow(model)
+
+    def may_use(self, model: str) -> bool:
+        """Whether the request's key may use `model` (what model lists show it)."""
+        try:
+            self.allow(model)
+        except Forbidden:
+            return False
+        return True
 
     async def spent(self, tokens: int) -> None:
         """Settle the key's tokens per minute with what the answer really used (prompt and
@@ -95,6 +106,16 @@ def json_reply(status: int, body: Any, headers: dict[str, str] | None = None) ->
                                          **(headers or {})})  # fmt: skip
 
 
+class HttpMetrics(Protocol):
+    """Where the app counts its requests: by route pattern, method and status."""
+
+    def http_begin(self, route: str) -> None: ...
+
+    def http_answered(self, route: str, method: str, status: int, seconds: float) -> None: ...
+
+    def http_end(self, route: str) -> None: ...
+
+
 Handler = Callable[[Request], Awaitable[Reply | Stream]]
 ErrorReply = Callable[[OllameshError], Reply]
 # Admits a request before its handler runs and before its body is read (`body` is b""
@@ -120,18 +141,27 @@ class App:
     """The ASGI callable: each family's routes by (method, path), errors in its shape."""
 
     def __init__(
-        self, families: list[Family], max_body: int, *, guard: Guard | None = None
+        self,
+        families: list[Family],
+        max_body: int,
+        *,
+        body_timeout: float = 30.0,
+        guard: Guard | None = None,
+        metrics: HttpMetrics | None = None,
     ) -> None:
-        self._routes = {key: (handler, f) for f in families for key, handler in f.routes.items()}
+        self._routes = {(method, path): (handler, f, path) for f in families
+                        for (method, path), handler in f.routes.items()}  # fmt: skip
         self._paths = {path for _, path in self._routes}
         self._under = [(method, path[:-1], route) for (method, path), route in
                        self._routes.items() if path.endswith("/*")]  # fmt: skip
         # Longest prefix first: `/v1/` before `/`.
         self._families = sorted(families, key=lambda f: len(f.prefix), reverse=True)
         self._max_body = max_body
+        self._body_timeout = body_timeout
         self._guard = guard
+        self._metrics = metrics
 
-    def _route(self, method: str, path: str) -> tuple[Handler, Family] | None:
+    def _route(self, method: str, path: str) -> tuple[Handler, Family, str] | None:
         found = self._routes.get((method, path))
         if found is None and self._under:
             found = next((r for m, p, r in self._under if m == method and
@@ -145,10 +175,38 @@ class App:
         if scope["type"] != "http":
             return
         method, path = scope["method"], scope["path"]
-        headers = dict(scope["headers"])
-        rid = headers.get(_REQUEST_ID, b"").decode("latin-1") or uuid.uuid4().hex
         found = self._route(method, path)
         family = found[1] if found is not None else self._family(path)
+        if self._metrics is None:
+            await self._answer(scope, receive, send, found, family)
+            return
+        # The route's pattern, not the path: a label's values must stay few.
+        route, metrics = (found[2] if found is not None else "unmatched"), self._metrics
+        started = time.perf_counter()
+
+        async def observed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                seconds = time.perf_counter() - started
+                metrics.http_answered(route, method, message["status"], seconds)
+            await send(message)
+
+        metrics.http_begin(route)
+        try:
+            await self._answer(scope, receive, observed, found, family)
+        finally:
+            metrics.http_end(route)
+
+    async def _answer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        found: tuple[Handler, Family, str] | None,
+        family: Family,
+    ) -> None:
+        method, path = scope["method"], scope["path"]
+        headers = dict(scope["headers"])
+        rid = headers.get(_REQUEST_ID, b"").decode("latin-1") or uuid.uuid4().hex
         try:
             if found is None:
                 if path in self._paths or any(path.startswith(p) for _, p, _ in self._under):
@@ -176,6 +234,15 @@ class App:
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self._max_body:
             raise PayloadTooLarge(f"the body is {int(length)} bytes, over {self._max_body}")
+        try:
+            async with asyncio.timeout(self._body_timeout):
+                return await self._read(receive)
+        except TimeoutError:
+            raise BodyTimeout(
+                f"the request body did not arrive within {self._body_timeout:g}s"
+            ) from None
+
+    async def _read(self, receive: Receive) -> bytes:
         parts: list[bytes] = []
         size = 0
         while True:

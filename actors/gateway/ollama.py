@@ -182,7 +182,7 @@ class OllamaRoutes:
         """Every model on the fleet, and each role as an alias (`details.parent_model`
         and `alias_of` name the model it stands for)."""
         models = []
-        for item in await catalog(self.client, self.roles):
+        for item in await catalog(self.client, self.roles, req.may_use):
             m = item.model
             entry: dict[str, Any] = {
                 "name": item.name, "model": item.name, "modified_at": m.modified_at,

@@ -115,9 +115,9 @@ class OpenAIRoutes:
             ("POST", "/v1/embeddings"): self.embeddings,
         }  # fmt: skip
 
-    async def _listed(self) -> list[dict[str, Any]]:
+    async def _listed(self, req: Request) -> list[dict[str, Any]]:
         out = []
-        for item in await catalog(self.client, self.roles):
+        for item in await catalog(self.client, self.roles, req.may_use):
             created = unix_time(item.model.modified_at)
             entry = {"id": item.name, "object": "model", "created": created, "owned_by": "library"}
             if item.alias_of is not None:
@@ -126,11 +126,11 @@ class OpenAIRoutes:
         return out
 
     async def models(self, req: Request) -> Reply:
-        return json_reply(200, {"object": "list", "data": await self._listed()})
+        return json_reply(200, {"object": "list", "data": await self._listed(req)})
 
     async def model(self, req: Request) -> Reply:
         name = req.path[len("/v1/models/") :]
-        for entry in await self._listed():
+        for entry in await self._listed(req):
             if entry["id"] == name:
                 return json_reply(200, entry)
         raise ModelNotFound(_missing(name))

@@ -44,7 +44,7 @@ def prepare(req: Request, request: FleetRequest) -> None:
                 f"not {quote(text)}"
             )
         request.deadline_ms = int(text)
-    req.allow(request.model)
+    req.allow(request.model or request.role)
 
 
 def used(stats: Stats | None) -> int:

@@ -3,7 +3,8 @@
 Each process keeps its own registry and exposes what its actors see: a router counts
 every request event of the fleet (requests and errors by code, time to first token,
 duration, tokens, cache hits) and the queue depth per model; an executor reports its
-host's state and in-flight requests per model.
+host's state and in-flight requests per model; a gateway its HTTP requests per route
+and status.
 """
 
 from __future__ import annotations
@@ -107,6 +108,19 @@ class Metrics:
             "ollamesh_events_set_aside", "Events a consumer of the event stream could not "
             "write and kept in dead_letters", ["consumer"], registry=r,
         )  # fmt: skip
+        self.http_requests = Counter(
+            "ollamesh_http_requests", "HTTP requests the gateway answered, by route (its "
+            "pattern; `unmatched` for none), method and status", ["route", "method", "status"],
+            registry=r,
+        )  # fmt: skip
+        self.http_response_start = Histogram(
+            "ollamesh_http_response_start_seconds", "From an HTTP request's arrival to its "
+            "status line (a stream's first byte)", ["route"], buckets=_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.http_in_flight = Gauge(
+            "ollamesh_http_in_flight", "HTTP requests being answered (open streams included)",
+            ["route"], registry=r,
+        )  # fmt: skip
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
         self.url: str | None = None
@@ -120,6 +134,19 @@ class Metrics:
         self.duration.labels(event.model).observe(event.latency_ms / 1000)
         if event.ttft_ms is not None:
             self.ttft.labels(event.model).observe(event.ttft_ms / 1000)
+
+    def http_begin(self, route: str) -> None:
+        """An HTTP request on `route` arrived."""
+        self.http_in_flight.labels(route).inc()
+
+    def http_answered(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Its status line went out `seconds` after it arrived."""
+        self.http_requests.labels(route, method, str(status)).inc()
+        self.http_response_start.labels(route).observe(seconds)
+
+    def http_end(self, route: str) -> None:
+        """Its answer ended (whole, or the stream closed)."""
+        self.http_in_flight.labels(route).dec()
 
     def watch_loops(self, actors: Callable[[], Iterable[Actor]]) -> None:
         """Export the background loops of `actors()` (read at every scrape)."""

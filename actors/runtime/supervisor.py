@@ -188,8 +188,9 @@ class Stack:
             await self.construction.start()
         if "gateway" in self._wanted:
             self.gateway = Gateway(
-                self.nc, self.subjects, self.config, buckets.limits, pool=self.pool
-            )
+                self.nc, self.subjects, self.config, buckets.limits, pool=self.pool,
+                metrics=self.metrics,
+            )  # fmt: skip
             await self.gateway.start()
         if "health" in self._wanted:
             self.health = HealthMonitor(
