@@ -9,7 +9,6 @@ from typing import Any, Literal, TypeVar, overload
 
 import msgspec
 from nats.aio.client import Client as NATS
-from nats.aio.subscription import Subscription
 
 from bus.connection import close_within, connect
 from bus.construction import Construction
@@ -22,7 +21,7 @@ from bus.fleet import Fleet
 from bus.keys import ApiKeys
 from bus.reasoning import Reasoning
 from bus.rpc import call
-from bus.stream import ChainStream, ChunkStream, Stream, replay
+from bus.stream import ChainStream, ChunkStream, Inbox, Stream, listen, replay
 from bus.subjects import Subjects
 from schemas import (
     Accepted,
@@ -127,8 +126,8 @@ class Client:
 
     @property
     def _reasoning(self) -> Reasoning:
-        def open_stream(sub: Subscription, chain_id: str) -> ChainStream:
-            return self._open_stream(ChainStream, sub, chain_id)
+        def open_stream(inbox: Inbox, chain_id: str) -> ChainStream:
+            return self._open_stream(ChainStream, inbox, chain_id)
 
         return Reasoning(self.nc, self.subjects, self.timeout, open_stream)
 
@@ -275,16 +274,16 @@ class Client:
         assert request_id is not None
         # Subscribe before sending: the SUB reaches the server ahead of the request on
         # this connection, so not even the first chunk can be missed.
-        sub = await self.nc.subscribe(self.subjects.stream(request_id))
+        inbox = await listen(self.nc, self.subjects.stream(request_id))
         try:
             reply = await self._request(kind, request)
         except BaseException:
-            await sub.unsubscribe()
+            await inbox.close()
             raise
         if not isinstance(reply, Accepted):
-            await sub.unsubscribe()
+            await inbox.close()
             raise Internal(f"expected `accepted`, got {type(reply).__name__}")
-        return self._open_stream(ChunkStream, sub, request_id, model=reply.model)
+        return self._open_stream(ChunkStream, inbox, request_id, model=reply.model)
 
     async def _request(self, kind: Kind, request: Request) -> Accepted | Result:
         data = encode(request)
@@ -389,10 +388,10 @@ class Client:
         await self.nc.publish(self.subjects.cancel(request_id), b"")
         await self.nc.flush()
 
-    def _open_stream(self, cls: type[S], sub: Subscription, request_id: str, **kw: Any) -> S:
-        """A stream of `cls` on `sub`, closed with the client if nobody reads it to its end."""
+    def _open_stream(self, cls: type[S], inbox: Inbox, request_id: str, **kw: Any) -> S:
+        """A stream of `cls` on `inbox`, closed with the client if nobody reads it to its end."""
         stream = cls(
-            self.nc, self.subjects, sub, request_id, timeout=self.timeout,
+            self.nc, self.subjects, inbox, request_id, timeout=self.timeout,
             on_close=self._open.discard, **kw,
         )  # fmt: skip
         self._open.add(stream)
@@ -400,5 +399,5 @@ class Client:
 
     async def resume(self, request_id: str, from_seq: int = 1) -> ChunkStream:
         """Replay a request's stream from `from_seq`, then follow it live to its end."""
-        sub = await replay(self.nc, self.subjects, request_id)
-        return self._open_stream(ChunkStream, sub, request_id, from_seq=from_seq, replaying=True)
+        inbox = await replay(self.nc, self.subjects, request_id)
+        return self._open_stream(ChunkStream, inbox, request_id, from_seq=from_seq, replaying=True)

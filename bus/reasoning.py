@@ -7,11 +7,10 @@ from collections.abc import Callable, Mapping
 
 import msgspec
 from nats.aio.client import Client as NATS
-from nats.aio.subscription import Subscription
 
 from bus.errors import BadRequest, Internal
 from bus.rpc import call
-from bus.stream import ChainStream
+from bus.stream import ChainStream, Inbox, listen
 from bus.subjects import Subjects
 from schemas import Accepted, Error, Options, Priority, ReasonResult, encode
 from schemas.reasoning import Chain, Chains, ChainSummary, ReasonGet, ReasonList, ReasonRequest
@@ -25,7 +24,7 @@ _SERVICE = "reasoning coordinator"
 # Reading a stored chain answers within this.
 _READ_TIMEOUT_S = 30.0
 
-OpenStream = Callable[[Subscription, str], ChainStream]
+OpenStream = Callable[[Inbox, str], ChainStream]
 
 
 class Reasoning:
@@ -77,16 +76,16 @@ class Reasoning:
                 raise Internal(f"expected the chain's result, got {type(reply).__name__}")
             return reply
         # Subscribe first: not even the first step can be missed.
-        sub = await self._nc.subscribe(self._subjects.stream(request.request_id))
+        inbox = await listen(self._nc, self._subjects.stream(request.request_id))
         try:
             reply = await self._send(request, timeout)
         except BaseException:
-            await sub.unsubscribe()
+            await inbox.close()
             raise
         if not isinstance(reply, Accepted):
-            await sub.unsubscribe()
+            await inbox.close()
             raise Internal(f"expected `accepted`, got {type(reply).__name__}")
-        return self._open_stream(sub, request.request_id)
+        return self._open_stream(inbox, request.request_id)
 
     async def _send(self, request: ReasonRequest, timeout: float) -> Accepted | ReasonResult:
         return await call(

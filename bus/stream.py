@@ -3,22 +3,24 @@ reconnections and replays; a reasoning chain's steps too."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 
 import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import DeliverPolicy
 
-from bus.connection import next_message
 from bus.errors import Internal, Timeout, Unavailable, error_from_wire
 from bus.subjects import Subjects
 from schemas import Chunk, Done, Error, StreamMessage, decode_stream
 from schemas.reasoning import Step
 
-__all__ = ["ChainStream", "ChunkStream", "Stream", "replay"]
+__all__ = ["ChainStream", "ChunkStream", "Inbox", "Stream", "listen", "replay"]
 
 # How long a gap in a live stream may stay open before the stored copy is read, and how
 # often a stream waiting for its next message looks whether the connection came back.
@@ -31,14 +33,61 @@ def _reconnects(nc: NATS) -> int:
     return int(getattr(nc, "reconnects", 0))
 
 
-async def replay(nc: NATS, subjects: Subjects, request_id: str) -> Subscription:
+class Inbox:
+    """A subscription whose messages nats-py's callback puts in a queue of ours, so that
+    reading one already there takes no task and no timer (nats-py's `next_msg` makes a
+    task, a uuid and a `wait_for` for every message: a third of a gateway's CPU)."""
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self._messages: deque[Msg] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.sub: Subscription | None = None
+
+    async def deliver(self, msg: Msg) -> None:
+        """nats-py's callback: keep `msg`, wake the reader."""
+        self._messages.append(msg)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def next(self, timeout: float) -> Msg:
+        """The next message; `TimeoutError` after `timeout` seconds; a closed connection
+        is nats-py's `ConnectionClosedError`. A cancel always ends the wait (a message
+        that came meanwhile stays for the next read)."""
+        if not self._messages:
+            if self._nc.is_closed:
+                raise nats.errors.ConnectionClosedError
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._waiter
+            finally:
+                self._waiter = None
+        return self._messages.popleft()
+
+    async def close(self) -> None:
+        if self.sub is not None:
+            await self.sub.unsubscribe()
+
+
+async def listen(nc: NATS, subject: str) -> Inbox:
+    """An inbox on `subject`, subscribed when this returns."""
+    inbox = Inbox(nc)
+    inbox.sub = await nc.subscribe(subject, cb=inbox.deliver)
+    return inbox
+
+
+async def replay(nc: NATS, subjects: Subjects, request_id: str) -> Inbox:
     """Follow a request's stream from its first stored message, then live."""
-    return await nc.jetstream().subscribe(
+    inbox = Inbox(nc)
+    inbox.sub = await nc.jetstream().subscribe(
         subjects.stream(request_id),
         stream=subjects.chunk_stream,
         ordered_consumer=True,
         deliver_policy=DeliverPolicy.ALL,
+        cb=inbox.deliver,
     )
+    return inbox
 
 
 class Stream:
@@ -56,7 +105,7 @@ class Stream:
         self,
         nc: NATS,
         subjects: Subjects,
-        sub: Subscription,
+        inbox: Inbox,
         request_id: str,
         *,
         model: str = "",
@@ -67,7 +116,7 @@ class Stream:
     ) -> None:
         self._nc = nc
         self._subjects = subjects
-        self._sub = sub
+        self._inbox = inbox
         self.request_id = request_id
         self.model = model
         self.done: Done | None = None
@@ -129,7 +178,7 @@ class Stream:
                     request_id=self.request_id,
                 )
             try:
-                msg = await next_message(self._sub, wait)
+                msg = await self._inbox.next(wait)
             except TimeoutError:
                 continue
             except nats.errors.Error as exc:  # the connection closed for good
@@ -143,11 +192,11 @@ class Stream:
 
     async def _refill(self) -> None:
         """Replace the live subscription by a replay of the stored stream (then live)."""
-        old = self._sub
-        self._sub = await replay(self._nc, self._subjects, self.request_id)
+        old = self._inbox
+        self._inbox = await replay(self._nc, self._subjects, self.request_id)
         self._replaying = True
         self._gap_since = None
-        await old.unsubscribe()
+        await old.close()
 
     async def text(self) -> str:
         """Read the rest of the stream and return its text."""
@@ -170,7 +219,7 @@ class Stream:
             self._closed = True
             if self._on_close is not None:
                 self._on_close(self)
-            await self._sub.unsubscribe()
+            await self._inbox.close()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()

@@ -279,23 +279,20 @@ async def _send(send: Send, reply: Reply, *, head: bool = False) -> None:
 
 
 async def _stream(answer: Stream, receive: Receive, send: Send) -> None:
-    """Write the lines as they come; if the client goes away first, cancel the request."""
-    headers = {"content-type": answer.media_type, **answer.headers}
+    """Write the lines as they come; if the client goes away first, cancel the request.
+
+    Two tasks per stream, none per line: the writer, and a watch on the connection; the
+    first to end decides.
+    """
+    writer = asyncio.ensure_future(_write(answer, send))
     gone = asyncio.ensure_future(_disconnected(receive))
-    finished = False
     try:
-        await send({"type": "http.response.start", "status": answer.status,
-                    "headers": _headers(headers)})  # fmt: skip
-        async for line in _until(answer.lines, gone):
-            await send({"type": "http.response.body", "body": line, "more_body": True})
-        if not gone.done():
-            await send({"type": "http.response.body", "body": b""})
-            finished = True
-    except OSError as exc:  # the connection broke under a write
-        log.info("client_gone", error=repr(exc))
-    finally:
+        await asyncio.wait({writer, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:  # also when this is cancelled itself (the server stopping)
         gone.cancel()
-        if not finished and answer.on_close is not None:
+        writer.cancel()
+        (finished,) = await asyncio.gather(writer, return_exceptions=True)
+        if finished is not True and answer.on_close is not None:
             log.info("request_abandoned", request_id=answer.on_close.request_id)
             try:
                 await asyncio.wait_for(answer.on_close.cancel(), _CANCEL_S)
@@ -305,22 +302,26 @@ async def _stream(answer: Stream, receive: Receive, send: Send) -> None:
             await answer.on_close.aclose()  # its subscription, whatever happened
 
 
+async def _write(answer: Stream, send: Send) -> bool:
+    """The response: its status line once the first line is there, as Ollama's server
+    sends them, then a write a line; True once it is all out."""
+    headers = _headers({"content-type": answer.media_type, **answer.headers})
+    start = {"type": "http.response.start", "status": answer.status, "headers": headers}
+    lines = answer.lines.__aiter__()
+    try:
+        first = await anext(lines, b"")
+        await send(start)
+        if first:
+            await send({"type": "http.response.body", "body": first, "more_body": True})
+            async for line in lines:
+                await send({"type": "http.response.body", "body": line, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    except OSError as exc:  # the connection broke under a write
+        log.info("client_gone", error=repr(exc))
+        return False
+    return True
+
+
 async def _disconnected(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-async def _until(lines: AsyncIterator[bytes], gone: asyncio.Future[None]) -> AsyncIterator[bytes]:
-    """`lines` until they end or `gone` is done."""
-    iterator = lines.__aiter__()
-    while True:
-        step = asyncio.ensure_future(iterator.__anext__())
-        await asyncio.wait({step, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if not step.done():
-            step.cancel()
-            await asyncio.gather(step, return_exceptions=True)
-            return
-        try:
-            yield step.result()
-        except StopAsyncIteration:
-            return

@@ -58,6 +58,10 @@ def default_data_dir(what: str = "nats") -> Path:
     return Path(base) / "ollamesh" / what
 
 
+# The actors that need the fleet's view: the host registry and the executors' board.
+_FLEET_VIEW = frozenset({"router", "executor", "health"})
+
+
 class Stack:
     """The actors of one process sharing one NATS connection.
 
@@ -126,15 +130,18 @@ class Stack:
             self.metrics.watch_loops(lambda: self.actors)
             self.metrics.serve(self.config.metrics.host, port)
         buckets = await provision(self.nc.jetstream(), self.subjects, self.config)
-        self.registry = HostRegistry(
-            buckets.hosts,
-            ttl=self.config.executor.registry_ttl_s,
-            health=buckets.health,
-            health_ttl=3 * self.config.health.interval_s,
-        )
-        await self.registry.start()
-        self.board = Board(self.nc, self.subjects)
-        await self.board.start()
+        # The fleet's view (hosts, executors' load) only for the actors that route by it:
+        # a process of gateways or stores would read every executor's board for nothing.
+        if _FLEET_VIEW.intersection(self._wanted):
+            self.registry = HostRegistry(
+                buckets.hosts,
+                ttl=self.config.executor.registry_ttl_s,
+                health=buckets.health,
+                health_ttl=3 * self.config.health.interval_s,
+            )
+            await self.registry.start()
+            self.board = Board(self.nc, self.subjects)
+            await self.board.start()
         if "executor" in self._wanted:
             for host in self.config.ollama_hosts:
                 executor = Executor(
@@ -254,7 +261,8 @@ class Stack:
 
     async def wait_for_executors(self, timeout: float = _READY_TIMEOUT_S) -> None:
         """Wait until this process's registry view lists every model its executors serve."""
-        assert self.registry is not None
+        if self.registry is None:  # no executor here
+            return
         wanted = {m for e in self.executors for m in e.models}
         await self.registry.wait_until(lambda r: wanted <= r.models(), timeout)
 
