@@ -9,6 +9,8 @@ from typing import Any
 import msgspec
 import pytest
 import pytest_asyncio
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.kv import KeyValue
 
 from actors.runtime.supervisor import Stack
 from actors.store import EmbeddedPostgres
@@ -104,3 +106,14 @@ async def client(nats_server: EmbeddedNats, prefix: str) -> AsyncIterator[Client
     """An SDK client on this test's prefix."""
     async with Client(nats_server.url, prefix=prefix, timeout=30.0) as c:
         yield c
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def kv(nc: NATS, prefix: str) -> AsyncIterator[KeyValue]:
+    """A limits bucket of this test's own."""
+    js = nc.jetstream()
+    bucket = f"{prefix}_limits"
+    yield await js.create_key_value(
+        KeyValueConfig(bucket=bucket, history=1, storage=StorageType.MEMORY)
+    )
+    await js.delete_key_value(bucket)

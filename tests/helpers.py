@@ -133,3 +133,19 @@ async def own_database(server_url: str, name: str) -> AsyncIterator[None]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+async def refuse_connections(server_url: str, name: str, refuse: bool) -> None:
+    """Have Postgres refuse (and drop) every connection to database `name`, or take them
+    again: an outage of one test's database, the server staying up for the others."""
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {not refuse}')
+        if refuse:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                name,
+            )
+    finally:
+        await admin.close()

@@ -10,28 +10,23 @@ import json
 import os
 import re
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
-import asyncpg
 import httpx
 import ollama
 import openai
 import pytest
-import pytest_asyncio
 import structlog
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from actors.gateway.http import App, Family, Reply, Request, json_reply
 from actors.gateway.keys import Key, KeyGuard, KeyRing, digest
 from actors.gateway.ollama import error_reply
 from bus.client import Client
-from bus.connection import NATS
 from bus.errors import BadRequest, Unavailable
 from bus.limits import SharedLimits
-from tests.helpers import eventually
+from tests.helpers import eventually, refuse_connections
 
 MODELS = ["llama3.2:3b", "qwen2.5:7b"]
 # Long enough that only an event, never a periodic reload, explains a change in time.
@@ -245,22 +240,6 @@ async def test_admin_routes_and_models_end_to_end(keyed, client: Client) -> None
     assert role_only.status_code == 200, role_only.text
 
 
-async def _database_refuses(server_url: str, name: str, refuse: bool) -> None:
-    """Have Postgres refuse (and drop) every connection to database `name`, or take them
-    again: the keys' database gone, the server up for the other tests."""
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {not refuse}')
-        if refuse:
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = $1 AND pid <> pg_backend_pid()",
-                name,
-            )
-    finally:
-        await admin.close()
-
-
 async def test_keys_that_cannot_be_read_close_the_gateway_with_503(
     keyed, client: Client, postgres, prefix: str
 ) -> None:
@@ -271,7 +250,7 @@ async def test_keys_that_cannot_be_read_close_the_gateway_with_503(
     url = stack.gateway.url
     made = await client.keys.create("ci")
     assert await _status(url, made.secret) == 200
-    await _database_refuses(postgres.url(), prefix, True)
+    await refuse_connections(postgres.url(), prefix, True)
     try:
         seen: set[int] = set()
 
@@ -285,7 +264,7 @@ async def test_keys_that_cannot_be_read_close_the_gateway_with_503(
         assert "cannot read its API keys" in shut.json()["error"]
         assert shut.headers["retry-after"] == "1"
     finally:
-        await _database_refuses(postgres.url(), prefix, False)
+        await refuse_connections(postgres.url(), prefix, False)
 
     async def served() -> bool:
         return await _status(url, made.secret) == 200
@@ -295,17 +274,6 @@ async def test_keys_that_cannot_be_read_close_the_gateway_with_503(
 
 
 # The guard's contract, through the App alone (no database, no fleet).
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def kv(nc: NATS, prefix: str) -> AsyncIterator[KeyValue]:
-    """A limits bucket of this test's own."""
-    js = nc.jetstream()
-    bucket = f"{prefix}_limits"
-    yield await js.create_key_value(
-        KeyValueConfig(bucket=bucket, history=1, storage=StorageType.MEMORY)
-    )
-    await js.delete_key_value(bucket)
 
 
 class _Clock:

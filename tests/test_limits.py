@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
 from bus.client import Client
 from bus.config import ModelLimits
-from bus.connection import NATS, connect
+from bus.connection import connect
 from bus.errors import BadRequest, Overloaded, RateLimited
 from bus.limits import Limit, RateLimiter, SharedLimits, Step, gcra
 from bus.server import EmbeddedNats
@@ -31,17 +28,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def kv(nc: NATS, prefix: str) -> AsyncIterator[KeyValue]:
-    """A limits bucket of this test's own."""
-    js = nc.jetstream()
-    bucket = f"{prefix}_limits"
-    yield await js.create_key_value(
-        KeyValueConfig(bucket=bucket, history=1, storage=StorageType.MEMORY)
-    )
-    await js.delete_key_value(bucket)
 
 
 async def stored(kv: KeyValue, unit: str, model: str = MODEL) -> float:

@@ -19,7 +19,14 @@ from bus.subjects import Subjects
 from schemas import Chunk, Done, Error, ReasonResult, decode_reply, encode
 from schemas.internal import ChainWork
 from schemas.reasoning import ChainState, ReasonRequest, Step, StepState
-from tests.helpers import assert_well_formed, eventually, ollamesh_up, stored_stream, up_env
+from tests.helpers import (
+    assert_well_formed,
+    eventually,
+    ollamesh_up,
+    refuse_connections,
+    stored_stream,
+    up_env,
+)
 
 MODELS = ["llama3.2:3b", "qwen2.5:7b"]
 REASONING = ("router", "executor", "prompts", "reasoning")
@@ -210,23 +217,6 @@ async def test_a_chain_stored_as_ended_gets_its_stream_s_end_when_delivered_agai
     assert len(stored) == 1 and isinstance(stored[0], Done) and stored[0].answer == "twenty"
 
 
-async def _database_refuses(server_url: str, name: str, refuse: bool) -> None:
-    """Have Postgres refuse (and drop) every connection to database `name`, or take
-    them again: an outage of the chain's database, the server staying up for others."""
-    admin = await asyncpg.connect(server_url)
-    try:
-        allow = "false" if refuse else "true"
-        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {allow}')
-        if refuse:
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = $1 AND pid <> pg_backend_pid()",
-                name,
-            )
-    finally:
-        await admin.close()
-
-
 async def test_a_database_outage_mid_chain_delays_it_and_it_finishes_after(
     slow_fleet, client: Client, postgres, prefix: str
 ) -> None:
@@ -236,7 +226,7 @@ async def test_a_database_outage_mid_chain_delays_it_and_it_finishes_after(
     stream = await client.reason(SEED_QUERY, options=TWENTY)
     assert isinstance(stream, ChainStream)
     await asyncio.wait_for(_until_running(stream, {"A"}), 30)
-    await _database_refuses(postgres.url(), prefix, True)
+    await refuse_connections(postgres.url(), prefix, True)
     try:
         subjects = Subjects(prefix)
 
@@ -248,7 +238,7 @@ async def test_a_database_outage_mid_chain_delays_it_and_it_finishes_after(
 
         await eventually(delivered_again, 30)
     finally:
-        await _database_refuses(postgres.url(), prefix, False)
+        await refuse_connections(postgres.url(), prefix, False)
     await asyncio.wait_for(_events(stream), 60)
     done = stream.done
     assert done is not None and done.answer and done.steps is not None
