@@ -98,7 +98,8 @@ async def test_resume_replays_from_any_seq(
     sim_factory, stack_factory, client: Client, prefix: str
 ) -> None:
     """After the answer ended, `resume` replays it from the asked seq, done included."""
-    sim = await sim_factory(models=MODELS)
+    # Paced, so the tokens arrive in several reads and make several chunks.
+    sim = await sim_factory(models=MODELS, tokens_per_second=500)
     await stack_factory([sim.url], executor={"coalesce_ms": 0})
     stream = await client.generate("llama3.2:3b", "hi", stream=True, options={"num_predict": 20})
     chunks = [c async for c in stream]

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 import msgspec
 
 from actors.backends.ollama import HostUnavailable, OllamaClient, error_text
@@ -127,11 +127,11 @@ class OllamaAdmin(OllamaClient):
             async with asyncio.timeout_at(end) as deadline:
                 async with (
                     self._lease() as http,
-                    http.stream("POST", "/api/pull", content=data) as resp,
+                    http.post(self.url + "/api/pull", data=data) as resp,
                 ):
-                    if resp.status_code != 200:
-                        raise pull_error(error_text(await resp.aread()), model)
-                    async for raw in resp.aiter_lines():
+                    if resp.status != 200:
+                        raise pull_error(error_text(await resp.read()), model)
+                    async for raw in resp.content:
                         if not raw.strip():
                             continue
                         line = decode_pull_line(raw)
@@ -146,7 +146,7 @@ class OllamaAdmin(OllamaClient):
                             return
         except TimeoutError as exc:
             raise Timeout(f"pulling {model} took longer than {timeout:.0f}s") from exc
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise HostUnavailable(f"{self.url} went away while pulling {model}: {exc!r}") from exc
         except msgspec.DecodeError as exc:
             raise UpstreamError(f"the host sent a malformed pull line: {exc}") from exc
