@@ -9,6 +9,11 @@ import json
 import httpx
 import ollama
 import pytest
+import structlog
+
+from actors.gateway.http import App, Family, Request, Stream
+from actors.gateway.ollama import error_reply
+from actors.gateway.server import HttpServer
 
 MODELS = ["llama3.2:3b", "qwen2.5:7b", "nomic-embed-text"]
 
@@ -229,3 +234,32 @@ async def test_a_body_that_does_not_arrive_in_time_is_408(sim_factory, stack_fac
     writer.close()
     assert head.startswith(b"HTTP/1.1 408 ")
     assert json.loads(body) == {"error": "the request body did not arrive within 0.3s"}
+
+
+async def test_a_bug_under_a_stream_is_logged_and_the_response_cut() -> None:
+    """A stream whose lines raise something no route expects: the client gets what was
+    written and an end, and the log has the error with its traceback."""
+
+    async def lines():
+        yield b'{"a":1}\n'
+        raise RuntimeError("a bug under the stream")
+
+    async def broken(req: Request) -> Stream:
+        return Stream(200, lines(), "application/x-ndjson")
+
+    app = App([Family("/", {("GET", "/s"): broken}, error_reply)], 1024)
+    server = HttpServer(app, "127.0.0.1", 0)
+    await server.start()
+    try:
+        got: list[str] = []
+        with structlog.testing.capture_logs() as logs:
+            async with httpx.AsyncClient(base_url=server.url) as http:
+                with pytest.raises(httpx.RemoteProtocolError):  # the body ended unfinished
+                    async with http.stream("GET", "/s") as resp:
+                        async for line in resp.aiter_lines():
+                            got.append(line)
+    finally:
+        await server.stop(1.0)
+    assert got == ['{"a":1}']
+    failed = [e for e in logs if e["event"] == "stream_failed"]
+    assert len(failed) == 1 and isinstance(failed[0]["exc_info"], RuntimeError)

@@ -292,6 +292,8 @@ async def _stream(answer: Stream, receive: Receive, send: Send) -> None:
         gone.cancel()
         writer.cancel()
         (finished,) = await asyncio.gather(writer, return_exceptions=True)
+        if isinstance(finished, Exception):  # a bug under the stream: the log has it
+            log.error("stream_failed", exc_info=finished)
         if finished is not True and answer.on_close is not None:
             log.info("request_abandoned", request_id=answer.on_close.request_id)
             try:
