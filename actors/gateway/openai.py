@@ -56,7 +56,7 @@ def _error_type(status: int) -> str:
 
 
 def _error_body(exc: OllameshError, status: int) -> dict[str, Any]:
-    param = exc.param if isinstance(exc, Unsupported) else None
+    param = (exc.param or None) if isinstance(exc, Unsupported) else None
     return {"error": {"message": exc.message, "type": _error_type(status), "param": param,
                       "code": exc.code}}  # fmt: skip
 
