@@ -14,6 +14,7 @@ key at all the gateway is open, to clients on its own machine only unless
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import secrets
@@ -75,6 +76,7 @@ def mint() -> Minted:
     return Minted(secrets.token_hex(8), secret, digest(secret), secret[:_SHOWN])
 
 
+@functools.lru_cache(maxsize=4096)  # asked per request without keys: clients are few
 def is_loopback(host: str) -> bool:
     """Whether `host` (an address, or `localhost`) is this machine only."""
     if host == "localhost":

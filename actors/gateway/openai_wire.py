@@ -169,12 +169,13 @@ def _refuse_unsupported(body: _Sampling) -> None:
 
 def _options(body: _Sampling, max_tokens: int | None) -> Options | None:
     stop = [body.stop] if isinstance(body.stop, str) else body.stop
-    options = Options(
-        num_predict=max_tokens, temperature=body.temperature, top_p=body.top_p,
-        seed=body.seed, stop=stop or None, frequency_penalty=body.frequency_penalty,
-        presence_penalty=body.presence_penalty,
-    )  # fmt: skip
-    return options if msgspec.structs.asdict(options) != msgspec.structs.asdict(Options()) else None
+    given = {
+        "num_predict": max_tokens, "temperature": body.temperature, "top_p": body.top_p,
+        "seed": body.seed, "stop": stop or None, "frequency_penalty": body.frequency_penalty,
+        "presence_penalty": body.presence_penalty,
+    }  # fmt: skip
+    given = {name: value for name, value in given.items() if value is not None}
+    return Options(**given) if given else None
 
 
 def _format(fmt: ResponseFormat | None) -> str | dict[str, Any] | None:

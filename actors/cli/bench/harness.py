@@ -39,6 +39,7 @@ __all__ = [
     "Outcome",
     "Procs",
     "Run",
+    "Streamed",
     "cpu_by_scenario",
     "cpu_meter",
     "div",
@@ -380,6 +381,26 @@ class _Line(msgspec.Struct):
 _decode_line = msgspec.json.Decoder(_Line).decode
 
 
+class Streamed:
+    """A streamed POST's body line by line (NDJSON, or SSE's `data:` lines and blanks);
+    `reads` counts the socket reads. A status other than 200 is a `BenchError`."""
+
+    def __init__(self, http: httpx.AsyncClient, path: str, content: bytes) -> None:
+        self._http, self._path, self._content = http, path, content
+        self.reads = 0
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        http, path, pending = self._http, self._path, b""
+        async with http.stream("POST", path, content=self._content) as resp:
+            if resp.status_code != 200:
+                raise BenchError(f"{http.base_url}{path} answered {resp.status_code}")
+            async for raw in resp.aiter_raw():
+                self.reads += 1
+                *lines, pending = (pending + raw).split(b"\n")
+                for line in lines:
+                    yield line
+
+
 def ollama_call(
     clients: list[httpx.AsyncClient], *, chat: bool = False, options: dict[str, Any] | None = None
 ) -> Call:
@@ -400,26 +421,25 @@ def ollama_call(
     async def call(http: httpx.AsyncClient, prompt: str, tokens: int) -> Outcome:
         content = body(prompt, tokens)
         t0 = time.perf_counter()
-        first, count, reads, done, pending = 0.0, 0, 0, False, b""
-        async with http.stream("POST", path, content=content) as resp:
-            if resp.status_code != 200:
-                raise BenchError(f"{http.base_url} answered {resp.status_code}")
-            async for raw in resp.aiter_raw():
-                reads += 1
-                *lines, pending = (pending + raw).split(b"\n")
-                for line in map(_decode_line, filter(None, lines)):
-                    if line.error:
-                        raise BenchError(f"{http.base_url} failed: {line.error}")
-                    if line.done:
-                        done = True
-                        continue
-                    count += 1  # one NDJSON line per token
-                    text = line.response or (line.message.content if line.message else "")
-                    if text and not first:
-                        first = time.perf_counter() - t0
+        first, count, done = 0.0, 0, False
+        streamed = Streamed(http, path, content)
+        async with contextlib.aclosing(streamed.lines()) as lines:
+            async for raw in lines:
+                if not raw:
+                    continue
+                line = _decode_line(raw)
+                if line.error:
+                    raise BenchError(f"{http.base_url} failed: {line.error}")
+                if line.done:
+                    done = True
+                    continue
+                count += 1  # one NDJSON line per token
+                text = line.response or (line.message.content if line.message else "")
+                if text and not first:
+                    first = time.perf_counter() - t0
         if not done:
             raise BenchError(f"{http.base_url}'s stream ended without done: true")
-        return Outcome(first, count, reads)  # chunks: socket reads
+        return Outcome(first, count, streamed.reads)  # chunks: socket reads
 
     return lent(clients, call)
 

@@ -44,6 +44,7 @@ from actors.cli.bench.harness import (
     Call,
     Outcome,
     Run,
+    Streamed,
     cpu_by_scenario,
     cpu_meter,
     div,
@@ -99,29 +100,25 @@ def _openai_call(clients: list[httpx.AsyncClient]) -> Call:
             "stream": True, "max_tokens": tokens,
         })  # fmt: skip
         t0 = time.perf_counter()
-        first, events, reads, done, pending = 0.0, 0, 0, False, b""
-        async with http.stream("POST", _OPENAI, content=content) as resp:
-            if resp.status_code != 200:
-                raise BenchError(f"{http.base_url}{_OPENAI} answered {resp.status_code}")
-            async for raw in resp.aiter_raw():
-                reads += 1
-                *lines, pending = (pending + raw).split(b"\n")
-                for line in lines:
-                    if not line.startswith(b"data:"):
-                        continue  # the blank line ending an event, or a comment
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        done = True
-                        continue
-                    event = _decode_event(data)
-                    if event.error is not None:
-                        raise BenchError(f"{http.base_url}{_OPENAI} failed: {event.error}")
-                    events += 1
-                    if not first and any(c.delta and c.delta.content for c in event.choices):
-                        first = time.perf_counter() - t0
+        first, events, done = 0.0, 0, False
+        streamed = Streamed(http, _OPENAI, content)
+        async with contextlib.aclosing(streamed.lines()) as lines:
+            async for line in lines:
+                if not line.startswith(b"data:"):
+                    continue  # the blank line ending an event, or a comment
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    done = True
+                    continue
+                event = _decode_event(data)
+                if event.error is not None:
+                    raise BenchError(f"{http.base_url}{_OPENAI} failed: {event.error}")
+                events += 1
+                if not first and any(c.delta and c.delta.content for c in event.choices):
+                    first = time.perf_counter() - t0
         if not done:
             raise BenchError(f"{http.base_url}{_OPENAI}'s stream ended without [DONE]")
-        return Outcome(first, events, reads)
+        return Outcome(first, events, streamed.reads)
 
     return lent(clients, call)
 
