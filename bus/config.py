@@ -21,9 +21,12 @@ __all__ = [
     "ExecutorConfig",
     "GatewayConfig",
     "HealthConfig",
+    "HostConfig",
+    "HostKind",
     "LoadOptions",
     "MetricsConfig",
     "ModelLimits",
+    "ModelsConfig",
     "NatsConfig",
     "ReasoningConfig",
     "RecorderConfig",
@@ -242,6 +245,32 @@ class ReasoningConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     context_tokens: PositiveInt = 4096
 
 
+HostKind = Literal["ollama", "openai"]
+HOST_KINDS: tuple[HostKind, ...] = ("ollama", "openai")
+DEFAULT_HOST = "http://127.0.0.1:11434"
+
+
+class HostConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """One model host (`[[hosts]]`): where it is, which API it speaks, how many requests
+    it runs at once."""
+
+    url: str
+    # `ollama`: Ollama's native API. `openai`: an OpenAI-compatible engine (llama.cpp's
+    # llama-server, vLLM, SGLang, LM Studio).
+    kind: HostKind = "ollama"
+    # Parallel requests; unset: `executor.host_slots`, else what the engine says
+    # (llama.cpp's `/props`), else `executor.max_inflight_per_model`.
+    slots: PositiveInt | None = None
+
+
+class ModelsConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """How the fleet names models."""
+
+    # A backend's own model id (a GGUF file name, a Hugging Face repo) -> the fleet's
+    # name for it, so hosts of any kind serve one model under one name.
+    aliases: dict[str, str] = msgspec.field(default_factory=dict)
+
+
 class LoadOptions(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
     """Options that make Ollama reload a model when they change: fixed per model."""
 
@@ -255,7 +284,11 @@ class Config(Struct, forbid_unknown_fields=True, kw_only=True):
     """Everything `ollamesh up` needs."""
 
     prefix: str = "llm"
-    ollama_hosts: list[str] = msgspec.field(default_factory=lambda: ["http://127.0.0.1:11434"])
+    # Host URLs; `openai+http://gpu-3:8080` is an OpenAI-compatible engine. With neither
+    # these nor `[[hosts]]`, the local Ollama (http://127.0.0.1:11434).
+    ollama_hosts: list[str] | None = None
+    hosts: list[HostConfig] = msgspec.field(default_factory=list)
+    models: ModelsConfig = msgspec.field(default_factory=ModelsConfig)
     roles: dict[str, str] = msgspec.field(default_factory=lambda: dict(DEFAULT_ROLES))
     nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
@@ -273,6 +306,30 @@ class Config(Struct, forbid_unknown_fields=True, kw_only=True):
     log_format: str = "auto"
     log_level: str = "info"
 
+    def host_list(self) -> list[HostConfig]:
+        """Every host of the fleet: `[[hosts]]`, then `ollama_hosts` (their kind read from
+        a scheme prefix), URLs without a trailing slash; the local Ollama if none."""
+        slots = {url.rstrip("/"): n for url, n in self.executor.host_slots.items()}
+        out = []
+        for host in self.hosts:
+            url = host.url.rstrip("/")
+            out.append(HostConfig(url=url, kind=host.kind, slots=host.slots or slots.get(url)))
+        urls = self.ollama_hosts
+        if urls is None:
+            urls = [] if self.hosts else [DEFAULT_HOST]
+        for entry in urls:
+            kind, url = split_kind(entry)
+            out.append(HostConfig(url=url, kind=kind, slots=slots.get(url)))
+        return out
+
+
+def split_kind(entry: str) -> tuple[HostKind, str]:
+    """`openai+http://h:8080` -> ("openai", "http://h:8080"); a plain URL is Ollama's."""
+    scheme, sep, rest = entry.strip().partition("+")
+    if sep and scheme in HOST_KINDS:
+        return scheme, rest.rstrip("/")
+    return "ollama", entry.strip().rstrip("/")
+
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     """Read the documented environment variables into the shape of the TOML file."""
@@ -282,7 +339,9 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     if url := env.get("DATABASE_URL"):
         out["database"] = {"url": url}
     if hosts := env.get("OLLAMA_HOSTS"):
+        # The hosts named here are the fleet: they replace the file's `[[hosts]]` too.
         out["ollama_hosts"] = [h.strip() for h in hosts.split(",") if h.strip()]
+        out["hosts"] = []
     if prefix := env.get("OLLAMESH_PREFIX"):
         out["prefix"] = prefix
     if port := env.get("OLLAMESH_GATEWAY_PORT"):
@@ -344,14 +403,34 @@ def check(config: Config) -> list[str]:
         problems.append(f"log_level: {config.log_level!r}; one of {', '.join(_LOG_LEVELS)}")
     if config.log_format not in _LOG_FORMATS:
         problems.append(f"log_format: {config.log_format!r}; one of {', '.join(_LOG_FORMATS)}")
-    if not config.ollama_hosts:
-        problems.append("ollama_hosts is empty: name at least one Ollama host")
-    for i, url in enumerate(config.ollama_hosts):
-        problems += _url(f"ollama_hosts[{i}]", url)
+    problems += _hosts(config)
     for url in config.executor.host_slots:
         problems += _url(f"executor.host_slots[{url!r}]", url)
     problems += _names(config)
     problems += _timeouts(config)
+    return problems
+
+
+def _hosts(config: Config) -> list[str]:
+    if config.ollama_hosts == [] and not config.hosts:
+        return ["ollama_hosts is empty (and no [[hosts]]): name at least one host"]
+    problems = []
+    for i, entry in enumerate(config.ollama_hosts or []):
+        problems += _url(f"ollama_hosts[{i}]", split_kind(entry)[1])
+    for i, host in enumerate(config.hosts):
+        problems += _url(f"hosts[{i}].url", host.url)
+    seen: set[str] = set()
+    for host in config.host_list():
+        if host.url in seen:
+            problems.append(f"host {host.url} is named twice (hosts, ollama_hosts)")
+        seen.add(host.url)
+    for own, name in config.models.aliases.items():
+        if not own.strip() or not name.strip():
+            problems.append(f"models.aliases: {own!r} = {name!r} needs both names")
+        elif name in config.roles:
+            problems.append(
+                f"models.aliases.{own}: {name!r} is a role; alias the model the role names"
+            )
     return problems
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "Internal",
     "ModelNotFound",
     "NoHealthyHost",
+    "NotSupported",
     "OllameshError",
     "Overloaded",
     "PayloadTooLarge",
@@ -128,6 +129,10 @@ class Unavailable(OllameshError, ConnectionError):
     code = ErrorCode.UNAVAILABLE
 
 
+class NotSupported(OllameshError):
+    code = ErrorCode.NOT_SUPPORTED
+
+
 class Internal(OllameshError):
     code = ErrorCode.INTERNAL
 
@@ -145,6 +150,7 @@ _BY_CODE: dict[str, type[OllameshError]] = {
         UpstreamError,
         Cancelled,
         Unavailable,
+        NotSupported,
         Internal,
     )
 }

@@ -20,6 +20,9 @@ class ErrorCode(enum.StrEnum):
     UPSTREAM_ERROR = "upstream_error"
     CANCELLED = "cancelled"
     UNAVAILABLE = "unavailable"
+    # The host (or its kind of engine) cannot do this at all: an OpenAI-compatible
+    # engine pulls and deletes no models. Asking again will not help.
+    NOT_SUPPORTED = "not_supported"
     INTERNAL = "internal"
 
 
@@ -46,6 +49,7 @@ _STATUS = {
     ErrorCode.UPSTREAM_ERROR: 502,
     ErrorCode.CANCELLED: 499,
     ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.NOT_SUPPORTED: 501,
     ErrorCode.INTERNAL: 500,
 }
 

@@ -36,6 +36,9 @@ class HostState(enum.StrEnum):
     UP = "up"
     # Answering, but slowly, or only in part (one of its endpoints fails).
     DEGRADED = "degraded"
+    # Answering, but its engine is still loading its model (an OpenAI-compatible server's
+    # `/health` says 503): not ready for work, and not down either.
+    LOADING = "loading"
     DOWN = "down"
 
 
@@ -66,12 +69,18 @@ class HostHealth(Struct, kw_only=True, omit_defaults=True):
 
     host: str
     state: HostState
+    # The host's API: `ollama`, or `openai` (llama.cpp's llama-server, vLLM, SGLang...).
+    kind: str = "ollama"
     reason: str = ""
     version: str = ""
     models: list[StoredModel] = []
     loaded: list[LoadedModel] = []
     # How long the last check's three calls took together.
     latency_ms: float | None = None
+    # The engine's own parallel slots and how many are busy now (any client's requests),
+    # where it says (llama.cpp's `/props` and `/slots`, or `/metrics`); Ollama does not.
+    slots: int | None = None
+    busy: int | None = None
     # Executors serving this host (from the registry): none means nothing pulls its work.
     executors: list[str] = []
     checked_at: float = 0.0

@@ -71,6 +71,8 @@ class HostInfo(Struct, kw_only=True, tag_field="type", tag="host"):
 
     host: str
     executor: str
+    # The host's API (`ollama` or `openai`), so the health monitor checks it its way.
+    kind: str = "ollama"
     models: list[str] = []
     # Models whose circuit is open on this host: it takes no work for them for now.
     blocked: list[str] = []

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from actors.backends.ollama import Line
+from actors.backends.ollama_api import Line
 from actors.executor.emit import Emitter
 from bus.connection import Connection
 from bus.provision import stream_configs

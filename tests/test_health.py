@@ -10,7 +10,7 @@ import httpx
 import msgspec
 import pytest
 
-from actors.backends.ollama_admin import Check
+from actors.backends.admin import Check
 from actors.health.judge import judge
 from bus.client import Client
 from bus.errors import BadRequest, NoHealthyHost

@@ -1,200 +1,89 @@
-"""One Ollama host over aiohttp: NDJSON streams, deadlines, typed failures.
-
-aiohttp, not httpx, on the executor's hot path: streaming a 16-token chat from the
-simulator costs 0.27-0.34 ms of the client's CPU with aiohttp against 0.84-1.04 ms with
-httpx (one warm connection per request either way, measured in one run), and the
-executor's CPU is what bounds the fleet's requests/s on a small machine.
-"""
+"""One Ollama host over its native API: NDJSON streams, `/api/tags`, `/api/ps`."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
 
-import aiohttp
 import msgspec
 
+from actors.backends.backend import Capacity, Catalogue
+from actors.backends.http import HostUnavailable, HttpHost, StreamTimeouts
+from actors.backends.names import ModelNames
 from actors.backends.ollama_api import Line, decode_line, decode_tags, decode_version
-from bus.errors import BadRequest, ModelNotFound, OllameshError, Timeout, UpstreamError, quote
+from bus.errors import OllameshError, UpstreamError
+from schemas import ChatRequest, EmbedRequest, GenerateRequest, Request, encode
 
-__all__ = [
-    "HostUnavailable",
-    "Line",
-    "OllamaClient",
-    "StreamTimeouts",
-    "error_text",
-    "status_error",
-]
+__all__ = ["OllamaClient"]
 
 
-class HostUnavailable(UpstreamError):
-    """The host could not start the work (refused, busy, 5xx): another host may."""
+class _Ndjson:
+    """Ollama's framing: one JSON object per line, the last with `done: true`."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self._pending = b""
+
+    def feed(self, data: bytes) -> list[Line]:
+        self._pending += data
+        *complete, self._pending = self._pending.split(b"\n")
+        lines = [decode_line(c) for c in complete if c.strip()]
+        for line in lines:
+            if line.error:
+                raise UpstreamError(f"host failed mid-stream: {line.error}")
+        if lines:
+            self.done = lines[-1].done
+        return lines
 
 
-async def _with_eof(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The body's bytes, then a newline, so a last line without one is still read."""
-    async for chunk in chunks:
-        yield chunk
-    yield b"\n"
-
-
-@dataclass(frozen=True)
-class StreamTimeouts:
-    """Deadlines Ollama does not enforce itself: first token, idle gap, whole request."""
-
-    first_token: float
-    idle: float
-    total: float
-
-
-def error_text(body: bytes) -> str:
-    try:
-        decoded = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        return body.decode(errors="replace")[:500]
-    if isinstance(decoded, dict) and isinstance(decoded.get("error"), str):
-        return decoded["error"]
-    return str(decoded)[:500]
-
-
-def status_error(status: int, body: bytes, model: str) -> OllameshError:
-    """Map an HTTP error status from Ollama to the failure it means for the client."""
-    text = error_text(body)
-    if status == 404:
-        return ModelNotFound(f"model {quote(model)} not found on host: {text}")
-    if status == 400:
-        return BadRequest(f"Ollama rejected the request: {text}")
-    if status in (429, 503) or status >= 500:
-        return HostUnavailable(f"host answered {status}: {text}")
-    return UpstreamError(f"host answered {status}: {text}")
-
-
-class OllamaClient:
+class OllamaClient(HttpHost):
     """A client of one Ollama host: what generating needs (the executor's part); the
     health monitor's model management extends it (`OllamaAdmin`)."""
 
-    def __init__(self, url: str, *, connect_timeout: float) -> None:
-        self.url = url.rstrip("/")
-        self._connect_timeout = connect_timeout
-        self._session: aiohttp.ClientSession | None = None
+    kind = "ollama"
 
-    @contextlib.asynccontextmanager
-    async def _lease(self) -> AsyncIterator[aiohttp.ClientSession]:
-        """The host's session: a pool of keep-alive connections, made in the running loop
-        at first use. A response left unread (failed, abandoned) closes its connection."""
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0),
-                # Read deadlines are enforced per request below; aiohttp bounds connects.
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
-                headers={"content-type": "application/json"},
-                skip_auto_headers=("Accept-Encoding",),
-            )
-        yield self._session
+    def __init__(
+        self, url: str, *, connect_timeout: float, aliases: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(url, connect_timeout=connect_timeout)
+        self.names = ModelNames(aliases or {})
 
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    async def version(self, timeout: float) -> str:
+    async def health(self, timeout: float) -> str:
         """The host's Ollama version; raises `HostUnavailable` if it does not answer."""
-        body = await self._get("/api/version", timeout)
-        return decode_version(body).version
+        return decode_version(await self._get("/api/version", timeout)).version
 
-    async def models(self, timeout: float) -> list[str]:
-        """Names of the models the host has (`/api/tags`)."""
-        return [m.name for m in decode_tags(await self._get("/api/tags", timeout)).models]
-
-    async def loaded(self, timeout: float) -> list[str]:
-        """Names of the models in the host's memory now (`/api/ps`)."""
-        return [m.name for m in decode_tags(await self._get("/api/ps", timeout)).models]
-
-    async def _get(self, path: str, timeout: float) -> bytes:
+    async def models(self, timeout: float) -> Catalogue:
+        """The models on the host's disk (`/api/tags`) and in its memory (`/api/ps`)."""
+        tags = decode_tags(await self._get("/api/tags", timeout)).models
+        names = self.names.learn(t.name for t in tags)
         try:
-            async with (
-                asyncio.timeout(timeout),
-                self._lease() as http,
-                http.get(self.url + path) as resp,
-            ):
-                content = await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise HostUnavailable(f"{self.url}{path}: {exc!r}") from exc
-        if resp.status != 200:
-            raise status_error(resp.status, content, "")
-        return content
+            ps = decode_tags(await self._get("/api/ps", timeout)).models
+        except HostUnavailable:
+            raise
+        except OllameshError as exc:
+            return Catalogue(names, None, problem=exc.message)
+        return Catalogue(names, {self.names.fleet(m.name) for m in ps})
 
-    async def call(self, path: str, body: bytes, model: str, timeout: float) -> Line:
-        """POST a non-streamed request (`/api/embed`) and return its decoded reply."""
-        line = decode_line(await self.send("POST", path, body, model, timeout))
+    async def capacity(self, timeout: float) -> Capacity:
+        """Ollama does not say how many requests it runs (`OLLAMA_NUM_PARALLEL`)."""
+        return Capacity()
+
+    def _body(self, request: Request) -> bytes:
+        return encode(msgspec.structs.replace(request, model=self.names.own(request.model or "")))
+
+    def chat(self, request: ChatRequest, timeouts: StreamTimeouts) -> AsyncIterator[list[Line]]:
+        return self._stream("/api/chat", self._body(request), request.model or "", timeouts,
+                            _Ndjson())  # fmt: skip
+
+    def generate(
+        self, request: GenerateRequest, timeouts: StreamTimeouts
+    ) -> AsyncIterator[list[Line]]:
+        return self._stream("/api/generate", self._body(request), request.model or "", timeouts,
+                            _Ndjson())  # fmt: skip
+
+    async def embed(self, request: EmbedRequest, timeout: float) -> Line:
+        model = request.model or ""
+        line = decode_line(await self.send("POST", "/api/embed", self._body(request), model,
+                                           timeout))  # fmt: skip
         if line.error:
             raise UpstreamError(f"host error: {line.error}")
         return line
-
-    async def send(self, method: str, path: str, body: bytes, model: str, timeout: float) -> bytes:
-        """Send one request and return the body of its 200 answer; raise typed otherwise."""
-        try:
-            async with (
-                asyncio.timeout(timeout),
-                self._lease() as http,
-                http.request(method, self.url + path, data=body) as resp,
-            ):
-                content = await resp.read()
-        except TimeoutError as exc:
-            raise Timeout(f"{self.url}{path} did not answer within {timeout:.1f}s") from exc
-        except aiohttp.ClientError as exc:
-            raise HostUnavailable(f"{self.url}{path}: {exc!r}") from exc
-        if resp.status != 200:
-            raise status_error(resp.status, content, model)
-        return content
-
-    async def stream(
-        self, path: str, body: bytes, model: str, timeouts: StreamTimeouts
-    ) -> AsyncIterator[list[Line]]:
-        """POST a streamed request; yield the lines of each read, ending with `done`.
-
-        Lines that arrived together are yielded together, so the caller can send them
-        as one chunk without waiting. Raises `HostUnavailable` for failures before the
-        first line, `Timeout` for a missed deadline, `UpstreamError` for a stream that
-        fails or ends without `done: true`.
-        """
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeouts.total
-        started = False
-        try:
-            async with asyncio.timeout_at(min(end, loop.time() + timeouts.first_token)) as deadline:
-                async with self._lease() as http, http.post(self.url + path, data=body) as resp:
-                    if resp.status != 200:
-                        raise status_error(resp.status, await resp.read(), model)
-                    pending = b""
-                    finished = False
-                    async for raw in _with_eof(resp.content.iter_any()):
-                        if finished:
-                            continue  # the body's end: read it so the connection is reused
-                        pending += raw
-                        *complete, pending = pending.split(b"\n")
-                        lines = [decode_line(c) for c in complete if c.strip()]
-                        if not lines:
-                            continue
-                        if lines[-1].error:
-                            raise UpstreamError(f"host failed mid-stream: {lines[-1].error}")
-                        started = True
-                        # No deadline may be armed across a yield: it would cancel the
-                        # caller's code instead of this read.
-                        deadline.reschedule(None)
-                        yield lines
-                        finished = lines[-1].done
-                        deadline.reschedule(min(end, loop.time() + timeouts.idle))
-                    if finished:
-                        return
-        except TimeoutError as exc:
-            what = "first token" if not started else "next token"
-            raise Timeout(f"{self.url} sent no {what} in time") from exc
-        except msgspec.DecodeError as exc:
-            raise UpstreamError(f"host sent a malformed line: {exc}") from exc
-        except aiohttp.ClientError as exc:
-            if started:
-                raise UpstreamError(f"host stream broke: {exc!r}") from exc
-            raise HostUnavailable(f"{self.url}{path}: {exc!r}") from exc
-        raise UpstreamError("host ended the stream without done: true")

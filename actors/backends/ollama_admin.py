@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import msgspec
 
-from actors.backends.ollama import HostUnavailable, OllamaClient, error_text
+from actors.backends.admin import Check
+from actors.backends.http import HostUnavailable, error_text
+from actors.backends.ollama import OllamaClient
 from actors.backends.ollama_api import (
     PullLine,
     decode_ps,
@@ -21,9 +22,8 @@ from actors.backends.ollama_api import (
 )
 from bus.errors import BadRequest, ModelNotFound, OllameshError, Timeout, UpstreamError, quote
 from schemas import encode
-from schemas.fleet import LoadedModel, StoredModel
 
-__all__ = ["Check", "DiskFull", "OllamaAdmin", "PullLine", "pull_error"]
+__all__ = ["DiskFull", "OllamaAdmin", "PullLine", "pull_error"]
 
 
 class DiskFull(UpstreamError):
@@ -31,21 +31,6 @@ class DiskFull(UpstreamError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retryable=False)
-
-
-@dataclass
-class Check:
-    """What one health check learnt; the failures of the calls that did not answer."""
-
-    version: str | None = None
-    models: list[StoredModel] | None = None
-    loaded: list[LoadedModel] | None = None
-    failures: list[str] = field(default_factory=list)
-    latency_ms: float = 0.0
-
-    @property
-    def reachable(self) -> bool:
-        return self.version is not None or self.models is not None or self.loaded is not None
 
 
 def pull_error(text: str, model: str) -> OllameshError:
@@ -58,7 +43,10 @@ def pull_error(text: str, model: str) -> OllameshError:
 
 
 class OllamaAdmin(OllamaClient):
-    """The health monitor's client for one host: never the generate path's slots."""
+    """The health monitor's client for one host: never the generate path's slots.
+    Models are named as the fleet names them (`[models] aliases`) both ways."""
+
+    pulls_models = True
 
     async def check(self, timeout: float) -> Check:
         """Ask version, tags and ps at once, within `timeout` together."""
@@ -76,9 +64,13 @@ class OllamaAdmin(OllamaClient):
             if isinstance(version, bytes):
                 check.version = decode_version(version).version
             if isinstance(tags, bytes):
-                check.models = [t.stored() for t in decode_tags(tags).models]
+                listed = decode_tags(tags).models
+                names = self.names.learn(t.name for t in listed)
+                check.models = [msgspec.structs.replace(t.stored(), name=name)
+                                for t, name in zip(listed, names, strict=True)]  # fmt: skip
             if isinstance(ps, bytes):
-                check.loaded = decode_ps(ps).models
+                check.loaded = [msgspec.structs.replace(m, name=self.names.fleet(m.name))
+                                for m in decode_ps(ps).models]  # fmt: skip
         except msgspec.DecodeError as exc:
             check.failures.append(f"unreadable answer: {exc}")
         for path, answer in zip(("version", "tags", "ps"), answers, strict=True):
@@ -88,16 +80,17 @@ class OllamaAdmin(OllamaClient):
         return check
 
     async def show(self, model: str, timeout: float) -> dict[str, Any]:
-        body = await self._post("/api/show", {"model": model}, model, timeout)
+        body = await self._post("/api/show", {"model": self.names.own(model)}, model, timeout)
         info: dict[str, Any] = msgspec.json.decode(body)
         return info
 
     async def delete(self, model: str, timeout: float) -> None:
-        await self.send("DELETE", "/api/delete", encode({"model": model}), model, timeout)
+        body = encode({"model": self.names.own(model)})
+        await self.send("DELETE", "/api/delete", body, model, timeout)
 
     async def copy(self, model: str, destination: str, timeout: float) -> None:
-        await self._post("/api/copy", {"source": model, "destination": destination}, model,
-                         timeout)  # fmt: skip
+        body = {"source": self.names.own(model), "destination": destination}
+        await self._post("/api/copy", body, model, timeout)
 
     async def load(
         self, model: str, keep_alive: float | str | None, options: dict[str, Any], timeout: float
@@ -106,7 +99,7 @@ class OllamaAdmin(OllamaClient):
 
         Embedding models cannot generate: they load through `/api/embed` with no input.
         """
-        body: dict[str, Any] = {"model": model, "stream": False}
+        body: dict[str, Any] = {"model": self.names.own(model), "stream": False}
         if keep_alive is not None:  # None: Ollama's default (5 minutes)
             body["keep_alive"] = keep_alive
         if options:
@@ -121,7 +114,7 @@ class OllamaAdmin(OllamaClient):
 
     async def pull(self, model: str, timeout: float) -> AsyncIterator[PullLine]:
         """Pull `model`, yielding Ollama's progress lines; raise typed on failure."""
-        data = encode({"model": model, "stream": True})
+        data = encode({"model": self.names.own(model), "stream": True})
         end = asyncio.get_running_loop().time() + timeout
         try:
             async with asyncio.timeout_at(end) as deadline:

@@ -25,7 +25,7 @@ import nats.errors
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
-from actors.backends.ollama import Line
+from actors.backends.ollama_api import Line
 from bus.connection import Connection
 from schemas import Chunk, Done, Error, StreamMessage, ToolCall, decode_stream, encode
 

@@ -12,7 +12,7 @@ import time
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
-from actors.backends.ollama import OllamaClient
+from actors.backends.kinds import backend_for
 from actors.backends.policy import ModelPolicy
 from actors.executor.circuit import Circuit
 from actors.executor.emit import Emitter, StreamEnded
@@ -24,7 +24,7 @@ from actors.runtime.metrics import Metrics
 from bus.actor import Actor
 from bus.board import Board
 from bus.claims import Claims
-from bus.config import Config
+from bus.config import Config, HostConfig
 from bus.connection import CRASH_WINDOW_S, Connection
 from bus.registry import HostRegistry
 from bus.subjects import Subjects, model_token
@@ -38,7 +38,8 @@ _RESYNCS_AT_ONCE = 32
 
 
 class Executor(Serving, ModelSlots, HostState, Actor):
-    """Serves one Ollama host: learns its models, pulls their work, streams the answers.
+    """Serves one model host (Ollama, or an OpenAI-compatible engine, through its
+    backend): learns its models, pulls their work, streams the answers.
 
     Its parts, one job each: `HostState` (host.py: the host, its load on the board),
     `ModelSlots` (slots.py: pullers and circuits per model), `Serving` (serving.py: one
@@ -53,7 +54,7 @@ class Executor(Serving, ModelSlots, HostState, Actor):
         nc: Connection,
         subjects: Subjects,
         config: Config,
-        host_url: str,
+        host: HostConfig,
         registry: HostRegistry,
         board: Board,
         metrics: Metrics,
@@ -66,13 +67,20 @@ class Executor(Serving, ModelSlots, HostState, Actor):
         self._policy = ModelPolicy(config)
         self._board = board
         self._metrics = metrics
-        self.host_url = host_url.rstrip("/")
-        per_host = {url.rstrip("/"): n for url, n in self.cfg.host_slots.items()}
-        self._slots = per_host.get(self.host_url, self.cfg.max_inflight_per_model)
-        self.host = OllamaClient(self.host_url, connect_timeout=self.cfg.connect_timeout_s)
+        self.host_url = host.url.rstrip("/")
+        # Set in the configuration, else what the engine says at the first check.
+        self._slots_set = host.slots
+        self._slots = host.slots or self.cfg.max_inflight_per_model
+        self.host = backend_for(
+            host.kind,
+            self.host_url,
+            connect_timeout=self.cfg.connect_timeout_s,
+            aliases=config.models.aliases,
+        )
         self.executor_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.log = self.log.bind(host=self.host_url)
         self.discovery.metadata["host"] = self.host_url
+        self.discovery.metadata["kind"] = host.kind
         self._registry = registry
         self._key = model_token(self.executor_id)
         self._pullers: dict[str, Puller] = {}

@@ -1,5 +1,6 @@
 """The executor's view of its host: what it has and has loaded, whether it answers, how
-loaded it is (on the load board), and the pause after a failure."""
+many requests it takes, how loaded it is (on the load board), and the pause after a
+failure."""
 
 from __future__ import annotations
 
@@ -7,12 +8,9 @@ import asyncio
 import contextlib
 import time
 
-from actors.backends.ollama import HostUnavailable
+from actors.backends.http import HostLoading, HostUnavailable
 from actors.executor.circuit import CircuitState
 from bus.board import HEARTBEAT_S
-from bus.errors import (
-    OllameshError,
-)
 from schemas.internal import HostInfo, HostLoad
 
 __all__ = ["HostState"]
@@ -29,12 +27,13 @@ class HostState:
         """Ask the host what it has; start or stop pulling per model; announce it."""
         timeout = self.cfg.connect_timeout_s + 3.0
         try:
-            self._version = await self.host.version(timeout)
-            models = await self.host.models(timeout)
-            loaded = await self._loaded(timeout)
+            self._version = await self.host.health(timeout)
+            catalogue = await self.host.models(timeout)
+            capacity = await self.host.capacity(timeout)
         except HostUnavailable as exc:
             if self._up or not self._checked:
-                self.log.warning("host_down", error=exc.message)
+                loading = isinstance(exc, HostLoading)
+                self.log.warning("host_loading" if loading else "host_down", error=exc.message)
             self._up = False
             self._checked = True
             # Stop pulling so the work goes to hosts that are up at once.
@@ -42,36 +41,36 @@ class HostState:
                 self._stop_model(model)
             await self._announce()
             return
+        if catalogue.problem is not None:
+            self.log.warning("ps_failed", error=catalogue.problem)
+        models = catalogue.models
         if not self._up:
-            self.log.info("host_up", version=self._version, models=models)
+            self.log.info("host_up", version=self._version, models=models, slots=capacity.slots)
         self._up = self._checked = True
         self._failures = 0
         self._known = sorted(models)
+        if self._slots_set is None and capacity.slots and capacity.slots != self._slots:
+            # The engine's own slots (llama.cpp's `--parallel`): every puller takes that many.
+            self._slots = capacity.slots
+            for model in list(self._pullers):
+                if self.circuit(model).state is CircuitState.CLOSED:
+                    await self._start_model(model)
         for model in set(self._pullers) - set(models):
             self._stop_model(model)
         for model in set(models) - set(self._pullers):
             if self.circuit(model).state is CircuitState.CLOSED:
                 await self._start_model(model)
-        if loaded is not None:
+        if catalogue.loaded is not None:
             for model, tally in self._tallies.items():
-                tally.warm = model in loaded
+                tally.warm = model in catalogue.loaded
         self._load_changed()
         await self._announce()
-
-    async def _loaded(self, timeout: float) -> set[str] | None:
-        """The models in the host's memory; None (warmth unchanged) if `/api/ps` fails."""
-        try:
-            return set(await self.host.loaded(timeout))
-        except HostUnavailable:
-            raise
-        except OllameshError as exc:
-            self.log.warning("ps_failed", error=exc.message)
-            return None
 
     async def _announce(self) -> None:
         info = HostInfo(
             host=self.host_url,
             executor=self.executor_id,
+            kind=self.host.kind,
             models=self._known,
             # Half-open models are not blocked: the router must let the probe request in.
             blocked=sorted(m for m, c in self._circuits.items() if c.state is CircuitState.OPEN),

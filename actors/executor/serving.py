@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -13,7 +14,9 @@ import nats.errors
 import structlog
 from nats.aio.msg import Msg
 
-from actors.backends.ollama import HostUnavailable, Line, StreamTimeouts
+from actors.backends.backend import Backend
+from actors.backends.http import HostUnavailable, StreamTimeouts
+from actors.backends.ollama_api import Line
 from actors.backends.policy import ModelPolicy
 from actors.executor.emit import Emitter, NotStored, StreamEnded
 from actors.executor.redelivery import Redelivery, judge_redelivery
@@ -30,14 +33,22 @@ from bus.errors import (
 )
 from bus.queue import enqueue
 from bus.subjects import model_token
-from schemas import Kind, decode_request, encode, without_routing
+from schemas import (
+    ChatRequest,
+    EmbedRequest,
+    GenerateRequest,
+    Kind,
+    Request,
+    decode_request,
+    encode,
+    without_routing,
+)
 from schemas.answers import STAT_FIELDS, done_of, result_of
 from schemas.internal import Answer, CacheStore, RequestEvent, Work, decode_work
 
 __all__ = ["Serving"]
 
 
-_PATHS = {Kind.GENERATE: "/api/generate", Kind.CHAT: "/api/chat", Kind.EMBED: "/api/embed"}
 # Keep-alives sent within one ack wait: one lost still leaves three to arrive in time.
 _KEEPALIVES_PER_ACK_WAIT = 4
 # A stopping executor's longest try to hand back or end one request.
@@ -52,23 +63,28 @@ def _stats(line: Line) -> dict[str, Any]:
     return {name: getattr(line, name) for name in STAT_FIELDS}
 
 
-def _ollama_body(work: Work, policy: ModelPolicy) -> bytes:
-    """The request as Ollama takes it: the resolved model, our own fields left out.
+def _host_request(work: Work, policy: ModelPolicy) -> Request:
+    """The request as the host gets it: the resolved model, our own fields left out.
 
     Generation is always streamed from the host, even for a non-streamed client request,
     so the first-token and idle deadlines hold. The model's load-time options and its pin
     override the client's, so no request makes Ollama reload or unload a shared model.
     """
     request = decode_request(work.kind, work.body)
-    return encode(
-        without_routing(
-            request,
-            model=work.model,
-            stream=work.kind is not Kind.EMBED,
-            options=policy.options(work.model, request.options),
-            keep_alive=policy.keep_alive(work.model, request.keep_alive),
-        )
+    return without_routing(
+        request,
+        model=work.model,
+        stream=work.kind is not Kind.EMBED,
+        options=policy.options(work.model, request.options),
+        keep_alive=policy.keep_alive(work.model, request.keep_alive),
     )
+
+
+def _lines(host: Backend, request: Request, timeouts: StreamTimeouts) -> AsyncIterator[list[Line]]:
+    if isinstance(request, ChatRequest):
+        return host.chat(request, timeouts)
+    assert isinstance(request, GenerateRequest)
+    return host.generate(request, timeouts)
 
 
 class Serving:
@@ -146,14 +162,13 @@ class Serving:
             if not await self._claim(work, msg, log):
                 return
             await self._check_admissible(work)
-            body = _ollama_body(work, self._policy)
+            request = _host_request(work, self._policy)
             timeouts = self._timeouts(work)
-            path = _PATHS[work.kind]
             calling, called = True, loop.time()
-            if work.kind is Kind.EMBED:
-                last = await self.host.call(path, body, work.model, timeouts.total)
+            if isinstance(request, EmbedRequest):
+                last = await self.host.embed(request, timeouts.total)
             else:
-                async for lines in self.host.stream(path, body, work.model, timeouts):
+                async for lines in _lines(self.host, request, timeouts):
                     await emitter.add(lines)
                     last = lines[-1]
             calling = False

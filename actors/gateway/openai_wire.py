@@ -13,14 +13,25 @@ from __future__ import annotations
 import base64
 import re
 import struct
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import msgspec
-from msgspec import Meta, Struct
 
 from bus.errors import BadRequest
 from schemas import ChatRequest, EmbedRequest, GenerateRequest, Message, Options
-from schemas.requests import Name, ToolCall, ToolCallFunction
+from schemas.openai import (
+    SAME_OPTIONS,
+    CallBody,
+    ChatCompletionBody,
+    ChatMessage,
+    CompletionBody,
+    EmbeddingBody,
+    ImageUrl,
+    Part,
+    ResponseFormat,
+    Sampling,
+)
+from schemas.requests import ToolCall, ToolCallFunction
 
 __all__ = [
     "ChatCompletionBody",
@@ -43,104 +54,6 @@ class Unsupported(BadRequest):
         self.param = param
 
 
-class StreamOptions(Struct, omit_defaults=True):
-    include_usage: bool = False
-
-
-class JsonSchema(Struct, omit_defaults=True):
-    name: str = ""
-    schema: dict[str, Any] | None = None
-    strict: bool | None = None
-
-
-class ResponseFormat(Struct, omit_defaults=True):
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JsonSchema | None = None
-
-
-class ImageUrl(Struct):
-    url: str
-
-
-class Part(Struct, omit_defaults=True):
-    """One part of a message's content: text, or an image as a data URL."""
-
-    type: str
-    text: str | None = None
-    image_url: ImageUrl | str | None = None
-
-
-class FunctionCall(Struct, omit_defaults=True):
-    name: str
-    arguments: str = "{}"
-
-
-class CallBody(Struct, omit_defaults=True):
-    function: FunctionCall
-    id: str | None = None
-    type: str = "function"
-
-
-class ChatMessage(Struct, omit_defaults=True):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[Part] | None = None
-    name: str | None = None
-    tool_calls: list[CallBody] | None = None
-    tool_call_id: str | None = None
-
-
-Stop = str | list[str] | None
-Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
-
-
-class _Sampling(Struct, kw_only=True, omit_defaults=True):
-    """The parameters both completion routes share."""
-
-    model: Annotated[Name, Meta(min_length=1)]
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    max_tokens: Annotated[int, Meta(gt=0)] | None = None
-    temperature: Temperature | None = None
-    top_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
-    seed: int | None = None
-    stop: Stop = None
-    frequency_penalty: Annotated[float, Meta(ge=-2.0, le=2.0)] | None = None
-    presence_penalty: Annotated[float, Meta(ge=-2.0, le=2.0)] | None = None
-    n: int | None = None
-    logprobs: bool | int | None = None
-    top_logprobs: int | None = None
-    logit_bias: dict[str, float] | None = None
-
-
-class ChatCompletionBody(_Sampling, kw_only=True, omit_defaults=True):
-    """`POST /v1/chat/completions`."""
-
-    messages: Annotated[list[ChatMessage], Meta(min_length=1)]
-    max_completion_tokens: Annotated[int, Meta(gt=0)] | None = None
-    response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
-
-
-class CompletionBody(_Sampling, kw_only=True, omit_defaults=True):
-    """`POST /v1/completions`."""
-
-    prompt: str | list[str]
-    suffix: str | None = None
-    echo: bool | None = None
-    best_of: int | None = None
-
-
-class EmbeddingBody(Struct, kw_only=True, omit_defaults=True):
-    """`POST /v1/embeddings`."""
-
-    model: Annotated[Name, Meta(min_length=1)]
-    input: str | list[str | int | list[int]]
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Annotated[int, Meta(gt=0)] | None = None
-
-
 _AT = re.compile(r" - at `\$\.?([^`]*)`")
 
 
@@ -156,7 +69,7 @@ def decode_body(kind: type[Any], body: bytes) -> Any:
         raise BadRequest(f"invalid JSON: {exc}") from None
 
 
-def _refuse_unsupported(body: _Sampling) -> None:
+def _refuse_unsupported(body: Sampling) -> None:
     """What no answer of ours can give: several choices, log probabilities, biases."""
     if body.n is not None and body.n != 1:
         raise Unsupported("n", f"n={body.n} is not supported: one choice per request")
@@ -167,13 +80,10 @@ def _refuse_unsupported(body: _Sampling) -> None:
         raise Unsupported("logit_bias", "logit_bias is not supported")
 
 
-def _options(body: _Sampling, max_tokens: int | None) -> Options | None:
+def _options(body: Sampling, max_tokens: int | None) -> Options | None:
     stop = [body.stop] if isinstance(body.stop, str) else body.stop
-    given = {
-        "num_predict": max_tokens, "temperature": body.temperature, "top_p": body.top_p,
-        "seed": body.seed, "stop": stop or None, "frequency_penalty": body.frequency_penalty,
-        "presence_penalty": body.presence_penalty,
-    }  # fmt: skip
+    given = {name: getattr(body, name) for name in SAME_OPTIONS}
+    given |= {"num_predict": max_tokens, "stop": stop or None}
     given = {name: value for name, value in given.items() if value is not None}
     return Options(**given) if given else None
 

@@ -16,8 +16,8 @@ from typing import Protocol
 import msgspec
 from nats.aio.msg import Msg
 
-from actors.backends.ollama import HostUnavailable
-from actors.backends.ollama_admin import OllamaAdmin
+from actors.backends.admin import Admin
+from actors.backends.http import HostUnavailable
 from actors.backends.policy import FOREVER, ModelPolicy
 from actors.health.pulls import Pulls
 from bus.errors import (
@@ -43,12 +43,12 @@ class Fleet(Protocol):
 
     def healths(self) -> list[HostHealth]: ...
 
-    def admin(self, host: str) -> OllamaAdmin: ...
+    def admin(self, host: str) -> Admin: ...
 
     def recheck(self, host: str) -> None: ...
 
 
-HostAction = Callable[[str, OllamaAdmin, ModelsRequest], Awaitable[HostResult]]
+HostAction = Callable[[str, Admin, ModelsRequest], Awaitable[HostResult]]
 
 
 class ModelManager:
@@ -133,27 +133,27 @@ class ModelManager:
         result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
         return result
 
-    async def _list(self, host: str, admin: OllamaAdmin, req: ModelsRequest) -> HostResult:
+    async def _list(self, host: str, admin: Admin, req: ModelsRequest) -> HostResult:
         check = await admin.check(self._timeout_s)
         if check.models is None:
             raise _unreachable(host, check.failures)
         return HostResult(host=host, models=check.models)
 
-    async def _ps(self, host: str, admin: OllamaAdmin, req: ModelsRequest) -> HostResult:
+    async def _ps(self, host: str, admin: Admin, req: ModelsRequest) -> HostResult:
         check = await admin.check(self._timeout_s)
         if check.loaded is None:
             raise _unreachable(host, check.failures)
         return HostResult(host=host, loaded=check.loaded)
 
-    async def _show(self, host: str, admin: OllamaAdmin, req: ModelsRequest) -> HostResult:
+    async def _show(self, host: str, admin: Admin, req: ModelsRequest) -> HostResult:
         assert req.model is not None
         return HostResult(host=host, info=await admin.show(req.model, self._timeout_s))
 
-    async def _pull(self, host: str, admin: OllamaAdmin, req: ModelsRequest) -> HostResult:
+    async def _pull(self, host: str, admin: Admin, req: ModelsRequest) -> HostResult:
         assert req.model is not None
         return HostResult(host=host, status=await self._pulls.pull(host, req.model))
 
-    async def _load(self, host: str, admin: OllamaAdmin, req: ModelsRequest) -> HostResult:
+    async def _load(self, host: str, admin: Admin, req: ModelsRequest) -> HostResult:
         assert req.model is not None
         keep_alive = req.keep_alive
         if keep_alive is None and self._policy.pinned(req.model):
@@ -166,16 +166,16 @@ class ModelManager:
         await self._fleet.admin(host).load(model, keep_alive, options, self._load_timeout_s)
         return HostResult(host=host, status="loaded" if keep_alive != 0 else "unloaded")
 
-    async def _unload(self, host: str, admin: OllamaAdmin, req: ModelsRequest) -> HostResult:
+    async def _unload(self, host: str, admin: Admin, req: ModelsRequest) -> HostResult:
         assert req.model is not None
         return await self.load(host, req.model, 0)
 
-    async def _delete(self, host: str, admin: OllamaAdmin, req: ModelsRequest) -> HostResult:
+    async def _delete(self, host: str, admin: Admin, req: ModelsRequest) -> HostResult:
         assert req.model is not None
         await admin.delete(req.model, self._timeout_s)
         return HostResult(host=host, status="deleted")
 
-    async def _copy(self, host: str, admin: OllamaAdmin, req: ModelsRequest) -> HostResult:
+    async def _copy(self, host: str, admin: Admin, req: ModelsRequest) -> HostResult:
         assert req.model is not None and req.destination is not None
         await admin.copy(req.model, req.destination, self._timeout_s)
         return HostResult(host=host, status="copied")

@@ -3,7 +3,8 @@
 Hosts come from the configuration (and `OLLAMA_HOSTS`) and from the executors' entries
 in the host registry, so a GPU box joins when an executor starts next to it and leaves
 when its executors' heartbeats expire. Each host is checked every `health.interval_s`
-with `/api/version`, `/api/tags` and `/api/ps` (never the generate path), and at once
+its kind's way (Ollama: `/api/version`, `/api/tags`, `/api/ps`; an OpenAI-compatible
+engine: `/health`, `/v1/models`, its slots), never on the generate path, and at once
 when an executor reports it cannot reach the host. State changes go out on
 `<prefix>.v1.events.host`; every check's result is kept in the health bucket.
 """
@@ -26,7 +27,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
-from actors.backends.ollama_admin import Check, OllamaAdmin
+from actors.backends.admin import Admin, Check
+from actors.backends.kinds import admin_for
 from actors.backends.policy import FOREVER, ModelPolicy
 from actors.health.autostart import LocalOllama
 from actors.health.judge import judge
@@ -55,7 +57,7 @@ _AUTO_PULL_BACKOFF_S = 600.0
 
 @dataclass
 class _Watched:
-    admin: OllamaAdmin
+    admin: Admin
     configured: bool
     health: HostHealth | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -64,7 +66,7 @@ class _Watched:
 
 
 class HealthMonitor(Actor):
-    """Checks every Ollama host; serves the fleet view and model management."""
+    """Checks every model host; serves the fleet view and model management."""
 
     name = "health"
 
@@ -82,8 +84,9 @@ class HealthMonitor(Actor):
         self.cfg = config.health
         self._role_models = {canonical_model(m) for m in config.roles.values()}
         self._connect_timeout_s = config.executor.connect_timeout_s
-        # Host URLs without a trailing slash, as executors announce them.
-        self._configured = [url.rstrip("/") for url in config.ollama_hosts]
+        # Host URLs without a trailing slash, as executors announce them, and their kinds.
+        self._configured = {host.url: host.kind for host in config.host_list()}
+        self._aliases = config.models.aliases
         self._registry = registry
         self._board = board
         self._kv = kv
@@ -117,7 +120,7 @@ class HealthMonitor(Actor):
     def healths(self) -> list[HostHealth]:
         return [w.health for w in self._hosts.values() if w.health is not None]
 
-    def admin(self, host: str) -> OllamaAdmin:
+    def admin(self, host: str) -> Admin:
         return self._hosts[host].admin
 
     def recheck(self, host: str) -> None:
@@ -160,9 +163,10 @@ class HealthMonitor(Actor):
         """Watch the configured hosts and every host an executor announces; drop the rest."""
         reports = self._registry.hosts_seen()
         announced = {r.host for r in reports}
+        kinds = {r.host: r.kind for r in reports} | self._configured
         for url in [*self._configured, *sorted(announced)]:
             if url not in self._hosts:
-                self._watch(url, configured=url in self._configured)
+                self._watch(url, kinds[url], configured=url in self._configured)
         for url, watched in list(self._hosts.items()):
             if not watched.configured and url not in announced:
                 self.spawn(self._forget(url))
@@ -172,12 +176,17 @@ class HealthMonitor(Actor):
             if reported and not report.up and health and health.state is HostState.UP:
                 reported.wake.set()  # an executor cannot reach it: check now
 
-    def _watch(self, url: str, *, configured: bool) -> None:
-        admin = OllamaAdmin(url, connect_timeout=min(self._connect_timeout_s, self.cfg.timeout_s))
+    def _watch(self, url: str, kind: str, *, configured: bool) -> None:
+        admin = admin_for(
+            kind,
+            url,
+            connect_timeout=min(self._connect_timeout_s, self.cfg.timeout_s),
+            aliases=self._aliases,
+        )
         watched = _Watched(admin=admin, configured=configured)
         self._hosts[url] = watched
         watched.task = self.supervise("check", partial(self._check_loop, url, watched))
-        self.log.info("host_watched", host=url, configured=configured)
+        self.log.info("host_watched", host=url, kind=kind, configured=configured)
 
     async def _forget(self, url: str) -> None:
         watched = self._hosts.pop(url, None)
@@ -226,11 +235,14 @@ class HealthMonitor(Actor):
         health = HostHealth(
             host=url,
             state=state,
+            kind=watched.admin.kind,
             reason=reason,
             version=check.version or (previous.version if previous else ""),
             models=_known(check.models, previous.models if previous else []),
             loaded=_known(check.loaded, previous.loaded if previous else []),
             latency_ms=check.latency_ms if check.reachable else None,
+            slots=check.slots,
+            busy=check.busy,
             executors=sorted(r.executor for r in reports),
             checked_at=now,
             since=previous.since if previous and previous.state is state else now,
@@ -247,8 +259,9 @@ class HealthMonitor(Actor):
         if state is HostState.DOWN:
             if self.cfg.auto_start and watched.configured and await self._local.start(url):
                 watched.wake.set()
-        else:
-            self._tend(url, check, came_up=previous is None or previous.state is HostState.DOWN)
+        elif state is not HostState.LOADING:
+            came_up = previous is None or previous.state in (HostState.DOWN, HostState.LOADING)
+            self._tend(url, watched.admin, check, came_up=came_up)
 
     async def _changed(self, health: HostHealth, previous: HostState | None) -> None:
         level = "info" if health.state is HostState.UP else "warning"
@@ -270,7 +283,7 @@ class HealthMonitor(Actor):
 
     # -- pins and automatic pulls -------------------------------------------------------
 
-    def _tend(self, url: str, check: Check, *, came_up: bool) -> None:
+    def _tend(self, url: str, admin: Admin, check: Check, *, came_up: bool) -> None:
         """Load pinned models that are not in memory (and, on a host that just came up,
         the models to warm); pull role models the host lacks."""
         stored = {m.name for m in check.models or []}
@@ -282,7 +295,7 @@ class HealthMonitor(Actor):
             if came_up:
                 for model in (self._policy.warm_models - pinned) & (stored - loaded):
                     self._once(url, model, self._load(url, model, None))
-        if self.cfg.auto_pull and check.models is not None:
+        if self.cfg.auto_pull and admin.pulls_models and check.models is not None:
             backoff_after = time.monotonic() - _AUTO_PULL_BACKOFF_S
             for model in sorted(self._role_models - stored):
                 if self._pull_failed.get((url, model), -1e18) < backoff_after:

@@ -24,7 +24,8 @@ from nats.aio.subscription import Subscription
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from actors.backends.ollama_admin import OllamaAdmin, PullLine
+from actors.backends.admin import Admin
+from actors.backends.ollama_api import PullLine
 from bus.connection import next_message
 from bus.errors import OllameshError, Unavailable, UpstreamError, error_from_wire
 from bus.subjects import Subjects, model_token
@@ -48,7 +49,7 @@ class Pulls:
         nc: NATS,
         subjects: Subjects,
         kv: KeyValue,
-        admin: Callable[[str], OllamaAdmin],
+        admin: Callable[[str], Admin],
         spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
         *,
         timeout_s: float,

@@ -143,7 +143,7 @@ class Stack:
             self.board = Board(self.nc, self.subjects)
             await self.board.start()
         if "executor" in self._wanted:
-            for host in self.config.ollama_hosts:
+            for host in self.config.host_list():
                 executor = Executor(
                     self.nc,
                     self.subjects,
