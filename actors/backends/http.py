@@ -103,8 +103,7 @@ class HttpHost:
         self._connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
 
-    @contextlib.asynccontextmanager
-    async def _lease(self) -> AsyncIterator[aiohttp.ClientSession]:
+    def _http(self) -> aiohttp.ClientSession:
         """The host's session: a pool of keep-alive connections, made in the running loop
         at first use. A response left unread (failed, abandoned) closes its connection."""
         if self._session is None or self._session.closed:
@@ -115,20 +114,37 @@ class HttpHost:
                 headers={"content-type": "application/json"},
                 skip_auto_headers=("Accept-Encoding",),
             )
-        yield self._session
+        return self._session
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
 
+    @contextlib.asynccontextmanager
+    async def _response(
+        self, method: str, path: str, data: bytes | None = None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One request's response, its headers read.
+
+        A pooled connection the host closed as it was taken (an idle timeout: llama.cpp's
+        closes after 5 s, as often as the executor's checks come) fails before any answer
+        (disconnected, or the body could not be written); the request goes again at once
+        on another connection, rather than counting as a failure of the host.
+        """
+        http = self._http()
+        try:
+            resp = await http.request(method, self.url + path, data=data)
+        except aiohttp.ClientConnectorError:
+            raise  # no connection could be made: the host is down, not a pooled one
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            resp = await http.request(method, self.url + path, data=data)
+        async with resp:
+            yield resp
+
     async def _fetch(self, path: str, timeout: float) -> tuple[int, bytes]:
         """GET `path`: its status and body; `HostUnavailable` if the host does not answer."""
         try:
-            async with (
-                asyncio.timeout(timeout),
-                self._lease() as http,
-                http.get(self.url + path) as resp,
-            ):
+            async with asyncio.timeout(timeout), self._response("GET", path) as resp:
                 return resp.status, await resp.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise HostUnavailable(f"{self.url}{path}: {exc!r}") from exc
@@ -143,11 +159,7 @@ class HttpHost:
     async def send(self, method: str, path: str, body: bytes, model: str, timeout: float) -> bytes:
         """Send one request and return the body of its 200 answer; raise typed otherwise."""
         try:
-            async with (
-                asyncio.timeout(timeout),
-                self._lease() as http,
-                http.request(method, self.url + path, data=body) as resp,
-            ):
+            async with asyncio.timeout(timeout), self._response(method, path, body) as resp:
                 content = await resp.read()
         except TimeoutError as exc:
             raise Timeout(f"{self.url}{path} did not answer within {timeout:.1f}s") from exc
@@ -172,7 +184,7 @@ class HttpHost:
         started = False
         try:
             async with asyncio.timeout_at(min(end, loop.time() + timeouts.first_token)) as deadline:
-                async with self._lease() as http, http.post(self.url + path, data=body) as resp:
+                async with self._response("POST", path, body) as resp:
                     if resp.status != 200:
                         raise status_error(resp.status, await resp.read(), model)
                     async for raw in _with_eof(resp.content.iter_any()):

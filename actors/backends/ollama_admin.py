@@ -118,10 +118,7 @@ class OllamaAdmin(OllamaClient):
         end = asyncio.get_running_loop().time() + timeout
         try:
             async with asyncio.timeout_at(end) as deadline:
-                async with (
-                    self._lease() as http,
-                    http.post(self.url + "/api/pull", data=data) as resp,
-                ):
+                async with self._response("POST", "/api/pull", data) as resp:
                     if resp.status != 200:
                         raise pull_error(error_text(await resp.read()), model)
                     async for raw in resp.content:

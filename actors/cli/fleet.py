@@ -14,15 +14,28 @@ from rich.table import Table
 
 from bus.client import Client
 from bus.errors import OllameshError
-from schemas.fleet import FleetStatus, HostState, ModelsReply, PullProgress
+from schemas.fleet import FleetStatus, HostHealth, HostState, ModelsReply, PullProgress
 
 __all__ = ["models", "status", "status_table"]
 
-_STATE_STYLE = {HostState.UP: "green", HostState.DEGRADED: "yellow", HostState.DOWN: "red"}
+_STATE_STYLE = {
+    HostState.UP: "green",
+    HostState.DEGRADED: "yellow",
+    HostState.LOADING: "cyan",
+    HostState.DOWN: "red",
+}
 
 
 def _size(n: int) -> str:
     return "-" if not n else f"{n / 1e9:.1f} GB"
+
+
+def _host(health: HostHealth) -> str:
+    """The host, its kind when not Ollama, and its engine's busy slots where it says."""
+    notes = [] if health.kind == "ollama" else [health.kind]
+    if health.slots is not None:
+        notes.append(f"{'?' if health.busy is None else health.busy}/{health.slots} slots busy")
+    return health.host + (f" [dim]({', '.join(notes)})[/]" if notes else "")
 
 
 def status_table(fleet: FleetStatus, queued: dict[str, int] | None) -> Table:
@@ -35,11 +48,11 @@ def status_table(fleet: FleetStatus, queued: dict[str, int] | None) -> Table:
         state = f"[{_STATE_STYLE[health.state]}]{health.state.value}[/]"
         rows = [r for r in fleet.rows if r.host == health.host]
         if not rows:
-            table.add_row(health.host, state, health.reason or "-", *["-"] * 6)
+            table.add_row(_host(health), state, health.reason or "-", *["-"] * 6)
         for i, row in enumerate(rows):
             queue = "-" if queued is None else str(queued.get(row.model, 0))
             table.add_row(
-                health.host if i == 0 else "",
+                _host(health) if i == 0 else "",
                 state if i == 0 else "",
                 row.model,
                 "yes" if row.loaded else "no",

@@ -1,6 +1,6 @@
-"""`ollamesh bench`: the spine, the HTTP gateway, the cache, host strategies on a skewed
-fleet, the reasoning coordinator and the construction analyzer, measured against a direct
-call (or one host) in the same run; one JSON object on stdout."""
+"""`ollamesh bench`: the spine, the HTTP gateway, any host (a real engine), the cache, host
+strategies on a skewed fleet, the reasoning coordinator and the construction analyzer,
+measured against a direct call (or one host) in the same run; one JSON object on stdout."""
 
 from __future__ import annotations
 
@@ -30,6 +30,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     h.add_argument("--http-requests", type=int, default=1000, help="requests per scenario")
     h.add_argument("--http-tokens", type=int, default=16, help="num_predict of each request")
     h.add_argument("--http-warmup", type=int, default=50, help="unmeasured requests before each")
+    b = p.add_argument_group("any host, a real engine included (instead of the above)")
+    b.add_argument("--backend", metavar="URL", help="the host: http://... or openai+http://...")
+    b.add_argument("--backend-model", help="the host's own model id (default: the first listed)")
+    b.add_argument("--backend-requests", type=int, default=200, help="requests per scenario")
+    b.add_argument("--backend-tokens", type=int, default=16, help="max_tokens of each request")
+    b.add_argument("--backend-warmup", type=int, default=10, help="unmeasured requests before each")
     f = p.add_argument_group("host strategies on a skewed fleet (instead of the above)")
     f.add_argument("--fleet", action="store_true", help="compare the host strategies")
     f.add_argument("--fleet-requests", type=int, default=256, help="requests per strategy")
@@ -59,10 +65,11 @@ async def bench(args: argparse.Namespace) -> int:
     sizes = (
         args.http_requests, args.http_tokens, args.fleet_requests, args.fleet_tokens,
         args.fleet_streams, args.cache_requests, args.reason_chains, args.pages, args.fee_calls,
+        args.backend_requests, args.backend_tokens,
     )  # fmt: skip
     if (
         min(args.requests, args.tokens, args.stream_tokens, *sizes) < 1
-        or min(args.warmup, args.http_warmup) < 0
+        or min(args.warmup, args.http_warmup, args.backend_warmup) < 0
     ):
         print("error: request counts, token counts and streams must be positive", file=sys.stderr)
         return 2
@@ -88,6 +95,13 @@ async def bench(args: argparse.Namespace) -> int:
             from actors.cli.bench.cache import cache_bench
 
             figures = await cache_bench(args.cache_requests)
+        elif args.backend:
+            from actors.cli.bench.backend import backend_bench
+
+            figures = await backend_bench(
+                args.backend, args.backend_model, args.backend_requests, args.backend_tokens,
+                args.backend_warmup,
+            )  # fmt: skip
         elif args.http:
             from actors.cli.bench.http import http_bench
 

@@ -52,6 +52,7 @@ __all__ = [
     "machine",
     "ollama_call",
     "one_connection_clients",
+    "openai_call",
     "p50_p99",
     "percentile",
     "pool",
@@ -156,10 +157,12 @@ async def fleet(
     stores: str = "",
     env_extra: dict[str, str] | None = None,
     config_extra: str = "",
+    host: str | None = None,
 ) -> AsyncIterator[tuple[str, Procs]]:
     """Run the simulator, one executor and one router (and, with `stores`, a process of
     those actors, e.g. "cache" or "gateway"), configured with `config_extra` (TOML) too;
-    yield the simulator's URL."""
+    yield the simulator's URL. With `host` (an `OLLAMA_HOSTS` entry), the executor serves
+    that host instead, and no simulator runs."""
     port = free_port()
     sim_url = f"http://127.0.0.1:{port}"
     procs: Procs = {}
@@ -168,22 +171,14 @@ async def fleet(
         config.write_text(_CONFIG + config_extra)
         env = os.environ | {
             "NATS_URL": nats_url,
-            "OLLAMA_HOSTS": sim_url,
+            "OLLAMA_HOSTS": host or sim_url,
             "OLLAMESH_PREFIX": prefix,
             "OLLAMESH_CONFIG": str(config),
             **(env_extra or {}),
         }
         try:
-            procs["simulator"] = await _spawn(
-                ["sim", "--port", str(port), "--models", MODEL, "--tokens-per-second", "0",
-                 "--num-parallel", "256", "--max-queue", "8192"], env,
-            )  # fmt: skip
-            async with httpx.AsyncClient(base_url=sim_url, timeout=1.0) as http:
-
-                async def version() -> None:
-                    (await http.get("/api/version")).raise_for_status()
-
-                await wait_for("the simulator", version, _SIM_READY_S, procs)
+            if host is None:
+                await _simulator(port, sim_url, env, procs)
             procs["executor"] = await _spawn(["up", "--actors", "executor"], env)
             procs["router"] = await _spawn(["up", "--actors", "router"], env)
             if stores:
@@ -191,6 +186,19 @@ async def fleet(
             yield sim_url, procs
         finally:
             await stop_processes(procs.values(), _STOP_TIMEOUT_S)
+
+
+async def _simulator(port: int, url: str, env: dict[str, str], procs: Procs) -> None:
+    procs["simulator"] = await _spawn(
+        ["sim", "--port", str(port), "--models", MODEL, "--tokens-per-second", "0",
+         "--num-parallel", "256", "--max-queue", "8192"], env,
+    )  # fmt: skip
+    async with httpx.AsyncClient(base_url=url, timeout=1.0) as http:
+
+        async def version() -> None:
+            (await http.get("/api/version")).raise_for_status()
+
+        await wait_for("the simulator", version, _SIM_READY_S, procs)
 
 
 @contextlib.asynccontextmanager
@@ -340,7 +348,9 @@ async def one_connection_clients(
     httpcore scans its whole pool twice per request, and with 64 pooled connections the
     figure would be that scan's, not the server's.
     """
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    # Idle connections are closed before a server's own idle timeout (5 s: llama.cpp's,
+    # httpx's) could close one as it is taken.
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=2.0)
     return [
         await stack.enter_async_context(
             httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits)
@@ -391,7 +401,14 @@ class Streamed:
 
     async def lines(self) -> AsyncIterator[bytes]:
         http, path, pending = self._http, self._path, b""
-        async with http.stream("POST", path, content=self._content) as resp:
+        request = http.build_request("POST", path, content=self._content)
+        try:
+            resp = await http.send(request, stream=True)
+        except httpx.RemoteProtocolError:
+            # A kept-alive connection the server closed as it was taken: once more on a
+            # new one, as ollamesh's executor does.
+            resp = await http.send(request, stream=True)
+        async with contextlib.aclosing(resp):
             if resp.status_code != 200:
                 raise BenchError(f"{http.base_url}{path} answered {resp.status_code}")
             async for raw in resp.aiter_raw():
@@ -402,7 +419,11 @@ class Streamed:
 
 
 def ollama_call(
-    clients: list[httpx.AsyncClient], *, chat: bool = False, options: dict[str, Any] | None = None
+    clients: list[httpx.AsyncClient],
+    *,
+    chat: bool = False,
+    options: dict[str, Any] | None = None,
+    model: str = MODEL,
 ) -> Call:
     """A streamed POST /api/generate (or /api/chat, the prompt as one user message) to the
     clients' server, read line by line as a careful client would; `options` beside
@@ -411,7 +432,7 @@ def ollama_call(
 
     def body(prompt: str, tokens: int) -> bytes:
         opts = (options or {}) | {"num_predict": tokens}
-        asked: dict[str, Any] = {"model": MODEL, "options": opts}
+        asked: dict[str, Any] = {"model": model, "options": opts}
         if chat:
             asked["messages"] = [{"role": "user", "content": prompt}]
         else:
@@ -444,8 +465,67 @@ def ollama_call(
     return lent(clients, call)
 
 
+_CHAT_COMPLETIONS = "/v1/chat/completions"
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    delta: _Delta | None = None
+
+
+class _Event(msgspec.Struct):
+    """What a client reads of one OpenAI chat completion chunk (or error) event."""
+
+    choices: list[_Choice] = []
+    error: Any = None
+
+
+_decode_event = msgspec.json.Decoder(_Event).decode
+
+
+def openai_call(clients: list[httpx.AsyncClient], *, model: str = MODEL) -> Call:
+    """A streamed POST /v1/chat/completions of one user message, read event by event
+    until `data: [DONE]`."""
+
+    async def call(http: httpx.AsyncClient, prompt: str, tokens: int) -> Outcome:
+        content = msgspec.json.encode({
+            "model": model, "messages": [{"role": "user", "content": prompt}],
+            "stream": True, "max_tokens": tokens,
+        })  # fmt: skip
+        t0 = time.perf_counter()
+        first, events, done = 0.0, 0, False
+        streamed = Streamed(http, _CHAT_COMPLETIONS, content)
+        async with contextlib.aclosing(streamed.lines()) as lines:
+            async for line in lines:
+                if not line.startswith(b"data:"):
+                    continue  # the blank line ending an event, or a comment
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    done = True
+                    continue
+                event = _decode_event(data)
+                if event.error is not None:
+                    raise BenchError(f"{http.base_url}{_CHAT_COMPLETIONS} failed: {event.error}")
+                events += 1
+                if not first and any(c.delta and c.delta.content for c in event.choices):
+                    first = time.perf_counter() - t0
+        if not done:
+            raise BenchError(f"{http.base_url}{_CHAT_COMPLETIONS}'s stream ended without [DONE]")
+        return Outcome(first, events, streamed.reads)
+
+    return lent(clients, call)
+
+
 def through_sdk(
-    client: Client, *, chat: bool = False, options: dict[str, Any] | None = None, **fields: Any
+    client: Client,
+    *,
+    chat: bool = False,
+    options: dict[str, Any] | None = None,
+    model: str = MODEL,
+    **fields: Any,
 ) -> Call:
     """The same call through ollamesh, streamed with the SDK (generate, or chat of one user
     message); `options` beside num_predict, `fields` of the request (e.g. cache)."""
@@ -456,9 +536,9 @@ def through_sdk(
         first, chunks = 0.0, 0
         if chat:
             messages = [{"role": "user", "content": prompt}]
-            answer = client.chat(MODEL, messages, stream=True, options=opts, **fields)
+            answer = client.chat(model, messages, stream=True, options=opts, **fields)
         else:
-            answer = client.generate(MODEL, prompt, stream=True, options=opts, **fields)
+            answer = client.generate(model, prompt, stream=True, options=opts, **fields)
         async with await answer as stream:
             async for chunk in stream:
                 chunks += 1

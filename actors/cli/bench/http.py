@@ -30,21 +30,14 @@ concurrency 32 and 64, and halved the direct rate.
 from __future__ import annotations
 
 import contextlib
-import time
 import uuid
 from typing import Any
-
-import httpx
-import msgspec
 
 from actors.cli.bench.cpu import CpuMeter
 from actors.cli.bench.harness import (
     MODEL,
-    BenchError,
     Call,
-    Outcome,
     Run,
-    Streamed,
     cpu_by_scenario,
     cpu_meter,
     div,
@@ -52,9 +45,9 @@ from actors.cli.bench.harness import (
     fig,
     fleet,
     free_port,
-    lent,
     ollama_call,
     one_connection_clients,
+    openai_call,
     progress,
     through_sdk,
     unless_one_dies,
@@ -68,59 +61,8 @@ __all__ = ["http_bench"]
 _CONNECTIONS = 64
 _READY_S = 20.0
 _CALL_TIMEOUT_S = 60.0
-_OPENAI = "/v1/chat/completions"
 _ROUTES = ("gateway_ollama", "gateway_openai")
 _TARGETS = {"added_ttft_p50_ms_max": 2.5, "requests_per_s_ratio_c32_min": 0.5}
-
-
-class _Delta(msgspec.Struct):
-    content: str | None = None
-
-
-class _Choice(msgspec.Struct):
-    delta: _Delta | None = None
-
-
-class _Event(msgspec.Struct):
-    """What a client reads of one OpenAI chat completion chunk (or error) event."""
-
-    choices: list[_Choice] = []
-    error: Any = None
-
-
-_decode_event = msgspec.json.Decoder(_Event).decode
-
-
-def _openai_call(clients: list[httpx.AsyncClient]) -> Call:
-    """A streamed POST /v1/chat/completions, read event by event until `data: [DONE]`."""
-
-    async def call(http: httpx.AsyncClient, prompt: str, tokens: int) -> Outcome:
-        content = msgspec.json.encode({
-            "model": MODEL, "messages": [{"role": "user", "content": prompt}],
-            "stream": True, "max_tokens": tokens,
-        })  # fmt: skip
-        t0 = time.perf_counter()
-        first, events, done = 0.0, 0, False
-        streamed = Streamed(http, _OPENAI, content)
-        async with contextlib.aclosing(streamed.lines()) as lines:
-            async for line in lines:
-                if not line.startswith(b"data:"):
-                    continue  # the blank line ending an event, or a comment
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    done = True
-                    continue
-                event = _decode_event(data)
-                if event.error is not None:
-                    raise BenchError(f"{http.base_url}{_OPENAI} failed: {event.error}")
-                events += 1
-                if not first and any(c.delta and c.delta.content for c in event.choices):
-                    first = time.perf_counter() - t0
-        if not done:
-            raise BenchError(f"{http.base_url}{_OPENAI}'s stream ended without [DONE]")
-        return Outcome(first, events, streamed.reads)
-
-    return lent(clients, call)
 
 
 # -- the report --------------------------------------------------------------------------
@@ -209,7 +151,7 @@ async def http_bench(requests: int, tokens: int, warmup: int) -> dict[str, Any]:
             "direct": ollama_call(sim, chat=True),
             "nats": through_sdk(client, chat=True),
             "gateway_ollama": ollama_call(gw, chat=True),
-            "gateway_openai": _openai_call(gw),
+            "gateway_openai": openai_call(gw),
         }
         measure = _measure(paths, requests, tokens, warmup, cpu_meter(procs))
         figures = await unless_one_dies(measure, procs)
