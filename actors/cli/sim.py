@@ -1,4 +1,5 @@
-"""`ollamesh sim`: serve a simulated Ollama host (`actors.simulator`) until SIGINT or SIGTERM."""
+"""`ollamesh sim`: serve a simulated Ollama host or llama-server (`actors.simulator`) until
+SIGINT or SIGTERM."""
 
 from __future__ import annotations
 
@@ -22,17 +23,32 @@ _KINDS = (
     "stall",
     "slow_first_token",
 )
+# Where each API's real server listens by default: Ollama's port, llama-server's.
+_PORTS = {"ollama": 11434, "openai": 8080}
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `sim` subcommand to an argparse subparsers object."""
     p = subparsers.add_parser(
         "sim",
-        help="serve a simulated Ollama host (no GPU needed)",
-        description="Serve Ollama's native API with deterministic answers and injectable faults.",
+        help="serve a simulated Ollama host or llama-server (no GPU needed)",
+        description=(
+            "Serve Ollama's native API, or llama-server's OpenAI-compatible one, with "
+            "deterministic answers and injectable faults."
+        ),
+    )
+    p.add_argument(
+        "--api",
+        choices=tuple(_PORTS),
+        default="ollama",
+        help="the API to speak: Ollama's native one, or llama-server's (OpenAI-compatible)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=int, default=11434, help="port to listen on (0: any free)")
+    p.add_argument(
+        "--port",
+        type=int,
+        help="port to listen on (default: 11434, or 8080 with --api openai; 0: any free)",
+    )
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated names")
     p.add_argument(
         "--tokens-per-second", type=float, default=0.0, help="pace of each answer (0: full speed)"
@@ -59,7 +75,7 @@ def _simulator(args: argparse.Namespace) -> SimulatorServer:
     sim = SimulatorServer(
         [m.strip() for m in args.models.split(",") if m.strip()],
         host=args.host,
-        port=args.port,
+        port=_PORTS[args.api] if args.port is None else args.port,
         tokens_per_second=args.tokens_per_second,
         num_parallel=args.num_parallel,
         max_queue=args.max_queue,
@@ -67,6 +83,7 @@ def _simulator(args: argparse.Namespace) -> SimulatorServer:
         keep_alive=args.keep_alive,
         pull_bytes_per_second=args.pull_mb_per_second * 1e6,
         disk_bytes=None if args.disk_gb is None else int(args.disk_gb * 1e9),
+        api=args.api,
     )
     if args.fault:
         models = [m.strip() for m in args.fault_models.split(",")] if args.fault_models else None
@@ -104,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         interrupted = _runner()(run_forever(sim))
     except OSError as exc:
-        print(f"error: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        print(f"error: cannot serve on {args.host}:{sim.port}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # before the signal handlers were in place
         return 130

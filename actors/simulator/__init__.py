@@ -1,4 +1,4 @@
-"""A simulated Ollama host: the native API, deterministic answers, faults on demand."""
+"""A simulated Ollama host or llama-server: deterministic answers, faults on demand."""
 
 from actors.simulator.app import BUSY_ERROR, VERSION, build_app
 from actors.simulator.catalogue import ModelInfo, canonical_name, describe

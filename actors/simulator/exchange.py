@@ -58,15 +58,16 @@ class Exchange:
         """Answer in Ollama's error shape: `{"error": message}`."""
         await self.json(status, {"error": message})
 
-    async def write(self, line: bytes) -> None:
-        """Send one NDJSON line, starting the stream with the first (as Ollama does)."""
+    async def write(self, line: bytes, headers: list[tuple[bytes, bytes]] = _NDJSON) -> None:
+        """Send one piece of a streamed body (an NDJSON line unless `headers` say otherwise),
+        starting the stream with the first (as Ollama and llama-server do)."""
         if not self.started:
             self.started = True
-            await self._send({"type": "http.response.start", "status": 200, "headers": _NDJSON})
+            await self._send({"type": "http.response.start", "status": 200, "headers": headers})
         await self._send({"type": "http.response.body", "body": line, "more_body": True})
 
     async def end(self) -> None:
-        """End the NDJSON stream."""
+        """End the streamed body (an empty NDJSON one if nothing was sent)."""
         if not self.started:
             await self.write(b"")
         await self._send({"type": "http.response.body", "body": b""})

@@ -172,15 +172,19 @@ class Answer:
 
     Iterate `pieces()`; afterwards `eval_count`, `done_reason` and `first_ns` describe
     the answer. Raises HostDied or ModelFailed where a `die_after` or `error_after` fault
-    strikes; a `stall` waits there until it is cancelled.
+    strikes (ModelFailed saying `error` unless the fault has a message of its own); a
+    `stall` waits there until it is cancelled.
     """
 
-    __slots__ = ("done_reason", "eval_count", "fault", "first_ns", "interval", "turn")
+    __slots__ = ("done_reason", "error", "eval_count", "fault", "first_ns", "interval", "turn")
 
-    def __init__(self, turn: Turn, fault: Fault | None, interval: float) -> None:
+    def __init__(
+        self, turn: Turn, fault: Fault | None, interval: float, error: str = MIDSTREAM_ERROR
+    ) -> None:
         self.turn = turn
         self.fault = fault
         self.interval = interval
+        self.error = error
         self.eval_count = 0
         self.done_reason = "length" if turn.limited else "stop"
         self.first_ns = 0
@@ -196,7 +200,7 @@ class Answer:
         if kind == "die_after":
             raise HostDied(f"simulated crash after {self.eval_count} tokens")
         if kind == "error_after":
-            raise ModelFailed((self.fault and self.fault.message) or MIDSTREAM_ERROR)
+            raise ModelFailed((self.fault and self.fault.message) or self.error)
         if kind == "truncate_after":
             raise Truncated
         await asyncio.Future()  # stall: nothing more, until the client or the host gives up

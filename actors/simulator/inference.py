@@ -37,7 +37,7 @@ from actors.simulator.wire import (
     timestamp,
 )
 
-__all__ = ["BUSY_ERROR", "InferenceApi"]
+__all__ = ["BUSY_ERROR", "InferenceApi", "embed_fault", "plan", "take_fault"]
 
 BUSY_ERROR = "server busy, please try again.  maximum pending requests exceeded"
 
@@ -72,6 +72,37 @@ class _Lines:
         return b"".join((self.head, timestamp().encode(), middle, _encode(text), tail))
 
 
+def plan(engine: Engine, req: GenerateRequest | ChatRequest, info: ModelInfo, label: str) -> Turn:
+    """Plan the answer to a chat or a generate request, unless a script answers it instead.
+
+    What the model was asked (a chat's last message; a prompt, after its system prompt
+    if it has one, as the model's template puts them together) joins `/_sim/prompts`.
+    """
+    if isinstance(req, ChatRequest):
+        turn = plan_chat(req, info, label)
+        asked = (req.messages[-1].content or "") if req.messages else ""
+    else:
+        turn = plan_generate(req, info, label)
+        asked = "\n\n".join(part for part in (req.system, req.prompt) if part)
+    engine.stats.prompts.append(asked)
+    if (scripted := engine.scripts.take(info.name, asked)) is not None:
+        turn.content, turn.limited = pieces(scripted), False
+    return turn
+
+
+def take_fault(
+    engine: Engine, info: ModelInfo, busy: str = BUSY_ERROR, error: str = CRASH_ERROR
+) -> Fault | None:
+    """Take the fault this request meets; `busy` and `error` refuse it here and now (503 and
+    500, saying `busy` or `error` unless the fault has a message of its own)."""
+    fault = engine.take_fault(info)
+    if fault is not None and fault.kind == "busy":
+        raise Refused(503, fault.message or busy)
+    if fault is not None and fault.kind == "error":
+        raise Refused(500, fault.message or error)
+    return fault
+
+
 class InferenceApi:
     """The inference half of the API: every request here takes one of a model's slots."""
 
@@ -91,15 +122,6 @@ class InferenceApi:
             return parse_keep_alive(value, self.engine.keep_alive)
         except ValueError as exc:
             raise BadRequest(str(exc)) from exc
-
-    def _fault(self, info: ModelInfo) -> Fault | None:
-        """Take the fault this request meets; `busy` and `error` refuse it here and now."""
-        fault = self.engine.take_fault(info)
-        if fault is not None and fault.kind == "busy":
-            raise Refused(503, fault.message or BUSY_ERROR)
-        if fault is not None and fault.kind == "error":
-            raise Refused(500, fault.message or CRASH_ERROR)
-        return fault
 
     async def generate(self, ex: Exchange) -> None:
         await self._complete(ex, decode(ex.body, GenerateRequest))
@@ -124,20 +146,7 @@ class InferenceApi:
             await self._load_only(ex, info, label, keep_alive, num_ctx, chat=chat)
             return
         self._images(info, images)
-        turn = (
-            plan_chat(req, info, label)
-            if isinstance(req, ChatRequest)
-            else plan_generate(req, info, label)
-        )
-        # What the model was asked: a chat's last message; a prompt, after its system
-        # prompt if it has one (as the model's template puts them together).
-        if isinstance(req, ChatRequest):
-            asked = req.messages[-1].content or ""
-        else:
-            asked = "\n\n".join(part for part in (req.system, req.prompt) if part)
-        self.engine.stats.prompts.append(asked)
-        if (scripted := self.engine.scripts.take(info.name, asked)) is not None:
-            turn.content, turn.limited = pieces(scripted), False
+        turn = plan(self.engine, req, info, label)
         await self._answer(ex, info, turn, keep_alive, num_ctx, req.stream is not False)
 
     @staticmethod
@@ -185,7 +194,7 @@ class InferenceApi:
         stream: bool,
     ) -> None:
         started = time.perf_counter_ns()
-        fault = self._fault(info)
+        fault = take_fault(self.engine, info)
         engine = self.engine
         try:
             async with engine.slot(info):
@@ -263,14 +272,14 @@ class InferenceApi:
     ) -> tuple[list[list[float]], dict[str, int]]:
         keep_alive = self._keep_alive(keep_alive_value)
         started = time.perf_counter_ns()
-        fault = self._fault(info)
+        fault = take_fault(self.engine, info)
         try:
             async with (
                 self.engine.slot(info),
                 self.engine.using(info, keep_alive, (options or Options()).num_ctx),
             ):
                 ready = time.perf_counter_ns()
-                await _embed_fault(ex, fault)
+                await embed_fault(ex, fault)
                 size = info.embedding_length
                 if dimensions is not None and 0 < dimensions < size:
                     size = dimensions
@@ -285,8 +294,12 @@ class InferenceApi:
         return vectors, stats
 
 
-async def _embed_fault(ex: Exchange, fault: Fault | None) -> None:
-    """Strike an embedding with its fault: there are no tokens, so before the reply."""
+async def embed_fault(ex: Exchange, fault: Fault | None, error: str = MIDSTREAM_ERROR) -> None:
+    """Strike an embedding with its fault: there are no tokens, so before the reply.
+
+    `error_after` and `truncate_after` refuse it with a 500 saying `error` (or the
+    fault's own message).
+    """
     if fault is None:
         return
     if fault.kind == "slow_first_token":
@@ -294,7 +307,7 @@ async def _embed_fault(ex: Exchange, fault: Fault | None) -> None:
     elif fault.kind == "die_after":
         await ex.die()
     elif fault.kind in ("error_after", "truncate_after"):
-        raise Refused(500, fault.message or MIDSTREAM_ERROR)
+        raise Refused(500, fault.message or error)
     elif fault.kind == "stall":
         await asyncio.Future()
 

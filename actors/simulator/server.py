@@ -6,6 +6,7 @@ import asyncio
 import signal
 import socket
 from collections.abc import Iterable
+from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Literal
 
@@ -14,7 +15,7 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.server import ServerState
 
-from actors.simulator.app import build_app
+from actors.simulator.app import Api, build_app
 from actors.simulator.engine import DEFAULT_MODELS, Engine
 from actors.simulator.exchange import ABORT
 
@@ -47,7 +48,8 @@ class SimulatorServer:
     `kill()` stops listening and drops every connection mid-answer, as a host that dies
     does; `start()` brings it back on the same port with the same models (none loaded).
     `stop()` is the graceful version: answers in flight get `grace` seconds to finish.
-    An `engine` given replaces the one the other settings would make.
+    An `engine` given replaces the one the other settings would make. `api="openai"`
+    makes it a llama-server instead (`actors.simulator.openai_api`) over the same engine.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class SimulatorServer:
         pull_bytes_per_second: float = 0.0,
         disk_bytes: int | None = None,
         engine: Engine | None = None,
+        api: Api = "ollama",
     ) -> None:
         self.engine = engine or Engine(
             DEFAULT_MODELS if models is None else models,
@@ -77,7 +80,8 @@ class SimulatorServer:
         )
         self.host = host
         self.port = port
-        self._app = build_app(self.engine)
+        self.api = api
+        self._app = build_app(self.engine, api)
         self._config = uvicorn.Config(
             self._with_abort,
             http="httptools",
@@ -96,6 +100,7 @@ class SimulatorServer:
         self._config.load()
         self._server: asyncio.Server | None = None
         self._state = ServerState()
+        self._lifespan: AsyncExitStack | None = None
 
     @property
     def url(self) -> str:
@@ -143,6 +148,10 @@ class SimulatorServer:
         except BaseException:
             sock.close()
             raise
+        # The app's lifespan runs while the host serves (llama-server loads its models).
+        lifespan = AsyncExitStack()
+        await lifespan.enter_async_context(self._app.router.lifespan_context(self._app))
+        self._lifespan = lifespan
         return self
 
     async def kill(self) -> None:
@@ -167,6 +176,9 @@ class SimulatorServer:
         for conn in list(state.connections):
             conn.transport.abort()
         await self._settle(state)
+        if self._lifespan is not None:
+            await self._lifespan.aclose()
+            self._lifespan = None
 
     async def _settle(self, state: ServerState) -> None:
         # Handlers see their client gone and release their slots; wait for that so a
@@ -215,6 +227,7 @@ async def run_forever(
         structlog.get_logger("actors.simulator").info(
             "simulator listening",
             url=sim.url,
+            api=sim.api,
             models=sorted(engine.models),
             tokens_per_second=engine.tokens_per_second,
             num_parallel=engine.num_parallel,
