@@ -19,7 +19,15 @@ import aiohttp
 import msgspec
 
 from actors.backends.ollama_api import Line
-from bus.errors import BadRequest, ModelNotFound, OllameshError, Timeout, UpstreamError, quote
+from bus.errors import (
+    BadRequest,
+    ModelNotFound,
+    NotSupported,
+    OllameshError,
+    Timeout,
+    UpstreamError,
+    quote,
+)
 
 __all__ = [
     "Framing",
@@ -82,6 +90,8 @@ def status_error(status: int, body: bytes, model: str) -> OllameshError:
         return ModelNotFound(f"model {quote(model)} not found on host: {text}")
     if status == 400:
         return BadRequest(f"the host rejected the request: {text}")
+    if status == 501:  # llama.cpp: embeddings asked of a server started without them
+        return NotSupported(f"the host cannot do this: {text}")
     if status in (429, 503) or status >= 500:
         return HostUnavailable(f"host answered {status}: {text}")
     return UpstreamError(f"host answered {status}: {text}")
