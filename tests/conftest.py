@@ -20,7 +20,7 @@ from bus.connection import NATS, connect
 from bus.server import EmbeddedNats
 from tests.helpers import own_database
 
-pytest_plugins = ["tests._sim_fixtures"]
+pytest_plugins = ["tests._sim_fixtures", "tests._engine_fixtures"]
 
 StackFactory = Callable[..., Awaitable[Stack]]
 
