@@ -11,6 +11,7 @@ import pytest
 
 from actors.cli.bench.cpu import CpuMeter, children_named
 from actors.cli.bench.harness import percentile
+from tests._engine_fixtures import LlamaServer
 
 _linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -128,6 +129,41 @@ def test_http_bench_compares_direct_calls_with_the_gateway() -> None:
         for by_path in cpu.values():
             assert set(by_path) == set(paths)
             _cpu_figures(by_path, processes)
+
+
+def test_backend_bench_measures_a_real_engine_direct_and_through_ollamesh(
+    llama_server: LlamaServer,
+) -> None:
+    """A tiny --backend run against llama-server: its model and slots found, every scenario
+    (concurrency 1, the slots, twice the slots) with figures on both paths and no error."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "actors", "bench", "--backend", f"openai+{llama_server.url}",
+         "--backend-requests", "8", "--backend-warmup", "2"],
+        capture_output=True, timeout=100, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["params"] | {"host": None} == {
+        "host": None, "kind": "openai", "model": "tiny-llama", "slots": 2,
+        "requests": 8, "tokens": 16, "warmup": 2,
+    }  # fmt: skip
+    assert set(report["scenarios"]) == {"c1", "c2", "c4"}
+    for figures in report["scenarios"].values():
+        ttft = figures["ttft_ms"]
+        assert all(ttft[p]["p99"] >= ttft[p]["p50"] > 0 for p in ("direct", "ollamesh")), ttft
+        assert math.isfinite(ttft["added_p50"]) and math.isfinite(ttft["added_p99"])
+        assert all(_positive(v) for v in figures["requests_per_s"].values()), figures
+        assert figures["errors"] == {"direct": 0, "ollamesh": 0}
+
+
+def test_backend_bench_names_a_host_that_does_not_answer() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "actors", "bench", "--backend", "openai+http://127.0.0.1:9"],
+        capture_output=True, timeout=60, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: http://127.0.0.1:9 does not answer as an openai host")
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
 def test_fleet_bench_compares_every_host_strategy() -> None:

@@ -40,7 +40,7 @@ async def test_actors_answer_ping_info_and_stats(
     assert counted.num_requests == 2 and counted.num_errors == 1
     assert counted.last_error.startswith("bad_request") and counted.processing_time > 0
     executor = json.loads((await nc.request("$SRV.PING.ollamesh-executor", b"", timeout=5)).data)
-    assert executor["metadata"] == {"prefix": prefix, "host": sim.url}
+    assert executor["metadata"] == {"prefix": prefix, "host": sim.url, "kind": "ollama"}
 
 
 async def test_each_process_serves_prometheus_metrics(

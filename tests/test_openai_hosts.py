@@ -10,10 +10,12 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from nats.aio.msg import Msg
 
 from actors.simulator import Fault
 from bus.client import Client
 from bus.errors import NotSupported, UpstreamError
+from bus.subjects import Subjects, model_token
 from schemas import ChatResult, GenerateResult
 from schemas.fleet import HostState
 from tests.helpers import eventually
@@ -196,3 +198,38 @@ async def test_an_engine_loading_its_model_is_loading_not_down(
         return any(h.host == openai.url and h.state is HostState.LOADING for h in status.hosts)
 
     await eventually(loading, timeout=10.0)
+
+
+async def test_automatic_pulls_leave_engines_alone(
+    sim_factory, stack_factory, client: Client, nc, prefix: str
+) -> None:
+    """An engine cannot pull: automatic pulls go to the Ollama host only, and no pull of
+    any kind is tried on the engine (whose every attempt would fail `not_supported`)."""
+    ollama = await sim_factory(models=["llama3.2:3b"])
+    openai = await sim_factory(models=[GGUF], api="openai")
+    pulls: list[str] = []
+
+    async def seen(msg: Msg) -> None:
+        pulls.append(msg.subject)
+
+    sub = await nc.subscribe(Subjects(prefix).pull_progresses(), cb=seen)
+    await stack_factory(
+        [ollama.url, f"openai+{openai.url}"],
+        actors=("health",),
+        roles={"primary": "llama3.2:3b", "fast": "mistral:7b", "backup": "llama3.2:3b"},
+        health={"auto_pull": True},
+        **ALIASES,
+    )
+
+    async def both_checked() -> bool:
+        status = await client.fleet.status()
+        return {h.host for h in status.hosts if h.state is HostState.UP} == {
+            ollama.url,
+            openai.url,
+        }
+
+    await eventually(lambda: ollama.engine.find("mistral:7b") is not None)
+    await eventually(both_checked, timeout=10.0)
+    await nc.flush()
+    await sub.unsubscribe()
+    assert pulls and all(model_token(ollama.url) in s for s in pulls), pulls

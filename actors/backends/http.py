@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
 import msgspec
 
+from actors.backends.names import ModelNames
 from actors.backends.ollama_api import Line
 from bus.errors import (
     BadRequest,
@@ -105,11 +106,14 @@ async def _with_eof(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 
 class HttpHost:
-    """One host over HTTP: a keep-alive session, GETs and POSTs with deadlines, and
-    streamed POSTs read through a `Framing`."""
+    """One host over HTTP: a keep-alive session, GETs and POSTs with deadlines, streamed
+    POSTs read through a `Framing`, and the host's model ids as the fleet names them."""
 
-    def __init__(self, url: str, *, connect_timeout: float) -> None:
+    def __init__(
+        self, url: str, *, connect_timeout: float, aliases: Mapping[str, str] | None = None
+    ) -> None:
         self.url = url.rstrip("/")
+        self.names = ModelNames(aliases or {})
         self._connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 
 import msgspec
 
 from actors.backends.backend import Capacity, Catalogue
 from actors.backends.http import HostUnavailable, HttpHost, StreamTimeouts
-from actors.backends.names import ModelNames
 from actors.backends.ollama_api import Line, decode_line, decode_tags, decode_version
 from bus.errors import OllameshError, UpstreamError
 from schemas import ChatRequest, EmbedRequest, GenerateRequest, Request, encode
@@ -40,12 +39,6 @@ class OllamaClient(HttpHost):
     health monitor's model management extends it (`OllamaAdmin`)."""
 
     kind = "ollama"
-
-    def __init__(
-        self, url: str, *, connect_timeout: float, aliases: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(url, connect_timeout=connect_timeout)
-        self.names = ModelNames(aliases or {})
 
     async def health(self, timeout: float) -> str:
         """The host's Ollama version; raises `HostUnavailable` if it does not answer."""

@@ -23,7 +23,6 @@ import msgspec
 
 from actors.backends.backend import Capacity, Catalogue
 from actors.backends.http import HostLoading, HostUnavailable, HttpHost, StreamTimeouts
-from actors.backends.names import ModelNames
 from actors.backends.ollama_api import Line
 from actors.backends.openai_map import chat_body, completion_body, embedding_body
 from bus.errors import UpstreamError
@@ -165,8 +164,7 @@ class OpenAIClient(HttpHost):
     def __init__(
         self, url: str, *, connect_timeout: float, aliases: Mapping[str, str] | None = None
     ) -> None:
-        super().__init__(url, connect_timeout=connect_timeout)
-        self.names = ModelNames(aliases or {})
+        super().__init__(url, connect_timeout=connect_timeout, aliases=aliases)
         # Routes the engine lacks (404/501 once): not asked again.
         self._lacks: set[str] = set()
 

@@ -376,6 +376,18 @@ class Engine:
             slots.release()
             self._changed.set()
 
+    @contextlib.asynccontextmanager
+    async def serving(
+        self, info: ModelInfo, keep_alive: float, num_ctx: int | None, *, generation: bool
+    ) -> AsyncIterator[None]:
+        """One request on the model: a slot of its (`Busy` if the queue is full), then the
+        model loaded for it; a generation counts in `stats.generations`."""
+        async with self.slot(info):
+            if generation:
+                self.stats.generations += 1
+            async with self.using(info, keep_alive, num_ctx):
+                yield
+
     async def wait_for(self, condition: Callable[[Stats], bool], timeout: float = 5.0) -> None:
         """Wait until `condition(stats)` holds; it is checked whenever a slot changes hands.
 

@@ -197,11 +197,9 @@ class InferenceApi:
         fault = take_fault(self.engine, info)
         engine = self.engine
         try:
-            async with engine.slot(info):
-                engine.stats.generations += 1
-                async with engine.using(info, keep_alive, num_ctx):
-                    answer = Answer(turn, fault, engine.token_interval)
-                    await self._deliver(ex, turn, answer, started, stream)
+            async with engine.serving(info, keep_alive, num_ctx, generation=True):
+                answer = Answer(turn, fault, engine.token_interval)
+                await self._deliver(ex, turn, answer, started, stream)
         except Busy:
             raise Refused(503, BUSY_ERROR) from None
 
@@ -274,10 +272,8 @@ class InferenceApi:
         started = time.perf_counter_ns()
         fault = take_fault(self.engine, info)
         try:
-            async with (
-                self.engine.slot(info),
-                self.engine.using(info, keep_alive, (options or Options()).num_ctx),
-            ):
+            num_ctx = (options or Options()).num_ctx
+            async with self.engine.serving(info, keep_alive, num_ctx, generation=False):
                 ready = time.perf_counter_ns()
                 await embed_fault(ex, fault)
                 size = info.embedding_length

@@ -335,12 +335,10 @@ class OpenAIApi:
         task = _Task(next(self._tasks), prompt, -1 if limit is None else limit)
         engine = self.engine
         try:
-            async with engine.slot(info):
-                engine.stats.generations += 1
-                async with engine.using(info, math.inf, n_ctx):
-                    task.answer = Answer(turn, fault, engine.token_interval, COMPUTE_ERROR)
-                    with self._board(info).hold(task):
-                        await self._deliver(ex, turn, task.answer, req, reply)
+            async with engine.serving(info, math.inf, n_ctx, generation=True):
+                task.answer = Answer(turn, fault, engine.token_interval, COMPUTE_ERROR)
+                with self._board(info).hold(task):
+                    await self._deliver(ex, turn, task.answer, req, reply)
         except Busy:
             raise Refused(503, BUSY) from None
 
@@ -417,7 +415,7 @@ class OpenAIApi:
         fault = take_fault(self.engine, info, BUSY, COMPUTE_ERROR)
         engine = self.engine
         try:
-            async with engine.slot(info), engine.using(info, math.inf, context_size(info)):
+            async with engine.serving(info, math.inf, context_size(info), generation=False):
                 with self._board(info).hold(_Task(next(self._tasks), tokens, 0)):
                     await embed_fault(ex, fault, COMPUTE_ERROR)
                     vectors = [embedding(info.name, t, info.embedding_length) for t in texts]
