@@ -216,6 +216,31 @@ async def test_models_and_status_from_the_terminal(
     assert "yes" in row and "GB" in row and "0/4" in row and "closed" in row, out
 
 
+async def test_status_and_models_show_an_engine_for_what_it_is(
+    sim_factory, stack_factory, nats_server, prefix, client: Client
+) -> None:
+    """An OpenAI-compatible host: its kind and busy slots in `status`, and `not_supported`
+    for a pull, beside the Ollama host's outcome."""
+    ollama = await sim_factory(models=MODELS[:1])
+    engine = await sim_factory(models=["tiny.gguf"], api="openai", num_parallel=3)
+    await stack_factory(
+        [ollama.url, f"openai+{engine.url}"], actors=("router", "executor", "health")
+    )
+    bus = ("--nats", nats_server.url, "--prefix", prefix)
+
+    async def checked() -> bool:
+        status = await client.fleet.status()
+        return any(h.host == engine.url and h.slots == 3 for h in status.hosts)
+
+    await eventually(checked, timeout=10.0)
+    code, out, err = await run("status", *bus, env={"COLUMNS": "200"})
+    assert code == 0 and f"{engine.url} (openai, 0/3 slots busy)" in out, out + err
+    code, out, err = await run("models", "pull", "mistral:7b", *bus)
+    assert code == 1, err  # the engine refused
+    assert f"{ollama.url}: pulled" in out, out
+    assert f"{engine.url}: not_supported" in out and "cannot pull" in out, out
+
+
 def _sigint_as_in_a_terminal() -> None:
     """In the child: SIGINT at its default disposition, as Ctrl-C in a terminal finds it.
 
