@@ -416,6 +416,11 @@ def _hosts(config: Config) -> list[str]:
         return ["ollama_hosts is empty (and no [[hosts]]): name at least one host"]
     problems = []
     for i, entry in enumerate(config.ollama_hosts or []):
+        prefix = entry.partition("://")[0].partition("+")
+        if prefix[1] and prefix[0] not in HOST_KINDS:
+            kinds = ", ".join(f"{k}+" for k in HOST_KINDS)
+            problems.append(f"ollama_hosts[{i}]: {entry!r} names no kind of host ({kinds})")
+            continue
         problems += _url(f"ollama_hosts[{i}]", split_kind(entry)[1])
     for i, host in enumerate(config.hosts):
         problems += _url(f"hosts[{i}].url", host.url)

@@ -61,7 +61,7 @@ def test_ollama_hosts_in_the_environment_replace_the_files_hosts(tmp_path: Path)
         pytest.param('[[hosts]]\nurl = "http://c:8000"\nkind = "vllm"\n', "kind", id="kind"),
         pytest.param('[[hosts]]\nurl = "c:8000"\n', "hosts[0].url", id="url"),
         pytest.param('ollama_hosts = ["openai+gpu:80"]\n', "ollama_hosts[0]", id="prefixed"),
-        pytest.param('ollama_hosts = ["vllm+http://gpu:80"]\n', "ollama_hosts[0]", id="scheme"),
+        pytest.param('ollama_hosts = ["vllm+http://gpu:80"]\n', "names no kind", id="scheme"),
         pytest.param(
             'ollama_hosts = ["http://a:1"]\n[[hosts]]\nurl = "http://a:1/"\n',
             "named twice",
