@@ -62,6 +62,9 @@ class NatsConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     # The embedded server's port; 0 takes a free one.
     port: Annotated[int, Meta(ge=0, le=65535)] = 4222
     data_dir: str | None = None
+    # Copies of every stream and bucket ollamesh provisions: 3 on a 3-node cluster, so
+    # losing a node loses no work, event, chunk or bucket entry (at most the cluster's size).
+    replicas: Annotated[int, Meta(ge=1, le=5)] = 1
     # How long chunks stay replayable after a request ends.
     chunk_max_age_s: Positive = 600.0
     event_max_age_s: Positive = 7 * 24 * 3600.0

@@ -224,7 +224,9 @@ async def connect(
 
     try:
         await nc.connect(
-            servers=[url],
+            # A cluster's nodes, comma-separated (the client also learns the others from
+            # the server it reaches, and reconnects to any of them).
+            servers=[u.strip() for u in url.split(",") if u.strip()],
             name=name,
             connect_timeout=connect_timeout,  # type: ignore[arg-type]  # nats-py takes floats
             allow_reconnect=True,

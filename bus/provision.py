@@ -43,6 +43,7 @@ def stream_configs(subjects: Subjects, config: Config) -> list[StreamConfig]:
             max_age=config.nats.chunk_max_age_s,
             discard=DiscardPolicy.OLD,
             allow_direct=True,
+            num_replicas=config.nats.replicas,
         ),
         StreamConfig(
             name=subjects.work_stream,
@@ -56,6 +57,7 @@ def stream_configs(subjects: Subjects, config: Config) -> list[StreamConfig]:
             max_msgs_per_subject=config.routing.queue_max,
             discard=DiscardPolicy.NEW,
             discard_new_per_subject=True,
+            num_replicas=config.nats.replicas,
         ),
         StreamConfig(
             name=subjects.event_stream,
@@ -65,6 +67,7 @@ def stream_configs(subjects: Subjects, config: Config) -> list[StreamConfig]:
             storage=StorageType.FILE,
             max_age=config.nats.event_max_age_s,
             discard=DiscardPolicy.OLD,
+            num_replicas=config.nats.replicas,
         ),
     ]
 
@@ -111,6 +114,7 @@ async def provision(js: JetStreamContext, subjects: Subjects, config: Config) ->
         history=1,
         ttl=config.executor.registry_ttl_s,
         storage=StorageType.MEMORY,
+        replicas=config.nats.replicas,
     )
     limits = KeyValueConfig(
         bucket=subjects.limit_bucket,
@@ -119,6 +123,7 @@ async def provision(js: JetStreamContext, subjects: Subjects, config: Config) ->
         # No TTL: a key may hold reservations far ahead of now (a long deadline's wait),
         # and there is one key per limited model and limit.
         storage=StorageType.MEMORY,
+        replicas=config.nats.replicas,
     )
     cache = KeyValueConfig(
         bucket=subjects.cache_bucket,
@@ -127,6 +132,7 @@ async def provision(js: JetStreamContext, subjects: Subjects, config: Config) ->
         ttl=config.cache.ttl_s,
         max_bytes=config.cache.max_bytes,
         storage=StorageType.FILE,
+        replicas=config.nats.replicas,
     )
     health = KeyValueConfig(
         bucket=subjects.health_bucket,
@@ -135,6 +141,7 @@ async def provision(js: JetStreamContext, subjects: Subjects, config: Config) ->
         # Entries are refreshed every check: one left behind by a stopped monitor expires.
         ttl=config.health.entry_ttl_s,
         storage=StorageType.MEMORY,
+        replicas=config.nats.replicas,
     )
     claims = KeyValueConfig(
         bucket=subjects.claim_bucket,
@@ -144,6 +151,7 @@ async def provision(js: JetStreamContext, subjects: Subjects, config: Config) ->
         ttl=config.executor.total_timeout_s + _CLAIM_SLACK_S,
         # On file: a restart must not let both a router and an executor end a request.
         storage=StorageType.FILE,
+        replicas=config.nats.replicas,
     )
     cache_kv = await _bucket(js, cache)
     # A full cache drops its oldest answers rather than refusing new ones.

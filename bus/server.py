@@ -13,6 +13,7 @@ import signal
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -77,12 +78,15 @@ class EmbeddedNats:
         host: str = "127.0.0.1",
         data_dir: str | Path | None = None,
         config_file: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
         start_timeout: float = 15.0,
     ) -> None:
         self.host = host
         self.port = port
         self._data_dir = Path(data_dir) if data_dir else None
         self._config = Path(config_file) if config_file else packaged_config()
+        # Variables the config file refers to (`$NATS_SERVER_NAME`...), beside ours.
+        self._env = {**os.environ, **env} if env else None
         self._start_timeout = start_timeout
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._proc: asyncio.subprocess.Process | None = None
@@ -110,6 +114,7 @@ class EmbeddedNats:
             *args,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            env=self._env,
             preexec_fn=_die_with_parent,
             # Its own session: a terminal's Ctrl-C reaches the whole foreground process
             # group, and the server must outlive the drain that signal starts here.
@@ -146,6 +151,12 @@ class EmbeddedNats:
         while line := await proc.stderr.readline():
             if b"[ERR]" in line or b"[WRN]" in line:
                 log.warning("nats_server_log", line=line.decode(errors="replace").strip())
+
+    async def kill(self) -> None:
+        """Crash the server (SIGKILL), as a node that loses power; `stop` cleans up after."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()
+            await self._proc.wait()
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL after `timeout`) and clean up."""

@@ -138,6 +138,7 @@ class ConstructionAnalyzer(Actor):
         # A client of the fleet like any other, on this process's connection.
         self.client = Client(nc=nc, prefix=subjects.prefix, timeout=config.executor.total_timeout_s)
         self.roles = frozenset(config.roles)
+        self._replicas = config.nats.replicas
         self.js = nc.jetstream()
 
     async def setup(self) -> None:
@@ -222,6 +223,7 @@ class ConstructionAnalyzer(Actor):
             description="Documents for construction.document, too large for one message",
             ttl=_DOCUMENTS_TTL_S,
             storage=StorageType.FILE,
+            replicas=self._replicas,
         )
         try:
             await self.js.create_object_store(self.subjects.documents_bucket, config=config)

@@ -1,0 +1,120 @@
+"""A real three-node NATS cluster from deploy/nats/cluster.conf, with `[nats] replicas =
+3`: what ollamesh provisions is kept on every node, and a node SIGKILLed while work
+waits loses none of it."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats.errors
+import pytest_asyncio
+from nats.js.errors import APIError
+
+from actors.cli.bench.harness import free_port
+from actors.runtime.supervisor import Stack
+from bus.client import Client
+from bus.connection import connect
+from bus.provision import provision
+from bus.server import EmbeddedNats, packaged_config
+from bus.subjects import Subjects
+from schemas import GenerateResult
+from tests.conftest import make_config
+from tests.helpers import eventually
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "nats"
+NODES = 3
+REQUESTS = 12
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def cluster() -> AsyncIterator[list[EmbeddedNats]]:
+    """Three nodes on loopback, routed to each other, JetStream ready."""
+    routes = [free_port() for _ in range(NODES)]
+    env = {f"NATS_ROUTE_{i + 1}": f"nats-route://127.0.0.1:{p}" for i, p in enumerate(routes)}
+    nodes = [
+        EmbeddedNats(
+            config_file=DEPLOY / "cluster.conf",
+            env=env | {"NATS_SERVER_NAME": f"n{i + 1}", "NATS_CLUSTER_LISTEN": f"127.0.0.1:{p}"},
+        )
+        for i, p in enumerate(routes)
+    ]
+    try:
+        await asyncio.gather(*(node.start() for node in nodes))
+        # Every node, as NATS_URL names a cluster's.
+        nc = await connect(",".join(node.url for node in nodes), name="cluster-probe")
+        try:
+            js = nc.jetstream()
+
+            async def ready() -> bool:
+                try:
+                    await js.account_info()
+                except (APIError, nats.errors.Error):
+                    return False  # no meta leader elected yet
+                return True
+
+            await eventually(ready, timeout=20.0)
+        finally:
+            await nc.close()
+        yield nodes
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+def test_the_cluster_config_has_the_single_nodes_limits() -> None:
+    """deploy/nats/cluster.conf sets what nats.conf sets (the payload ollamesh's typed
+    `payload_too_large` is computed against, the slow-consumer room)."""
+
+    def limits(path: Path) -> dict[str, str]:
+        found = re.findall(
+            r"^\s*(max_\w+|write_deadline|ping_interval):\s*(\S+)", path.read_text(), re.M
+        )
+        return dict(found)
+
+    single = limits(packaged_config())
+    assert single and limits(DEPLOY / "cluster.conf") == single
+
+
+async def test_the_work_stream_s_leader_dying_under_load_loses_no_work(
+    cluster: list[EmbeddedNats], sim_factory, prefix: str
+) -> None:
+    """Work queued on three nodes: its stream's leader SIGKILLed while one request runs
+    and the rest wait; every request is served, each once."""
+    config = make_config(cluster[0].url, prefix, [], nats={"replicas": 3})
+    probe = await connect(cluster[0].url, name="cluster-probe")
+    try:
+        await provision(probe.jetstream(), Subjects(prefix), config)
+        info = await probe.jetstream().stream_info(Subjects(prefix).work_stream)
+    finally:
+        await probe.close()
+    assert info.config.num_replicas == 3
+    assert info.cluster is not None and len(info.cluster.replicas or []) == NODES - 1
+    leader = next(n for i, n in enumerate(cluster) if info.cluster.leader == f"n{i + 1}")
+    # The fleet and its client on another node: the leader's death is the stream's alone.
+    url = next(n for n in cluster if n is not leader).url
+    sim = await sim_factory(models=["llama3.2:3b"], tokens_per_second=20)
+    stack = Stack(
+        make_config(url, prefix, [sim.url], nats={"replicas": 3},
+                    executor={"max_inflight_per_model": 1}),
+        actors=("router", "executor"),
+    )  # fmt: skip
+    await stack.start()
+    try:
+        async with Client(url, prefix=prefix, timeout=60.0) as client:
+            asked = [
+                asyncio.ensure_future(
+                    client.generate("llama3.2:3b", f"q{i}", options={"num_predict": 3})
+                )
+                for i in range(REQUESTS)
+            ]
+            served = asyncio.as_completed(asked)
+            await next(served)  # one served, one running, the rest queued
+            await leader.kill()
+            results = await asyncio.wait_for(asyncio.gather(*asked), 60.0)
+    finally:
+        await stack.stop(grace=2.0)
+    assert all(isinstance(r, GenerateResult) and r.eval_count == 3 for r in results)
+    assert sim.engine.stats.generations == REQUESTS  # each served once
