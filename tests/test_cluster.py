@@ -82,7 +82,7 @@ async def test_the_work_stream_s_leader_dying_under_load_loses_no_work(
     cluster: list[EmbeddedNats], sim_factory, prefix: str
 ) -> None:
     """Work queued on three nodes: its stream's leader SIGKILLed while one request runs
-    and the rest wait; every request is served, each once."""
+    and the rest wait; every request is served, none lost."""
     config = make_config(cluster[0].url, prefix, [], nats={"replicas": 3})
     probe = await connect(cluster[0].url, name="cluster-probe")
     try:
@@ -117,4 +117,7 @@ async def test_the_work_stream_s_leader_dying_under_load_loses_no_work(
     finally:
         await stack.stop(grace=2.0)
     assert all(isinstance(r, GenerateResult) and r.eval_count == 3 for r in results)
-    assert sim.engine.stats.generations == REQUESTS  # each served once
+    # Each served once, but the one running as the leader died may be served again: its
+    # acknowledgement can die with the leader, and nothing stored says it ended (a
+    # whole answer streams no chunks), so the work is delivered again (issue 16).
+    assert REQUESTS <= sim.engine.stats.generations <= REQUESTS + 1
