@@ -61,7 +61,12 @@ class OllamaClient(HttpHost):
         return Capacity()
 
     def _body(self, request: Request) -> bytes:
-        return encode(msgspec.structs.replace(request, model=self.names.own(request.model or "")))
+        """The request under the host's own name for its model: a copy only if aliased
+        (on the hot path, most names are the host's own)."""
+        own = self.names.own(request.model or "")
+        if own != request.model:
+            request = msgspec.structs.replace(request, model=own)
+        return encode(request)
 
     def chat(self, request: ChatRequest, timeouts: StreamTimeouts) -> AsyncIterator[list[Line]]:
         return self._stream("/api/chat", self._body(request), request.model or "", timeouts,
