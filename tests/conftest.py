@@ -20,7 +20,7 @@ from bus.connection import NATS, connect
 from bus.server import EmbeddedNats
 from tests.helpers import own_database
 
-pytest_plugins = ["tests._sim_fixtures", "tests._engine_fixtures"]
+pytest_plugins = ["tests._sim_fixtures", "tests._engine_fixtures", "tests._cluster_fixtures"]
 
 StackFactory = Callable[..., Awaitable[Stack]]
 
@@ -30,6 +30,13 @@ async def nats_server() -> AsyncIterator[EmbeddedNats]:
     """One real nats-server with JetStream for the whole session."""
     async with EmbeddedNats() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def replicas() -> int:
+    """Copies of each stream and bucket the tests' stacks provision: one on the session's
+    single server (tests/chaos/ puts a three-node cluster in its place, and 3 here)."""
+    return 1
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -80,7 +87,9 @@ def make_config(url: str, prefix: str, hosts: list[str], **sections: Any) -> Con
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def stack_factory(nats_server: EmbeddedNats, prefix: str) -> AsyncIterator[StackFactory]:
+async def stack_factory(
+    nats_server: EmbeddedNats, prefix: str, replicas: int
+) -> AsyncIterator[StackFactory]:
     """Start router + executor stacks against the session's server; stop them after.
 
     A stack with a recorder needs `database={"url": database_url}` from the test, which
@@ -91,6 +100,7 @@ async def stack_factory(nats_server: EmbeddedNats, prefix: str) -> AsyncIterator
     async def make(
         hosts: list[str], actors: tuple[str, ...] = ("router", "executor"), **sections: Any
     ) -> Stack:
+        sections["nats"] = {"replicas": replicas, **sections.get("nats", {})}
         stack = Stack(make_config(nats_server.url, prefix, hosts, **sections), actors=actors)
         await stack.start()
         stacks.append(stack)

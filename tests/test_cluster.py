@@ -6,14 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import nats.errors
-import pytest_asyncio
-from nats.js.errors import APIError
-
-from actors.cli.bench.harness import free_port
 from actors.runtime.supervisor import Stack
 from bus.client import Client
 from bus.connection import connect
@@ -21,47 +15,10 @@ from bus.provision import provision
 from bus.server import EmbeddedNats, packaged_config
 from bus.subjects import Subjects
 from schemas import GenerateResult
+from tests._cluster_fixtures import DEPLOY, NODES
 from tests.conftest import make_config
-from tests.helpers import eventually
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "nats"
-NODES = 3
 REQUESTS = 12
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def cluster() -> AsyncIterator[list[EmbeddedNats]]:
-    """Three nodes on loopback, routed to each other, JetStream ready."""
-    routes = [free_port() for _ in range(NODES)]
-    env = {f"NATS_ROUTE_{i + 1}": f"nats-route://127.0.0.1:{p}" for i, p in enumerate(routes)}
-    nodes = [
-        EmbeddedNats(
-            config_file=DEPLOY / "cluster.conf",
-            env=env | {"NATS_SERVER_NAME": f"n{i + 1}", "NATS_CLUSTER_LISTEN": f"127.0.0.1:{p}"},
-        )
-        for i, p in enumerate(routes)
-    ]
-    try:
-        await asyncio.gather(*(node.start() for node in nodes))
-        # Every node, as NATS_URL names a cluster's.
-        nc = await connect(",".join(node.url for node in nodes), name="cluster-probe")
-        try:
-            js = nc.jetstream()
-
-            async def ready() -> bool:
-                try:
-                    await js.account_info()
-                except (APIError, nats.errors.Error):
-                    return False  # no meta leader elected yet
-                return True
-
-            await eventually(ready, timeout=20.0)
-        finally:
-            await nc.close()
-        yield nodes
-    finally:
-        for node in nodes:
-            await node.stop()
 
 
 def test_the_cluster_config_has_the_single_nodes_limits() -> None:

@@ -79,8 +79,9 @@ BODIES = st.one_of(
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def fleet(nats_server, postgres) -> AsyncIterator[Fleet]:
-    """Every actor in one stack, on a database and a prefix of this module's own."""
+async def fleet(nats_server, postgres, replicas: int) -> AsyncIterator[Fleet]:
+    """Every actor in one stack, on a database and a prefix of this module's own (the
+    stack and its client on different nodes when `nats_server` is a cluster)."""
     prefix = f"f{secrets.token_hex(4)}"
     async with own_database(postgres.url(), prefix):
         sim = await SimulatorServer(models=[MODEL, "nomic-embed-text"]).start()
@@ -88,6 +89,7 @@ async def fleet(nats_server, postgres) -> AsyncIterator[Fleet]:
             nats_server.url,
             prefix,
             [sim.url],
+            nats={"replicas": replicas},
             database={"url": postgres.url(prefix)},
             router={"max_num_predict": 64},  # a valid fuzzed body never generates for long
         )

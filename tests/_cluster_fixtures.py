@@ -1,0 +1,77 @@
+"""A real three-node NATS cluster from deploy/nats/cluster.conf, for any test."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats.errors
+import pytest_asyncio
+from nats.js.errors import APIError
+
+from actors.cli.bench.harness import free_port
+from bus.connection import connect
+from bus.server import EmbeddedNats
+from tests.helpers import eventually
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "nats"
+NODES = 3
+
+
+@contextlib.asynccontextmanager
+async def running_cluster() -> AsyncIterator[list[EmbeddedNats]]:
+    """Three nodes on loopback (named n1, n2, n3), routed to each other, JetStream ready."""
+    routes = [free_port() for _ in range(NODES)]
+    env = {f"NATS_ROUTE_{i + 1}": f"nats-route://127.0.0.1:{p}" for i, p in enumerate(routes)}
+    nodes = [
+        EmbeddedNats(
+            config_file=DEPLOY / "cluster.conf",
+            env=env | {"NATS_SERVER_NAME": f"n{i + 1}", "NATS_CLUSTER_LISTEN": f"127.0.0.1:{p}"},
+        )
+        for i, p in enumerate(routes)
+    ]
+    try:
+        await asyncio.gather(*(node.start() for node in nodes))
+        # Every node, as NATS_URL names a cluster's.
+        nc = await connect(",".join(node.url for node in nodes), name="cluster-probe")
+        try:
+            js = nc.jetstream()
+
+            async def ready() -> bool:
+                try:
+                    await js.account_info()
+                except (APIError, nats.errors.Error):
+                    return False  # no meta leader elected yet
+                return True
+
+            await eventually(ready, timeout=20.0)
+        finally:
+            await nc.close()
+        yield nodes
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+class NodeByNode:
+    """A running cluster in the place of the session's single server (`nats_server`):
+    each read of `url` names the next node, so a test's stacks, clients and probes sit
+    on different nodes and every request crosses the cluster's routes."""
+
+    def __init__(self, nodes: list[EmbeddedNats]) -> None:
+        self.nodes = nodes
+        self._turns = itertools.cycle(nodes)
+
+    @property
+    def url(self) -> str:
+        return next(self._turns).url
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def cluster() -> AsyncIterator[list[EmbeddedNats]]:
+    """A three-node cluster of this test's own (it may kill a node)."""
+    async with running_cluster() as nodes:
+        yield nodes
