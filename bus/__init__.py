@@ -4,6 +4,7 @@ from bus.actor import Actor
 from bus.client import ChunkStream, Client
 from bus.config import Config, load_config
 from bus.connection import connect
+from bus.credentials import Credentials
 from bus.errors import (
     BadRequest,
     Cancelled,
@@ -14,6 +15,7 @@ from bus.errors import (
     Overloaded,
     PayloadTooLarge,
     RateLimited,
+    Refused,
     Timeout,
     Unavailable,
     UpstreamError,
@@ -30,6 +32,7 @@ __all__ = [
     "ChunkStream",
     "Client",
     "Config",
+    "Credentials",
     "EmbeddedNats",
     "HostRegistry",
     "Internal",
@@ -39,6 +42,7 @@ __all__ = [
     "Overloaded",
     "PayloadTooLarge",
     "RateLimited",
+    "Refused",
     "Subjects",
     "Timeout",
     "Unavailable",

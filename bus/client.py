@@ -12,6 +12,7 @@ from nats.aio.client import Client as NATS
 
 from bus.connection import close_within, connect
 from bus.construction import Construction
+from bus.credentials import Credentials
 from bus.errors import (
     BadRequest,
     Internal,
@@ -88,6 +89,9 @@ def _convert(value: Any, cls: type[Any], what: str) -> Any:
 class Client:
     """`async with Client(url) as c:` then `generate`, `chat`, `embed`, `cancel`, `resume`.
 
+    `credentials` say who the client is to NATS (`bus.credentials`); without them, the
+    environment's `NATS_CREDS`, `NATS_NKEY`, `NATS_USER` and `NATS_PASSWORD` or `NATS_TOKEN`.
+
     `stream=True` returns a `ChunkStream`; `stream=False` returns the whole result, shaped
     like Ollama's (`response`, `message`, `embeddings`). Failures raise `OllameshError`
     subclasses named after the wire error codes.
@@ -101,8 +105,11 @@ class Client:
         nc: NATS | None = None,
         timeout: float = 300.0,
         name: str = "ollamesh-client",
+        credentials: Credentials | None = None,
     ) -> None:
         self.url = url
+        # None: the environment's (NATS_CREDS, NATS_NKEY, NATS_USER and NATS_PASSWORD...).
+        self._credentials = credentials
         self.subjects = Subjects(prefix)
         self.timeout = timeout
         self._name = name
@@ -154,7 +161,7 @@ class Client:
 
     async def connect(self) -> Client:
         if self._nc is None:
-            self._nc = await connect(self.url, name=self._name)
+            self._nc = await connect(self.url, name=self._name, credentials=self._credentials)
         return self
 
     async def close(self) -> None:

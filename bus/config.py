@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Meta, Struct
 
+from bus.credentials import Credentials, from_environment
+
 __all__ = [
     "CacheConfig",
     "Config",
@@ -69,6 +71,9 @@ class NatsConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     chunk_max_age_s: Positive = 600.0
     event_max_age_s: Positive = 7 * 24 * 3600.0
     connect_timeout_s: Positive = 5.0
+    # Who ollamesh is to the server (or NATS_CREDS, NATS_NKEY, NATS_USER and
+    # NATS_PASSWORD, NATS_TOKEN); unset: nobody, the embedded server's local user.
+    auth: Credentials = msgspec.field(default_factory=Credentials)
 
 
 class DatabaseConfig(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -337,8 +342,13 @@ def split_kind(entry: str) -> tuple[HostKind, str]:
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     """Read the documented environment variables into the shape of the TOML file."""
     out: dict[str, Any] = {}
+    nats: dict[str, Any] = {}
     if url := env.get("NATS_URL"):
-        out["nats"] = {"url": url}
+        nats["url"] = url
+    if auth := from_environment(env):
+        nats["auth"] = auth
+    if nats:
+        out["nats"] = nats
     if url := env.get("DATABASE_URL"):
         out["database"] = {"url": url}
     if hosts := env.get("OLLAMA_HOSTS"):

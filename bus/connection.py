@@ -14,6 +14,8 @@ long-running process needs.
 - `on_reconnect` registers callbacks run after every reconnection, for state that lives
   on the server and may be gone after a restart (memory-backed buckets, watchers);
   `wait_connected` waits for the connection to be up again.
+- Credentials (`bus.credentials`): from the caller, else from the environment; a server
+  that refuses them is `Refused`, one line that names who was refused, at once.
 - `publish_once` is for messages a stream must keep (request events): published at once
   with no round trip, stored at most once (its message id), and published again after a
   reconnection if it left within `CRASH_WINDOW_S` before the connection dropped, or
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -36,7 +39,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from bus.errors import Unavailable
+from bus.credentials import Credentials, from_environment
+from bus.errors import Refused, Unavailable
 
 __all__ = [
     "CRASH_WINDOW_S",
@@ -49,6 +53,10 @@ __all__ = [
 ]
 
 _FIRST_CONNECT_ATTEMPTS = 2
+# What the server says (in nats-py's errors) when it refuses credentials, and when it
+# drops a message the connection's permissions do not allow.
+_AUTHORIZATION_VIOLATION = "authorization violation"
+_PERMISSIONS_VIOLATION = "permissions violation"
 # nats-py skips its closed callback when flushing on the way out fails (the server
 # reset the socket): how often `wait_lost` looks at the state itself.
 _CLOSED_CHECK_S = 0.5
@@ -171,18 +179,50 @@ class Connection(NATS):
         await super().drain()
 
 
-async def connect(
-    url: str, *, name: str, connect_timeout: float = 5.0, **options: Any
-) -> Connection:
-    """Connect to `url`; reconnect forever after the first success, log every change.
+def _refusal(exc: Exception) -> bool:
+    """Whether `exc` is the server refusing the credentials (nats-py reports it as a bare
+    error while connecting, as `AuthorizationError` afterwards)."""
+    return isinstance(exc, nats.errors.AuthorizationError) or (
+        _AUTHORIZATION_VIOLATION in str(exc).lower()
+    )
 
-    Raises `Unavailable` when no server answers within `connect_timeout`.
+
+async def connect(
+    url: str,
+    *,
+    name: str,
+    credentials: Credentials | None = None,
+    connect_timeout: float = 5.0,
+    **options: Any,
+) -> Connection:
+    """Connect to `url` as `credentials` (None: the environment's `NATS_*`); reconnect
+    forever after the first success, log every change.
+
+    Raises `Refused` when the server refuses the credentials (or a file they name cannot
+    be read), `Unavailable` when no server answers within `connect_timeout`.
     """
     log = structlog.get_logger("bus.connection").bind(connection=name)
+    if credentials is None:
+        credentials = Credentials(**from_environment(os.environ))
+    auth = credentials.options()
     nc = Connection()
+    first_connect = True
+    refusal: Exception | None = None  # the server's, during the first connect
 
     async def on_error(exc: Exception) -> None:
-        log.warning("nats_error", error=repr(exc))
+        nonlocal refusal
+        if first_connect:
+            # What failed is raised from the first connect, in one line.
+            refusal = exc if _refusal(exc) else refusal
+            log.debug("nats_connect_failed", error=repr(exc))
+        elif _refusal(exc):
+            log.error("nats_refused", credentials=credentials.describe(), error=repr(exc))
+        elif _PERMISSIONS_VIOLATION in str(exc).lower():
+            # A publish or subscribe this connection's role may not make: the server
+            # drops it and says so; the request behind it, if any, will time out.
+            log.error("nats_permission_denied", error=str(exc))
+        else:
+            log.warning("nats_error", error=repr(exc))
 
     async def on_disconnected() -> None:
         nc._up.clear()
@@ -238,11 +278,17 @@ async def connect(
             disconnected_cb=on_disconnected,
             reconnected_cb=on_reconnected,
             closed_cb=on_closed,
+            **auth,
             **options,
         )
     except (nats.errors.Error, OSError, TimeoutError) as exc:
         nc._closing = True  # a first connect that failed is not a connection lost
+        if refusal is not None:
+            raise Refused(
+                f"NATS at {url} refused {credentials.describe()}: authorization violation"
+            ) from refusal
         raise Unavailable(f"cannot reach NATS at {url}: {exc!r}") from exc
+    first_connect = False
     nc.options["max_reconnect_attempts"] = -1
     nc._up.set()
     return nc

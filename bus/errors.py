@@ -25,6 +25,7 @@ __all__ = [
     "Overloaded",
     "PayloadTooLarge",
     "RateLimited",
+    "Refused",
     "Timeout",
     "Unavailable",
     "UpstreamError",
@@ -127,6 +128,13 @@ class Unavailable(OllameshError, ConnectionError):
     """NATS is unreachable, or nothing serves the subject (no router running)."""
 
     code = ErrorCode.UNAVAILABLE
+
+
+class Refused(OllameshError, PermissionError):
+    """NATS refused the connection's credentials (or they cannot be read): in-process
+    only, never a wire error; trying again with the same credentials will not help."""
+
+    code = "refused"
 
 
 class NotSupported(OllameshError):

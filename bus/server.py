@@ -8,6 +8,7 @@ import ctypes
 import importlib.metadata
 import os
 import re
+import secrets
 import shutil
 import signal
 import sys
@@ -19,12 +20,28 @@ from types import TracebackType
 
 import structlog
 
-__all__ = ["EmbeddedNats", "NatsServerError", "find_nats_server", "packaged_config"]
+__all__ = [
+    "ROLE_PASSWORDS",
+    "EmbeddedNats",
+    "NatsServerError",
+    "find_nats_server",
+    "packaged_config",
+]
 
 log = structlog.get_logger("bus.server")
 
 _LISTENING = re.compile(rb"Listening for client connections on (\S+):(\d+)")
 _READY = b"Server is ready"
+# The passwords of the users nats.conf (and deploy/nats/auth.conf) define, one per role:
+# the server reads them from its environment, where the launcher puts a random one for
+# each not given (a role nobody gave a password to cannot be used).
+ROLE_PASSWORDS = (
+    "NATS_CLIENT_PASSWORD",
+    "NATS_ADMIN_PASSWORD",
+    "NATS_ACTOR_PASSWORD",
+    "NATS_GATEWAY_PASSWORD",
+    "NATS_LOCAL_PASSWORD",
+)
 
 
 class NatsServerError(RuntimeError):
@@ -68,7 +85,8 @@ class EmbeddedNats:
     """A nats-server child process with JetStream; `url` is valid once started.
 
     `port=None` takes a free port; `data_dir=None` keeps JetStream in a temporary
-    directory removed at stop.
+    directory removed at stop. `env` adds to the server's environment: the variables its
+    config refers to, such as the role users' passwords (`ROLE_PASSWORDS`).
     """
 
     def __init__(
@@ -85,8 +103,11 @@ class EmbeddedNats:
         self.port = port
         self._data_dir = Path(data_dir) if data_dir else None
         self._config = Path(config_file) if config_file else packaged_config()
-        # Variables the config file refers to (`$NATS_SERVER_NAME`...), beside ours.
-        self._env = {**os.environ, **env} if env else None
+        # Variables the config file refers to (`$NATS_SERVER_NAME`, the role users'
+        # passwords...), beside ours.
+        # (The server parses a variable as a config value: a letter first keeps it a string.)
+        random = {name: f"p{secrets.token_hex(24)}" for name in ROLE_PASSWORDS}
+        self._env = {**random, **os.environ, **(env or {})}
         self._start_timeout = start_timeout
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._proc: asyncio.subprocess.Process | None = None

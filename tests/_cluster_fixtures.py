@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,14 +23,29 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "nats"
 NODES = 3
 
 
+def with_local_user(into: Path) -> Path:
+    """deploy/nats/cluster.conf with nats.conf's authorization (deploy/nats/local.conf,
+    written into `into` with the files they include): the roles' users and `local` with
+    every right, for the tests' connections without credentials. A production node has
+    no such user (tests/test_permissions.py starts cluster.conf as it is)."""
+    for conf in DEPLOY.glob("*.conf"):
+        shutil.copy(conf, into)
+    config = into / "test-cluster.conf"
+    # The later authorization block replaces auth.conf's.
+    config.write_text('include "cluster.conf"\ninclude "local.conf"\n')
+    return config
+
+
 @contextlib.asynccontextmanager
 async def running_cluster() -> AsyncIterator[list[EmbeddedNats]]:
     """Three nodes on loopback (named n1, n2, n3), routed to each other, JetStream ready."""
     routes = [free_port() for _ in range(NODES)]
     env = {f"NATS_ROUTE_{i + 1}": f"nats-route://127.0.0.1:{p}" for i, p in enumerate(routes)}
+    configs = tempfile.TemporaryDirectory(prefix="ollamesh-cluster-")
+    config = with_local_user(Path(configs.name))
     nodes = [
         EmbeddedNats(
-            config_file=DEPLOY / "cluster.conf",
+            config_file=config,
             env=env | {"NATS_SERVER_NAME": f"n{i + 1}", "NATS_CLUSTER_LISTEN": f"127.0.0.1:{p}"},
         )
         for i, p in enumerate(routes)
@@ -54,6 +71,7 @@ async def running_cluster() -> AsyncIterator[list[EmbeddedNats]]:
     finally:
         for node in nodes:
             await node.stop()
+        configs.cleanup()
 
 
 class NodeByNode:

@@ -67,9 +67,9 @@ def test_bus_exports_are_the_contract() -> None:
     assert sorted(bus.__all__) == sorted(
         [
             "Actor", "BadRequest", "Cancelled", "ChunkStream", "Client", "Config",
-            "EmbeddedNats", "HostRegistry", "Internal", "ModelNotFound", "NoHealthyHost",
-            "OllameshError", "Overloaded", "PayloadTooLarge", "RateLimited", "Subjects",
-            "Timeout", "Unavailable", "UpstreamError", "connect", "load_config",
+            "Credentials", "EmbeddedNats", "HostRegistry", "Internal", "ModelNotFound",
+            "NoHealthyHost", "OllameshError", "Overloaded", "PayloadTooLarge", "RateLimited",
+            "Refused", "Subjects", "Timeout", "Unavailable", "UpstreamError", "connect", "load_config",
             "model_from_token", "model_token", "provision",
         ]
     )  # fmt: skip

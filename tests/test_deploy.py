@@ -27,6 +27,7 @@ from bus.config import Config, ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
+NATS_CONFIGS = ROOT / "deploy" / "nats"
 SYSTEMD = ROOT / "deploy" / "systemd"
 # The oldest Kubernetes the manifests are for (the gateway's preStop sleep needs 1.30).
 KUBERNETES = "1.30"
@@ -39,7 +40,7 @@ METRICS_PORT = 9464
 # The environment variables ollamesh reads (bus/config.py, the CLI).
 OLLAMESH_ENV = {
     "NATS_URL", "DATABASE_URL", "OLLAMA_HOSTS", "OLLAMESH_PREFIX", "OLLAMESH_GATEWAY_PORT",
-    "OLLAMESH_CONFIG",
+    "OLLAMESH_CONFIG", "NATS_USER", "NATS_PASSWORD", "NATS_CREDS", "NATS_NKEY", "NATS_TOKEN",
 }  # fmt: skip
 
 
@@ -181,6 +182,37 @@ def test_the_secret_example_is_a_placeholder() -> None:
     assert "EXAMPLE ONLY" in (K8S / "secret.example.yaml").read_text()
 
 
+def _auth_passwords() -> dict[str, str]:
+    """deploy/nats/auth.conf's users and the environment variable of each one's password."""
+    found = re.findall(
+        r"^\s*\{ user: (\w+),\s*password: \$(\w+)",
+        (NATS_CONFIGS / "auth.conf").read_text(),
+        re.MULTILINE,
+    )
+    assert len(found) == 4, found
+    return dict(found)
+
+
+def test_the_nats_secret_example_has_every_user_s_password() -> None:
+    """The example Secret ollamesh-nats has a placeholder for each password auth.conf reads."""
+    data = _object("Secret", "ollamesh-nats")["stringData"]
+    assert set(data) == set(_auth_passwords().values())
+    assert all("PLACEHOLDER" in value for value in data.values())
+
+
+@pytest.mark.parametrize("workload", WORKLOADS, ids=_id)
+def test_workload_nats_user(workload: dict[str, Any]) -> None:
+    """Each pod is NATS user `actor` (the gateway's: `gateway`), its password from the
+    Secret's key for that user, and the environment it gets loads as those credentials."""
+    user = "gateway" if _actor(workload) == "gateway" else "actor"
+    env = {e["name"]: e for e in _container(workload)["env"]}
+    assert env["NATS_USER"]["value"] == user
+    ref = env["NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "ollamesh-nats", "key": _auth_passwords()[user]}
+    auth = load_config(env={"NATS_USER": user, "NATS_PASSWORD": "x"}).nats.auth
+    assert (auth.user, auth.password) == (user, "x")
+
+
 @pytest.mark.parametrize(("actor", "replicas"), [("router", 2), ("gateway", 2)])
 def test_router_and_gateway_outlast_a_drain(actor: str, replicas: int) -> None:
     """Router and gateway run two replicas, and a drain leaves at least one of each."""
@@ -275,6 +307,20 @@ def test_nats_values() -> None:
         assert f'"{config["merge"][name]}"' == _nats_conf(name)
 
 
+def test_nats_values_take_the_users_from_auth_conf() -> None:
+    """The chart's nats.conf includes auth.conf (its install puts auth.conf and roles.conf
+    in the chart's ConfigMap), and each server reads every password from the Secret."""
+    text = (K8S / "nats-values.yaml").read_text()
+    values = yaml.safe_load(text)
+    assert values["config"]["merge"]["00$include"] == "auth.conf"
+    for name in ("auth.conf", "roles.conf"):
+        assert f"configMap.merge.data.{name.replace('.', chr(92) + '.')}=deploy/nats/{name}" in text
+    env = values["container"]["env"]
+    for variable in _auth_passwords().values():
+        ref = env[variable]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "ollamesh-nats", "key": variable}
+
+
 def _unit(path: Path) -> configparser.ConfigParser:
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys keep their case
@@ -311,10 +357,20 @@ def test_systemd_executor_drop_in() -> None:
     assert unit["Service"]["Environment"] == "OLLAMA_HOSTS=http://127.0.0.1:11434"
 
 
-def _env_file() -> tuple[dict[str, str], set[str]]:
-    """ollamesh.env's variables that are set, and the names of those commented out."""
+def test_systemd_gateway_drop_in() -> None:
+    """The gateway's drop-in reads gateway.env after ollamesh.env: NATS user `gateway`."""
+    unit = _unit(SYSTEMD / "ollamesh@gateway.service.d" / "nats-user.conf")
+    assert unit["Service"]["EnvironmentFile"] == "/etc/ollamesh/gateway.env"
+    set_, commented = _env_file("gateway.env")
+    assert set_.keys() == {"NATS_USER", "NATS_PASSWORD"} and not commented
+    assert set_["NATS_USER"] == "gateway" and set_["NATS_PASSWORD"] == "CHANGE-ME"
+    assert "gateway" in _auth_passwords()
+
+
+def _env_file(name: str = "ollamesh.env") -> tuple[dict[str, str], set[str]]:
+    """An env file's variables that are set, and the names of those commented out."""
     set_, commented = {}, set()
-    for line in (SYSTEMD / "ollamesh.env").read_text().splitlines():
+    for line in (SYSTEMD / name).read_text().splitlines():
         if match := re.fullmatch(r"(#?)([A-Z_]+)=(.*)", line):
             if match.group(1):
                 commented.add(match.group(2))
@@ -329,21 +385,21 @@ def test_systemd_env_file() -> None:
     assert set(set_) | commented == OLLAMESH_ENV
     config = load_config(env={k: v for k, v in set_.items() if k != "OLLAMESH_CONFIG"})
     assert config.nats.url == set_["NATS_URL"]
+    assert config.nats.auth.user == "actor" and "actor" in _auth_passwords()
     assert set_["DATABASE_URL"].startswith("postgresql://")
     assert len(set_["NATS_URL"].split(",")) == 3
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
-@pytest.mark.parametrize("instance", ["router", "executor", r"router\x2ccache"])
+@pytest.mark.parametrize("instance", ["router", "executor", "gateway", r"router\x2ccache"])
 def test_systemd_analyze_verify(tmp_path: Path, instance: str) -> None:
     """systemd itself reads the unit (and the executor's drop-in) without a complaint."""
     unit = (SYSTEMD / "ollamesh@.service").read_text()
     # verify insists that the command exists; what runs it is not the point here.
     unit = unit.replace("ExecStart=/opt/ollamesh/bin/ollamesh ", f"ExecStart={sys.executable} ")
     (tmp_path / "ollamesh@.service").write_text(unit)
-    shutil.copytree(
-        SYSTEMD / "ollamesh@executor.service.d", tmp_path / "ollamesh@executor.service.d"
-    )
+    for drop_ins in SYSTEMD.glob("ollamesh@*.service.d"):
+        shutil.copytree(drop_ins, tmp_path / drop_ins.name)
     done = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(tmp_path / f"ollamesh@{instance}.service")],
         capture_output=True,

@@ -123,7 +123,10 @@ class Stack:
             self.server = EmbeddedNats(port=port, data_dir=data_dir)
             self.url = await self.server.start()
         self.nc = await connect(
-            self.url, name="ollamesh", connect_timeout=self.config.nats.connect_timeout_s
+            self.url,
+            name="ollamesh",
+            credentials=self.config.nats.auth,
+            connect_timeout=self.config.nats.connect_timeout_s,
         )
         self.nc.on_reconnect(self._reconnected)
         if (port := self.config.metrics.port) is not None:
