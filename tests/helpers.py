@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
+import json
 import os
+import signal
 import sys
 from asyncio.subprocess import Process
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -106,6 +109,47 @@ async def ollamesh_up(env: dict[str, str], *args: str, timeout: float = 30.0) ->
             if not line:
                 raise AssertionError(f"ollamesh up exited with {await proc.wait()}")
     return proc
+
+
+class Running:
+    """An `ollamesh up` child whose log is read all along: its pipe never fills, the
+    events it logged are counted, and its last lines are kept for a failure's message."""
+
+    def __init__(self, proc: Process, tail: int = 200) -> None:
+        self.proc = proc
+        self.events: collections.Counter[str] = collections.Counter()
+        self.tail: collections.deque[str] = collections.deque(maxlen=tail)
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        while line := await self.proc.stderr.readline():
+            text = line.decode(errors="replace").rstrip()
+            self.tail.append(text)
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                self.events[json.loads(text).get("event", "")] += 1
+
+    async def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM it (SIGKILL after `timeout`); return its exit code once its log is read."""
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout)
+            except TimeoutError:
+                self.proc.kill()
+        code = await self.proc.wait()
+        await asyncio.wait_for(self._reader, timeout)
+        return code
+
+
+@contextlib.asynccontextmanager
+async def ollamesh_running(env: dict[str, str], *args: str) -> AsyncIterator[Running]:
+    """`ollamesh up ARGS` for the block (see `ollamesh_up`), stopped after it."""
+    running = Running(await ollamesh_up(env, *args))
+    try:
+        yield running
+    finally:
+        await running.stop()
 
 
 async def query(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:

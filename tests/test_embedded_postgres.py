@@ -11,9 +11,11 @@ from asyncio.subprocess import Process
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from actors.store import EmbeddedPostgres
 from bus.server import EmbeddedNats
+from tests.helpers import query
 
 
 def _config(tmp_path: Path, nats_url: str, prefix: str, data_dir: Path | None = None) -> Path:
@@ -177,3 +179,23 @@ async def test_a_second_handle_in_one_process_leaves_the_first_serving(
     async with EmbeddedPostgres(postgres.data_dir) as joined:
         assert await _serves(joined.url())
     assert await _serves(postgres.url())
+
+
+async def test_stopped_and_started_again_it_serves_its_data_at_the_same_url(
+    tmp_path: Path,
+) -> None:
+    """Stopped, its server is gone (no postmaster, nothing to connect to); started again
+    on the same data directory, it answers at the URL it had, with what it held (what
+    tests/chaos/test_postgres.py does to Postgres under load)."""
+    server = EmbeddedPostgres(tmp_path / "pg")
+    url = await server.start()
+    try:
+        await query(url, "CREATE TABLE kept AS SELECT 1 AS n")
+        await server.stop()
+        assert not (server.data_dir / "postmaster.pid").exists()
+        with pytest.raises(OSError):
+            await asyncpg.connect(url, timeout=5)
+        assert await server.start() == url
+        assert [r["n"] for r in await query(url, "SELECT n FROM kept")] == [1]
+    finally:
+        await server.stop()
