@@ -48,6 +48,8 @@ class Chunk(Struct, kw_only=True, omit_defaults=True, tag_field="type", tag="chu
     text: str = ""
     thinking: str | None = None
     tool_calls: list[ToolCall] | None = None
+    # The host's tokens in it (what an answer that moves to another host counts on).
+    tokens: int = 0
 
 
 class Figures(Struct, kw_only=True, omit_defaults=True):
@@ -72,6 +74,8 @@ class Stats(Figures, kw_only=True, omit_defaults=True, tag_field="type"):
     fallback_from: str | None = None
     # The answer came from the cache (host is then the host that first produced it).
     cached: bool = False
+    # Its host failed mid-answer and another went on from the last token sent (`host`).
+    moved: bool = False
 
 
 class Done(Stats, tag="done"):

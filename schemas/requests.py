@@ -146,6 +146,9 @@ class _Routed(Struct, kw_only=True, omit_defaults=True, tag_field="type"):
     # knows (a host has it or a role names it) whose hosts are down or slow, and not for
     # an unknown one, which is `model_not_found`; true also for an unknown one; false never.
     fallback: bool | None = None
+    # Whether an answer whose host fails after its first token may go on on another host
+    # from the last token sent (false: it ends with a retryable `upstream_error`).
+    migrate: bool = True
     priority: Priority = Priority.INTERACTIVE
     cache: CacheMode = CacheMode.AUTO
     options: Options | None = None
@@ -202,7 +205,7 @@ Request = GenerateRequest | ChatRequest | EmbedRequest
 # ollamesh's own request fields: Ollama never sees them, and they do not shape an answer.
 ROUTING_FIELDS = frozenset(
     {
-        "request_id", "role", "task", "deadline_ms", "fallback", "priority", "cache",
+        "request_id", "role", "task", "deadline_ms", "fallback", "migrate", "priority", "cache",
         "prompt_template", "template_version", "variables",
     }
 )  # fmt: skip

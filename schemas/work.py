@@ -63,6 +63,8 @@ class RequestEvent(Struct, kw_only=True, omit_defaults=True, tag_field="type", t
     # The model asked for, when a fallback served the request.
     fallback_from: str | None = None
     template: str | None = None
+    # The answer went on on this host after another failed mid-stream.
+    moved: bool = False
     at: float = 0.0
 
 
@@ -119,6 +121,7 @@ class Answer(Figures, kw_only=True, omit_defaults=True):
     tool_calls: list[ToolCall] | None = None
     embeddings: list[list[float]] | None = None
     fallback_from: str | None = None
+    moved: bool = False
 
 
 class CacheStore(Struct, kw_only=True, tag_field="type", tag="cache_store"):

@@ -145,19 +145,33 @@ async def test_a_mixed_fleet_serves_one_model_from_both_kinds(
     assert hosts == {sim.url, llama_server.url}
 
 
-async def test_killing_the_engine_mid_stream_is_a_typed_error_and_the_next_goes_elsewhere(
-    llama_server: LlamaServer, sim_factory, stack_factory, client: Client
+@pytest.mark.parametrize("migrate", [True, False])
+async def test_killing_the_engine_mid_stream_moves_the_answer_or_ends_it_typed(
+    llama_server: LlamaServer, sim_factory, stack_factory, client: Client, migrate: bool
 ) -> None:
+    """llama-server SIGKILLed mid-answer: the answer goes on on the other host from the
+    last chunk sent (one stream, seq without a gap, every token counted), or, for a
+    request that opted out, ends with `upstream_error`; the next request goes there."""
     url = llama_server.url
     await stack_factory([f"openai+{url}"], **ALIASES)
-    stream = await client.chat("tiny", CHAT, stream=True, options={"num_predict": 3000})
-    async for _ in stream:
+    stream = await client.chat(
+        "tiny", CHAT, stream=True, options={"num_predict": 3000}, migrate=migrate
+    )
+    seqs = []
+    async for chunk in stream:
+        seqs.append(chunk.seq)
         break  # the engine is generating
     sim = await sim_factory(models=[MODEL])
     await stack_factory([sim.url], actors=("executor",), **ALIASES)
     llama_server.kill()
-    with pytest.raises(UpstreamError, match="stream broke"):
-        async for _ in stream:
-            pass
+    if migrate:
+        seqs += [chunk.seq async for chunk in stream]
+        assert stream.done is not None and stream.done.moved and stream.done.host == sim.url
+        assert seqs == list(range(1, len(seqs) + 1)) and stream.done.seq == len(seqs) + 1
+        assert stream.done.eval_count == 3000
+    else:
+        with pytest.raises(UpstreamError, match="stream broke"):
+            async for _ in stream:
+                pass
     result = await client.generate("tiny", "next", options={"num_predict": 2})
     assert isinstance(result, GenerateResult) and result.host == sim.url

@@ -13,7 +13,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from actors.simulator import Fault
-from bus.client import Client
+from bus.client import ChunkStream, Client
 from bus.errors import NotSupported, UpstreamError
 from bus.subjects import Subjects, model_token
 from schemas import ChatResult, GenerateResult
@@ -138,19 +138,54 @@ async def test_a_busy_engine_hands_the_work_to_another_host(
         assert isinstance(result, GenerateResult) and result.host == ollama.url
 
 
-async def test_an_engine_dying_mid_stream_is_a_typed_error_and_the_next_goes_elsewhere(
-    sim_factory, stack_factory, client: Client
-) -> None:
+async def _chat_on_an_engine_beside_ollama(
+    sim_factory, stack_factory, client: Client, **fields: Any
+) -> tuple[ChunkStream, Any, str]:
+    """A chat on llama-server's stand-in, an Ollama host beside it: the stream, the
+    engine, and the Ollama host's URL."""
     openai = await sim_factory(models=[GGUF], api="openai", tokens_per_second=50)
     await stack_factory([f"openai+{openai.url}"], **ALIASES)
-    stream = await client.chat("tiny", CHAT, stream=True, options={"num_predict": 500})
+    stream = await client.chat("tiny", CHAT, stream=True, options={"num_predict": 40}, **fields)
     ollama = await sim_factory(models=[MODEL])
     await stack_factory([ollama.url], actors=("executor",), **ALIASES)
+    return stream, openai, ollama.url
+
+
+async def _read_killing(stream: ChunkStream, engine: Any) -> list[int]:
+    """Read `stream`, killing `engine` after the first chunk: the seqs read."""
+    seqs = []
+    async for chunk in stream:
+        seqs.append(chunk.seq)
+        await engine.kill()
+    return seqs
+
+
+async def test_an_engine_dying_mid_stream_moves_the_answer_to_the_ollama_host(
+    sim_factory, stack_factory, client: Client
+) -> None:
+    """A chat begun on llama-server's stand-in goes on on an Ollama host, from the last
+    chunk sent: one stream, no seq missing or repeated, `done` says it moved."""
+    stream, engine, ollama = await _chat_on_an_engine_beside_ollama(
+        sim_factory, stack_factory, client
+    )
+    seqs = await _read_killing(stream, engine)
+    assert stream.done is not None and stream.done.moved and stream.done.host == ollama
+    assert seqs == list(range(1, len(seqs) + 1)) and stream.done.seq == len(seqs) + 1
+    assert stream.done.eval_count == 40  # num_predict counted across both hosts
+
+
+async def test_an_answer_that_opted_out_of_moving_ends_with_a_typed_error(
+    sim_factory, stack_factory, client: Client
+) -> None:
+    """`migrate: false`: the engine's death mid-stream is `upstream_error`, and the next
+    request goes to the host that is left."""
+    stream, engine, ollama = await _chat_on_an_engine_beside_ollama(
+        sim_factory, stack_factory, client, migrate=False
+    )
     with pytest.raises(UpstreamError):
-        async for _ in stream:
-            await openai.kill()
+        await _read_killing(stream, engine)
     result = await client.generate("tiny", "next", options={"num_predict": 2})
-    assert isinstance(result, GenerateResult) and result.host == ollama.url
+    assert isinstance(result, GenerateResult) and result.host == ollama
 
 
 async def test_the_monitor_shows_an_engine_and_refuses_what_it_cannot_do(

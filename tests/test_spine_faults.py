@@ -12,7 +12,7 @@ from bus.client import Client
 from bus.errors import Cancelled, NoHealthyHost, Timeout, UpstreamError
 from bus.subjects import Subjects
 from schemas.internal import RequestEvent, decode_event
-from tests.helpers import assert_well_formed, stored_stream, warm
+from tests.helpers import assert_well_formed, eventually, stored_stream, warm
 
 MODELS = ["llama3.2:3b", "qwen2.5:7b"]
 
@@ -71,7 +71,8 @@ async def test_busy_503_is_retried_on_another_host(
     )
     assert {r.host for r in results} == {good.url}
     assert busy.engine.stats.requests.get("/api/generate", 0) >= 1
-    assert any(e.attempt > 1 and e.outcome == "ok" for e in events)
+    # Events are published as requests end, after their replies.
+    await eventually(lambda: any(e.attempt > 1 and e.outcome == "ok" for e in events))
 
 
 async def test_a_transient_503_on_the_only_host_is_retried(

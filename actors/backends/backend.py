@@ -44,6 +44,9 @@ class Backend(Protocol):
 
     kind: str
     url: str
+    # Whether its generate completes the prompt as it is (no chat template applied), so
+    # an answer moved to it goes on from the prompt plus the text so far.
+    raw_completions: bool
 
     async def health(self, timeout: float) -> str:
         """The engine's version; `HostLoading` while it loads, `HostUnavailable` if down."""

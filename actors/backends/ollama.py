@@ -39,6 +39,7 @@ class OllamaClient(HttpHost):
     health monitor's model management extends it (`OllamaAdmin`)."""
 
     kind = "ollama"
+    raw_completions = False
 
     async def health(self, timeout: float) -> str:
         """The host's Ollama version; raises `HostUnavailable` if it does not answer."""

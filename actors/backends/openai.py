@@ -160,6 +160,7 @@ class OpenAIClient(HttpHost):
     monitor's `OpenAIAdmin` extends it."""
 
     kind = "openai"
+    raw_completions = True
 
     def __init__(
         self, url: str, *, connect_timeout: float, aliases: Mapping[str, str] | None = None

@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import nats.errors
 from nats.js import JetStreamContext
@@ -29,7 +31,7 @@ from actors.backends.ollama_api import Line
 from bus.connection import Connection
 from schemas import Chunk, Done, Error, StreamMessage, ToolCall, decode_stream, encode
 
-__all__ = ["Emitter", "NotStored", "StreamEnded", "stored_last"]
+__all__ = ["Emitter", "NotStored", "SoFar", "StreamEnded", "stored_last", "stored_messages"]
 
 # JetStream's error code for "wrong last sequence" (Nats-Expected-Last-Subject-Sequence).
 _WRONG_LAST = 10071
@@ -38,6 +40,16 @@ _TERMINAL_WITHIN_S = 60.0
 _ACK_TIMEOUT_S = 5.0
 # Between tries to store the terminal while the server is unreachable or answers late.
 _RETRY_S = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class SoFar:
+    """What a request's stream holds of its answer: chunks 1..`seq`."""
+
+    seq: int
+    text: str = ""
+    thinking: str = ""
+    tokens: int = 0  # the host's tokens in them
 
 
 class StreamEnded(Exception):
@@ -58,6 +70,21 @@ async def stored_last(
         return None
     assert raw.seq is not None and raw.data is not None
     return raw.seq, decode_stream(raw.data)
+
+
+async def stored_messages(
+    js: JetStreamContext, stream: str, subject: str
+) -> AsyncIterator[StreamMessage]:
+    """Every message the stream holds on `subject`, in the order stored (one by one)."""
+    at = 1
+    while True:
+        try:
+            raw = await js.get_msg(stream, seq=at, subject=subject, next=True)
+        except NotFoundError:
+            return
+        assert raw.seq is not None and raw.data is not None
+        yield decode_stream(raw.data)
+        at = raw.seq + 1
 
 
 class Emitter:
@@ -93,11 +120,16 @@ class Emitter:
         self.text: list[str] = []
         self.thinking: list[str] = []
         self.tool_calls: list[ToolCall] = []
+        # The host's tokens (lines that carried any), with those before it went on.
+        self.tokens = 0
+        # The answer another executor stored before this emitter went on from it.
+        self.so_far: SoFar | None = None
         self.first_token_at: float | None = None
         self.superseded = False
         self._pending_text: list[str] = []
         self._pending_thinking: list[str] = []
         self._pending_tools: list[ToolCall] = []
+        self._pending_tokens = 0
         # Every chunk sent, encoded (index seq - 1), and how many left this process.
         self._chunks: list[bytes] = []
         self._sent = 0
@@ -116,14 +148,19 @@ class Emitter:
 
     @property
     def started(self) -> bool:
-        """Whether any token has reached the client (so the work can no longer move)."""
-        return self.seq > 0
+        """Whether this emitter sent a token (so the work can no longer be served again
+        from where it was delivered)."""
+        return self.seq > (self.so_far.seq if self.so_far else 0)
 
-    def continue_after(self, seq: int) -> None:
-        """Number what this emitter sends after `seq`, stored by an executor now gone."""
-        self.seq = seq
-        self._chunks = [b""] * seq  # never sent again: the stream holds them
-        self._sent = seq
+    def continue_after(self, so_far: SoFar) -> None:
+        """Number what this emitter sends after the chunks stored before it; what they
+        hold is part of the whole answer."""
+        self.so_far = so_far
+        self.seq = self._sent = so_far.seq
+        self._chunks = [b""] * so_far.seq  # never sent again: the stream holds them
+        self.text = [so_far.text] if so_far.text else []
+        self.thinking = [so_far.thinking] if so_far.thinking else []
+        self.tokens = so_far.tokens
 
     async def add(self, lines: list[Line]) -> None:
         """Take the lines of one read from the host."""
@@ -142,6 +179,9 @@ class Emitter:
             if thinking:
                 self.thinking.append(thinking)
                 self._pending_thinking.append(thinking)
+            if text or thinking:
+                self.tokens += 1
+                self._pending_tokens += 1
         if self.first_token_at is None and (self.text or self.thinking or self.tool_calls):
             self.first_token_at = self._loop.time()
         if not self._publish or not self._has_pending():
@@ -163,8 +203,10 @@ class Emitter:
             text="".join(self._pending_text),
             thinking="".join(self._pending_thinking) or None,
             tool_calls=self._pending_tools or None,
+            tokens=self._pending_tokens,
         )
         self._pending_text, self._pending_thinking, self._pending_tools = [], [], []
+        self._pending_tokens = 0
         self._last_sent = self._loop.time()
         self._chunks.append(encode(chunk))
 
@@ -261,22 +303,11 @@ class Emitter:
         count = (info.state.subjects or {}).get(self._subject, 0)
         stored = set(range(1, count + 1))
         if count != message.seq:  # a gap: chunks lost in flight, later ones stored
-            stored = await self._stored_seqs()
+            stored = {
+                m.seq or 0 async for m in stored_messages(self._js, self._stream, self._subject)
+            }
         missing = [seq for seq in range(1, len(self._chunks) + 1) if seq not in stored]
         return missing, stream_seq, ended
-
-    async def _stored_seqs(self) -> set[int]:
-        """Every chunk number the stream holds for this request (read one by one)."""
-        seqs: set[int] = set()
-        at = 1
-        while True:
-            try:
-                raw = await self._js.get_msg(self._stream, seq=at, subject=self._subject, next=True)
-            except NotFoundError:
-                return seqs
-            assert raw.seq is not None and raw.data is not None
-            seqs.add(decode_stream(raw.data).seq or 0)
-            at = raw.seq + 1
 
     async def finish(self, message: Done | Error) -> None:
         """Send the stream's last message after every chunk, numbered after them.

@@ -18,8 +18,9 @@ from actors.backends.backend import Backend
 from actors.backends.http import HostUnavailable, StreamTimeouts
 from actors.backends.ollama_api import Line
 from actors.backends.policy import ModelPolicy
-from actors.executor.emit import Emitter, NotStored, StreamEnded
+from actors.executor.emit import Emitter, NotStored, SoFar, StreamEnded
 from actors.executor.redelivery import Redelivery, judge_redelivery
+from actors.executor.resume import continued, stored_so_far, unmovable
 from bus.actor import reply_error
 from bus.claims import ROUTER
 from bus.errors import (
@@ -56,11 +57,20 @@ _HAND_BACK_S = 2.0
 # Finished streams kept to complete after a reconnection (those that ended within the
 # crash window before the drop).
 _FINISHED_KEEP_S = 5.0
+# How long the end of a request waits for the server to confirm its acknowledgement (a
+# stream leader's election included), and each try.
+_ACK_WITHIN_S = 30.0
+_ACK_TRY_S = 2.0
 
 
 def _stats(line: Line) -> dict[str, Any]:
     """Ollama's figures from its final line, under Ollama's names."""
     return {name: getattr(line, name) for name in STAT_FIELDS}
+
+
+def _output_tokens(emitter: Emitter, last: Line) -> int:
+    """The answer's tokens: this host's, and those of the hosts it moved from."""
+    return last.eval_count + (emitter.so_far.tokens if emitter.so_far else 0)
 
 
 def _host_request(work: Work, policy: ModelPolicy) -> Request:
@@ -162,10 +172,15 @@ class Serving:
             if not await self._claim(work, msg, log):
                 return
             await self._check_admissible(work)
-            request = _host_request(work, self._policy)
+            request: Request | None = _host_request(work, self._policy)
+            if emitter.so_far is not None:
+                raw = self.host.raw_completions
+                request = continued(request, emitter.so_far, raw_completions=raw)
             timeouts = self._timeouts(work)
             calling, called = True, loop.time()
-            if isinstance(request, EmbedRequest):
+            if request is None:  # the answer so far is whole: num_predict was reached
+                last = Line(done=True, done_reason="length")
+            elif isinstance(request, EmbedRequest):
                 last = await self.host.embed(request, timeouts.total)
             else:
                 async for lines in _lines(self.host, request, timeouts):
@@ -207,8 +222,14 @@ class Serving:
         except OllameshError as exc:
             if calling and isinstance(exc, UpstreamError | Timeout):
                 self._host_failed(work.model)
+                stalled = loop.time() - called < timeouts.total  # not its whole time spent
+                movable = emitter.started and stalled and attempt < self.cfg.max_attempts
+                if movable and await self._move(work, msg, emitter, log, exc):
+                    return
             failure = exc
-            if calling and isinstance(exc, Timeout) and not emitter.started and work.fallbacks:
+            # An answer begun on this model goes on on it: never on a fallback.
+            unbegun = not emitter.started and emitter.so_far is None
+            if calling and isinstance(exc, Timeout) and unbegun and work.fallbacks:
                 failure = await self._fall_back(work, msg, log)
                 if failure is None:
                     return
@@ -229,20 +250,75 @@ class Serving:
                 log.error("request_end_not_stored")
                 return
         else:
-            log.debug("request_done", chunks=emitter.seq)
-        await msg.ack()
+            log.debug("request_done", chunks=emitter.seq, moved=emitter.so_far is not None)
         await self._emit_event(work, emitter, last, failure, attempt, started)
+        await self._acknowledge(msg, log)
+
+    async def _acknowledge(self, msg: Msg, log: structlog.BoundLogger) -> None:
+        """Acknowledge the work, and wait for the server to confirm it: an ack lost with
+        a dying stream leader would have the work delivered, and served, again. Until
+        then this executor still says on its board that it serves the request, so a
+        delivery meanwhile is left to it."""
+        try:
+            async with asyncio.timeout(_ACK_WITHIN_S):
+                while True:
+                    try:
+                        await msg.ack_sync(timeout=_ACK_TRY_S)
+                        return
+                    except nats.errors.Error as exc:  # no leader yet, or reconnecting
+                        log.info("ack_unconfirmed", error=repr(exc))
+                        await self.nc.wait_connected(_ACK_WITHIN_S)
+        except TimeoutError:
+            log.error("ack_not_confirmed", within_s=_ACK_WITHIN_S)
+
+    async def _move(
+        self,
+        work: Work,
+        msg: Msg,
+        emitter: Emitter,
+        log: structlog.BoundLogger,
+        exc: OllameshError | None = None,
+    ) -> bool:
+        """The host failed mid-answer (`exc`), or this executor stops: hand the work back
+        for whoever takes it next to go on from the chunks sent, once the stream holds
+        them all. False if the request may not move, or they could not be stored."""
+        why = unmovable(decode_request(work.kind, work.body))
+        if why is None and (emitter.tool_calls or not emitter.publishing):
+            why = "it called a tool" if emitter.tool_calls else "it is not streamed"
+        if why is not None:
+            log.info("request_not_moved", reason=why)
+            return False
+        try:
+            await emitter.flush()
+            await emitter.resync()
+        except StreamEnded:
+            log.warning("request_superseded")
+            return True
+        except (nats.errors.Error, TimeoutError) as err:
+            log.warning(
+                "request_not_moved", reason="its chunks could not be stored", error=repr(err)
+            )
+            return False
+        if exc is None:
+            log.info("request_handed_over", sent=emitter.seq)
+            await self._release(work)
+            await msg.nak()
+        else:
+            log.warning("request_moving", error=exc.message, sent=emitter.seq)
+            await self._retry(work, msg, exc, log)
+        return True
 
     async def _take_over(
         self, work: Work, msg: Msg, emitter: Emitter, log: structlog.BoundLogger
     ) -> bool:
         """Work delivered again: whether to serve it (True), or leave it as judged."""
         rid = work.request_id
+        subject = self.subjects.stream(rid)
         verdict, stored = await judge_redelivery(
             self._board,
             self.js,
             stream=self.subjects.chunk_stream,
-            subject=self.subjects.stream(rid),
+            subject=subject,
             request_id=rid,
             published=emitter.publishing,
             me=self.executor_id,
@@ -256,10 +332,20 @@ class Serving:
                 await msg.ack()
                 return False
             case Redelivery.BROKEN:
-                # Tokens already reached the client from an executor that is gone: never
-                # restart the answer under the same seq numbers; end it after them.
-                emitter.continue_after(stored)
-                raise UpstreamError("the host serving this request stopped mid-stream")
+                # Tokens already reached the client from an executor that is gone (or
+                # from a host that failed): never restart the answer under the same seq
+                # numbers; go on after them, or end it after them.
+                why = unmovable(decode_request(work.kind, work.body))
+                so_far = None
+                if why is None:
+                    so_far = await stored_so_far(self.js, self.subjects.chunk_stream, subject)
+                    why = "its stored chunks have a gap or a tool call" if so_far is None else None
+                if so_far is None:
+                    log.warning("request_not_moved", reason=why, sent=stored)
+                    emitter.continue_after(SoFar(stored))
+                    raise UpstreamError("the host serving this request stopped mid-stream")
+                log.info("request_moved", sent=so_far.seq, tokens=so_far.tokens)
+                emitter.continue_after(so_far)
         return True
 
     async def _claim(self, work: Work, msg: Msg, log: structlog.BoundLogger) -> bool:
@@ -313,7 +399,8 @@ class Serving:
             tool_calls=emitter.tool_calls or None,
             embeddings=last.embeddings,
             fallback_from=work.fallback_from,
-            **_stats(last),
+            moved=emitter.so_far is not None,
+            **_stats(last) | {"eval_count": _output_tokens(emitter, last)},
         )
 
     async def _deliver(self, work: Work, emitter: Emitter, last: Line) -> None:
@@ -391,10 +478,11 @@ class Serving:
     async def _hand_back(
         self, work: Work, msg: Msg, emitter: Emitter, log: structlog.BoundLogger
     ) -> None:
-        """The executor is stopping: return unstarted work, end started streams cleanly.
+        """The executor is stopping: return unstarted work, hand started streams over
+        to go on elsewhere, or end them cleanly if they may not move.
 
         Within `_HAND_BACK_S`: with NATS out of reach the work stays unacknowledged, and
-        is delivered again (and ended there) within `ack_wait_s`.
+        is delivered again (and goes on, or ends, there) within `ack_wait_s`.
         """
         try:
             async with asyncio.timeout(_HAND_BACK_S):
@@ -402,6 +490,8 @@ class Serving:
                     log.info("request_handed_back")
                     await self._release(work)
                     await msg.nak()
+                    return
+                if await self._move(work, msg, emitter, log):
                     return
                 failure = UpstreamError(
                     "the executor stopped mid-stream", request_id=work.request_id
@@ -433,10 +523,11 @@ class Serving:
                 else None
             ),
             prompt_tokens=last.prompt_eval_count,
-            output_tokens=last.eval_count,
+            output_tokens=_output_tokens(emitter, last),
             attempt=attempt,
             fallback_from=work.fallback_from,
             template=work.template,
+            moved=emitter.so_far is not None,
             at=time.time(),
         )
         # Once (the request id is the message id: a request that somehow ends twice is

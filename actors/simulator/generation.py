@@ -14,7 +14,14 @@ import msgspec
 from actors.simulator.catalogue import ModelInfo
 from actors.simulator.engine import Fault
 from actors.simulator.text import Sampler, count_tokens, split_json
-from actors.simulator.wire import BadRequest, ChatRequest, GenerateRequest, Options, thinks
+from actors.simulator.wire import (
+    BadRequest,
+    ChatMessage,
+    ChatRequest,
+    GenerateRequest,
+    Options,
+    thinks,
+)
 
 __all__ = [
     "CRASH_ERROR",
@@ -82,9 +89,10 @@ def _format(fmt: object) -> object:
 
 
 def _tokens(
-    sampler: Sampler, fmt: object, think: bool, options: Options
+    sampler: Sampler, fmt: object, think: bool, options: Options, limit: int | None = None
 ) -> tuple[list[str], list[str], bool]:
-    limit = options.num_predict if options.num_predict is not None else -1
+    if limit is None:
+        limit = options.num_predict if options.num_predict is not None else -1
     content = split_json(sampler.json_text(fmt)) if fmt else sampler.answer(limit)
     # Thoughts are drawn after the answer so `think` does not change the answer itself.
     thinking = sampler.thoughts() if think else []
@@ -112,7 +120,15 @@ def plan_generate(req: GenerateRequest, info: ModelInfo, label: str) -> Turn:
         raise BadRequest("raw mode does not support template, system, or context")
     prompt, system = req.prompt or "", req.system or ""
     images = req.images or []
-    key = msgspec.json.encode((system, prompt, req.suffix, req.format, req.context, len(images)))
+    if req.raw or req.suffix or req.context:
+        asked = (system, prompt, req.suffix, req.format, req.context, len(images))
+        key = msgspec.json.encode(asked)
+    else:
+        # The template renders the prompt as a chat's user message: the model answers
+        # it as it answers that chat.
+        turn = [ChatMessage("system", system)] if system else []
+        turn.append(ChatMessage("user", prompt, req.images))
+        key = _chat_key(turn, req.format, None)
     sampler = Sampler(info.name, key, options.seed, options.temperature)
     thinking, content, limited = _tokens(sampler, fmt, think, options)
     template = 0 if req.raw else 2 * _TEMPLATE_TOKENS
@@ -131,14 +147,16 @@ def plan_chat(req: ChatRequest, info: ModelInfo, label: str) -> Turn:
     options = req.options or Options()
     messages = req.messages or []
     tools = _tools(req.tools, info, label)
-    key = msgspec.json.encode((messages, req.format, req.tools))
-    sampler = Sampler(info.name, key, options.seed, options.temperature)
     calls = None
     if tools and messages and messages[-1].role == "user":
+        sampler = Sampler(info.name, _chat_key(messages, req.format, req.tools), *_draw(options))
         calls = [sampler.tool_call(tools)]
         thinking = sampler.thoughts() if think else []
         content, limited = split_json(msgspec.json.encode(calls).decode()), False
+    elif messages and messages[-1].role == "assistant":
+        thinking, content, limited = _continue(req, messages, fmt, think, options, info)
     else:
+        sampler = Sampler(info.name, _chat_key(messages, req.format, req.tools), *_draw(options))
         thinking, content, limited = _tokens(sampler, fmt, think, options)
     prompt_tokens = _TEMPLATE_TOKENS + sum(
         _TEMPLATE_TOKENS + count_tokens(m.content or "") + _IMAGE_TOKENS * len(m.images or ())
@@ -146,6 +164,49 @@ def plan_chat(req: ChatRequest, info: ModelInfo, label: str) -> Turn:
     )
     stops = options.stops()
     return Turn(True, label, thinking, content, limited, stops, prompt_tokens, None, calls)
+
+
+def _chat_key(messages: list[ChatMessage], fmt: object, tools: object) -> bytes:
+    return msgspec.json.encode((messages, fmt, tools))
+
+
+def _draw(options: Options) -> tuple[int | None, float | None]:
+    return options.seed, options.temperature
+
+
+def _pieces(text: str, fmt: object) -> int:
+    """How many of the model's tokens `text` is (words, or JSON pieces)."""
+    return len(split_json(text)) if fmt else len(text.split())
+
+
+def _continue(
+    req: ChatRequest,
+    messages: list[ChatMessage],
+    fmt: object,
+    think: bool,
+    options: Options,
+    info: ModelInfo,
+) -> tuple[list[str], list[str], bool]:
+    """A chat whose last message is the assistant's: go on from it, as Ollama does.
+
+    If it begins the answer the model gives to the conversation before it, the model
+    goes on with the rest of that answer (at a fixed seed or temperature 0, exactly
+    the rest: the same answer, cut anywhere); `num_predict` counts from the message's
+    end. Any other text is continued with an answer of its own.
+    """
+    prefix, asked = messages[-1], messages[:-1]
+    said, thought = prefix.content or "", prefix.thinking or ""
+    done = _pieces(said, fmt) + len(thought.split())
+    limit = options.num_predict if options.num_predict is not None else -1
+    sampler = Sampler(info.name, _chat_key(asked, req.format, req.tools), *_draw(options))
+    whole = limit + done if limit >= 0 else limit
+    thinking, content, limited = _tokens(sampler, fmt, think, options, whole)
+    k_think = len(thought.split()) if said == "" else len(thinking)
+    k_said = _pieces(said, fmt)
+    if "".join(thinking[:k_think]) == thought and "".join(content[:k_said]) == said:
+        return thinking[k_think:], content[k_said:], limited
+    sampler = Sampler(info.name, _chat_key(messages, req.format, req.tools), *_draw(options))
+    return _tokens(sampler, fmt, False, options)
 
 
 def _tools(tools: list[Any] | None, info: ModelInfo, label: str) -> list[dict[str, Any]]:
