@@ -289,6 +289,25 @@ async def test_the_same_seed_gives_the_same_answer(http: httpx.AsyncClient) -> N
     assert answer(unprompted) != answer(one)  # the system prompt is part of the input
 
 
+async def test_a_chat_ending_with_the_assistant_s_message_goes_on_from_it(
+    http: httpx.AsyncClient,
+) -> None:
+    """As Ollama does, a final assistant message is continued, not answered: at
+    temperature 0 its own beginning goes on as the rest of the same answer, `num_predict`
+    counting from there; a generate is answered as the chat turn its template renders."""
+    cold = {**CHAT, "options": {"temperature": 0, "num_predict": 30}}
+    tokens = [x["message"]["content"] for x in (await ndjson(http, "/api/chat", cold))[:-1]]
+    begun = "".join(tokens[:12])
+    rest = {**cold, "messages": [*CHAT["messages"], {"role": "assistant", "content": begun}]}
+    rest["options"] = {"temperature": 0, "num_predict": 18}
+    lines = await ndjson(http, "/api/chat", rest)
+    assert text(lines) == "".join(tokens[12:]) and lines[-1]["eval_count"] == 18
+    other = {**rest, "messages": [*CHAT["messages"], {"role": "assistant", "content": "Zebra"}]}
+    assert text(await ndjson(http, "/api/chat", other)) != "".join(tokens[12:])
+    asked = {"model": CHAT["model"], "prompt": "Name a river.", "options": cold["options"]}
+    assert text(await ndjson(http, "/api/generate", asked)) == "".join(tokens)
+
+
 async def test_temperature_zero_repeats_without_a_seed(http: httpx.AsyncClient) -> None:
     """Greedy decoding repeats itself; sampling without a seed does not."""
     cold = {**CHAT, "options": {"temperature": 0}}
