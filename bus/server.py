@@ -31,6 +31,7 @@ __all__ = [
 log = structlog.get_logger("bus.server")
 
 _LISTENING = re.compile(rb"Listening for client connections on (\S+):(\d+)")
+_LEAF_LISTENING = re.compile(rb"Listening for leafnode connections on (\S+):(\d+)")
 _READY = b"Server is ready"
 # The passwords of the users nats.conf (and deploy/nats/auth.conf) define, one per role:
 # the server reads them from its environment, where the launcher puts a random one for
@@ -87,6 +88,7 @@ class EmbeddedNats:
     `port=None` takes a free port; `data_dir=None` keeps JetStream in a temporary
     directory removed at stop. `env` adds to the server's environment: the variables its
     config refers to, such as the role users' passwords (`ROLE_PASSWORDS`).
+    `jetstream=False`: a server without JetStream of its own (a leaf node using its hub's).
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class EmbeddedNats:
         data_dir: str | Path | None = None,
         config_file: str | Path | None = None,
         env: Mapping[str, str] | None = None,
+        jetstream: bool = True,
         start_timeout: float = 15.0,
     ) -> None:
         self.host = host
@@ -108,11 +111,14 @@ class EmbeddedNats:
         # (The server parses a variable as a config value: a letter first keeps it a string.)
         random = {name: f"p{secrets.token_hex(24)}" for name in ROLE_PASSWORDS}
         self._env = {**random, **os.environ, **(env or {})}
+        self._jetstream = jetstream
         self._start_timeout = start_timeout
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task[None] | None = None
         self.url = ""
+        # Where leaf nodes connect, once started, when the config listens for them.
+        self.leaf_port: int | None = None
 
     async def start(self) -> str:
         """Start the server and return its client URL once it accepts connections."""
@@ -128,9 +134,9 @@ class EmbeddedNats:
             "-c", str(self._config),
             "-a", self.host,
             "-p", str(port),
-            "-js",
-            "-sd", str(store),
         ]  # fmt: skip
+        if self._jetstream:
+            args += ["-js", "-sd", str(store)]
         self._proc = await asyncio.create_subprocess_exec(
             *args,
             stdout=asyncio.subprocess.DEVNULL,
@@ -162,6 +168,8 @@ class EmbeddedNats:
             if m := _LISTENING.search(line):
                 self.port = int(m.group(2))
                 self.url = f"nats://{self.host}:{self.port}"
+            elif m := _LEAF_LISTENING.search(line):
+                self.leaf_port = int(m.group(2))
             elif _READY in line and self.url:
                 return
 

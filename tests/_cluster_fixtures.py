@@ -7,7 +7,7 @@ import contextlib
 import itertools
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import nats.errors
@@ -37,16 +37,20 @@ def with_local_user(into: Path) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def running_cluster() -> AsyncIterator[list[EmbeddedNats]]:
-    """Three nodes on loopback (named n1, n2, n3), routed to each other, JetStream ready."""
+async def running_cluster(
+    env: Mapping[str, str] | None = None,
+) -> AsyncIterator[list[EmbeddedNats]]:
+    """Three nodes on loopback (named n1, n2, n3), routed to each other, JetStream ready,
+    each listening for leaf nodes too (`leaf_port`); `env` adds to their environment."""
     routes = [free_port() for _ in range(NODES)]
-    env = {f"NATS_ROUTE_{i + 1}": f"nats-route://127.0.0.1:{p}" for i, p in enumerate(routes)}
+    common = {f"NATS_ROUTE_{i + 1}": f"nats-route://127.0.0.1:{p}" for i, p in enumerate(routes)}
+    common |= {"NATS_LEAF_LISTEN": "127.0.0.1:-1", **(env or {})}
     configs = tempfile.TemporaryDirectory(prefix="ollamesh-cluster-")
     config = with_local_user(Path(configs.name))
     nodes = [
         EmbeddedNats(
             config_file=config,
-            env=env | {"NATS_SERVER_NAME": f"n{i + 1}", "NATS_CLUSTER_LISTEN": f"127.0.0.1:{p}"},
+            env=common | {"NATS_SERVER_NAME": f"n{i + 1}", "NATS_CLUSTER_LISTEN": f"127.0.0.1:{p}"},
         )
         for i, p in enumerate(routes)
     ]

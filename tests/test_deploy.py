@@ -301,6 +301,11 @@ def test_nats_values() -> None:
     assert jetstream["fileStore"]["pvc"]["size"]
     # The host registry, rate limits and health view are memory buckets.
     assert jetstream["memoryStore"]["enabled"] is True
+    # A GPU site's leaf node reaches the hub's JetStream by its domain, as cluster.conf's.
+    assert config["leafnodes"]["enabled"] is True
+    domain = re.search(r"^\s*domain: (\w+)$", (NATS_CONFIGS / "cluster.conf").read_text(), re.M)
+    assert domain and jetstream["merge"]["domain"] == domain.group(1) == "hub"
+    assert "$JS.hub.API.>" in (NATS_CONFIGS / "leaf.conf").read_text()
     for name in ("max_payload", "max_pending"):
         assert config["merge"][name] == f"<< {_nats_conf(name)} >>"
     for name in ("write_deadline", "ping_interval"):

@@ -318,7 +318,8 @@ async def test_an_nkey_user_connects_with_its_seed(tmp_path: Path) -> None:
 async def test_a_cluster_node_admits_only_its_users() -> None:
     """deploy/nats/cluster.conf (one node): no connection without credentials, the roles'
     users from the environment, each with its role."""
-    env = ROLE_ENV | {"NATS_SERVER_NAME": "solo", "NATS_CLUSTER_LISTEN": "127.0.0.1:-1"}
+    env = ROLE_ENV | {"NATS_SERVER_NAME": "solo", "NATS_CLUSTER_LISTEN": "127.0.0.1:-1",
+                      "NATS_LEAF_LISTEN": "127.0.0.1:-1"}  # fmt: skip
     env |= {f"NATS_ROUTE_{i}": "nats-route://127.0.0.1:1" for i in (1, 2, 3)}
     async with EmbeddedNats(config_file=DEPLOY / "cluster.conf", env=env) as node:
         with pytest.raises(Refused, match="a connection without credentials"):
