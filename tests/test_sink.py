@@ -16,7 +16,9 @@ from nats.aio.msg import Msg
 from actors.recorder import Recorder
 from actors.store import open_pool
 from actors.store.failures import Verdict, reason, verdict
+from actors.store.sink import unreachable_as
 from bus.connection import NATS, connect
+from bus.errors import Unavailable
 from bus.provision import provision
 from bus.server import EmbeddedNats
 from bus.subjects import Subjects, model_token
@@ -29,29 +31,39 @@ from tests.helpers import eventually, query
 HOSTS = ["http://127.0.0.1:9"]
 
 
+# A query on a connection the server has just ended, before its socket closed (seen as
+# pg_terminate_backend ended a prompt store's connections; a stopping Postgres ends
+# them the same way).
+ENDED = asyncpg.InternalClientError(
+    "cannot switch to state 12; another operation (2) is in progress"
+)
+VERDICTS = [
+    (asyncpg.CharacterNotInRepertoireError("0x00"), Verdict.REFUSED),
+    (asyncpg.NumericValueOutOfRangeError("out of range"), Verdict.REFUSED),
+    (asyncpg.NotNullViolationError("null"), Verdict.REFUSED),
+    (asyncpg.DataError("invalid input for query argument $10"), Verdict.REFUSED),
+    (msgspec.DecodeError("JSON is malformed"), Verdict.REFUSED),
+    (nats.js.errors.InvalidKeyError("a b"), Verdict.REFUSED),
+    (ConnectionRefusedError(111, "refused"), Verdict.OUTAGE),
+    (TimeoutError(), Verdict.OUTAGE),
+    (nats.errors.TimeoutError(), Verdict.OUTAGE),
+    (asyncpg.InterfaceError("pool is closing"), Verdict.OUTAGE),
+    (asyncpg.ConnectionDoesNotExistError("closed"), Verdict.OUTAGE),
+    (ENDED, Verdict.OUTAGE),
+    (asyncpg.TooManyConnectionsError("too many"), Verdict.OUTAGE),
+    (asyncpg.CannotConnectNowError("starting up"), Verdict.OUTAGE),
+    (asyncpg.AdminShutdownError("shutting down"), Verdict.OUTAGE),
+    (asyncpg.DiskFullError("disk full"), Verdict.OUTAGE),
+    (asyncpg.SerializationError("serialize"), Verdict.OUTAGE),
+    (asyncpg.UndefinedTableError("no table"), Verdict.FAULT),
+    (asyncpg.InsufficientPrivilegeError("denied"), Verdict.FAULT),
+    (RuntimeError("a bug"), Verdict.FAULT),
+]
+
+
 @pytest.mark.parametrize(
     ("exc", "want"),
-    [
-        (asyncpg.CharacterNotInRepertoireError("0x00"), Verdict.REFUSED),
-        (asyncpg.NumericValueOutOfRangeError("out of range"), Verdict.REFUSED),
-        (asyncpg.NotNullViolationError("null"), Verdict.REFUSED),
-        (asyncpg.DataError("invalid input for query argument $10"), Verdict.REFUSED),
-        (msgspec.DecodeError("JSON is malformed"), Verdict.REFUSED),
-        (nats.js.errors.InvalidKeyError("a b"), Verdict.REFUSED),
-        (ConnectionRefusedError(111, "refused"), Verdict.OUTAGE),
-        (TimeoutError(), Verdict.OUTAGE),
-        (nats.errors.TimeoutError(), Verdict.OUTAGE),
-        (asyncpg.InterfaceError("pool is closing"), Verdict.OUTAGE),
-        (asyncpg.ConnectionDoesNotExistError("closed"), Verdict.OUTAGE),
-        (asyncpg.TooManyConnectionsError("too many"), Verdict.OUTAGE),
-        (asyncpg.CannotConnectNowError("starting up"), Verdict.OUTAGE),
-        (asyncpg.AdminShutdownError("shutting down"), Verdict.OUTAGE),
-        (asyncpg.DiskFullError("disk full"), Verdict.OUTAGE),
-        (asyncpg.SerializationError("serialize"), Verdict.OUTAGE),
-        (asyncpg.UndefinedTableError("no table"), Verdict.FAULT),
-        (asyncpg.InsufficientPrivilegeError("denied"), Verdict.FAULT),
-        (RuntimeError("a bug"), Verdict.FAULT),
-    ],
+    VERDICTS,
     ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else v.value,
 )
 def test_a_failed_write_is_an_outage_a_refused_row_or_a_fault(
@@ -60,6 +72,19 @@ def test_a_failed_write_is_an_outage_a_refused_row_or_a_fault(
     """Only connection-level failures wait; content the store refuses is set aside; the
     rest (a missing table, a bug) is neither."""
     assert verdict(exc) is want
+
+
+@pytest.mark.parametrize(
+    "exc", [exc for exc, want in VERDICTS if want is Verdict.OUTAGE], ids=lambda v: type(v).__name__
+)
+def test_an_outage_under_a_request_is_unavailable(exc: BaseException) -> None:
+    """What the sink waits out, a request answered from Postgres gets as `unavailable`
+    (retryable), never `internal`."""
+    with (
+        pytest.raises(Unavailable, match="the test database is unreachable"),
+        unreachable_as("the test database"),
+    ):
+        raise exc
 
 
 def test_a_reason_names_the_sqlstate_and_can_be_stored() -> None:

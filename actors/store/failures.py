@@ -20,7 +20,7 @@ import msgspec
 import nats.errors
 import nats.js.errors
 
-__all__ = ["Verdict", "reason", "verdict"]
+__all__ = ["BROKEN", "Verdict", "reason", "verdict"]
 
 # SQLSTATE classes (the first two characters) and codes of a store that is not there,
 # not yet, or too busy: connection exceptions, transaction rollbacks (serialization,
@@ -44,6 +44,8 @@ _REFUSED_TYPES = (
     nats.errors.MaxPayloadError,
     nats.js.errors.BadRequestError,
 )
+# A connection asyncpg can no longer use; a new one works.
+BROKEN = (asyncpg.InterfaceError, asyncpg.InternalClientError)
 # A long reason is cut here: the dead letter keeps the payload itself.
 _REASON_MAX = 500
 
@@ -68,8 +70,11 @@ def verdict(exc: BaseException) -> Verdict:
             return Verdict.REFUSED
         return Verdict.FAULT
     # OSError: refused or reset connections; TimeoutError: a pool acquire or a command
-    # timing out (nats-py's TimeoutError is one); the rest of nats-py: the bus is away.
-    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError | nats.errors.Error):
+    # timing out (nats-py's TimeoutError is one); asyncpg's InternalClientError: a query
+    # on a connection the server has just ended (its FATAL read, the socket not closed
+    # yet: "cannot switch to state 12; another operation (2) is in progress"); the rest
+    # of nats-py: the bus is away.
+    if isinstance(exc, (OSError, TimeoutError, *BROKEN, nats.errors.Error)):
         return Verdict.OUTAGE
     return Verdict.FAULT
 

@@ -26,7 +26,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError
 
 from actors.runtime.metrics import Metrics
-from actors.store.failures import Verdict, reason, verdict
+from actors.store.failures import BROKEN, Verdict, reason, verdict
 from bus.config import RecorderConfig
 from bus.errors import Unavailable, logged
 from bus.subjects import Subjects
@@ -35,7 +35,7 @@ __all__ = ["ACQUIRE_TIMEOUT_S", "DOWN", "Decode", "EventSink", "Write", "unreach
 
 # Failures of the store that a request handler reports as `unavailable`. The sink itself
 # tells an outage from a refused row (see `actors.store.failures`).
-DOWN = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError, nats.errors.Error)
+DOWN = (OSError, TimeoutError, *BROKEN, asyncpg.PostgresError, nats.errors.Error)
 
 
 @contextlib.contextmanager
