@@ -8,6 +8,11 @@ stays literal; every missing variable is named in one error; unused ones are rep
 Usage figures (uses, success rate, average latency) come from `ollama_performance`,
 where the recorder writes each request's template. The original service's three
 construction templates are seeded on first start.
+
+While Postgres is unreachable, a render is answered from the templates this store last
+read or wrote (all the latest ones at start): a request naming a template is served
+through an outage, with the latest version this store knew. Everything else (and a
+template it never read) is `unavailable` until the database is back.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from actors.store.sink import ACQUIRE_TIMEOUT_S, unreachable_as
+from actors.store.sink import ACQUIRE_TIMEOUT_S, DOWN, unreachable_as
 from bus.actor import Actor
 from bus.config import Config
 from bus.errors import BadRequest
@@ -158,9 +163,15 @@ class PromptStore(Actor):
     def __init__(self, nc: NATS, subjects: Subjects, config: Config, pool: asyncpg.Pool) -> None:
         super().__init__(nc, subjects)
         self.pool = pool
+        # By (name, version), and by (name, None) the latest known: what renders use
+        # while the database is unreachable.
+        self._known: dict[tuple[str, int | None], asyncpg.Record] = {}
 
     async def setup(self) -> None:
         await self.seed()
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            for record in await conn.fetch(_ALL_LATEST):
+                self._remember(record, latest=True)
         handlers: dict[str, Handler] = {
             "put": self._put,
             "get": self._get,
@@ -190,6 +201,7 @@ class PromptStore(Actor):
             parameters = encode(put.parameters).decode()
             await conn.fetchval(_INSERT, put.name, put.template, parameters, put.description)
             record = await conn.fetchrow(_LATEST, put.name)
+        self._remember(record, latest=True)
         self.log.info("prompt_stored", name=put.name, version=record["version"])
         return encode(await self._prompt(record))
 
@@ -201,6 +213,8 @@ class PromptStore(Actor):
         decode_body(PromptList, msg.data, PromptList.__name__)
         async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
             records = await conn.fetch(_ALL_LATEST)
+        for record in records:
+            self._remember(record, latest=True)
         usage = await self._usage([r["name"] for r in records])
         return encode(Prompts(prompts=[self._shape(r, usage) for r in records]))
 
@@ -216,6 +230,9 @@ class PromptStore(Actor):
                     ref.version,
                 )
         removed = int(status.split()[-1])
+        # Read again when next asked (the latest may be another version now).
+        for key in [key for key in self._known if key[0] == ref.name]:
+            del self._known[key]
         if not removed:
             raise BadRequest(_not_found(ref.name, ref.version))
         self.log.info("prompt_deleted", name=ref.name, version=ref.version, versions=removed)
@@ -223,7 +240,16 @@ class PromptStore(Actor):
 
     async def _render(self, msg: Msg) -> bytes:
         request = decode_body(PromptRender, msg.data, PromptRender.__name__)
-        record = await self._find(request.name, request.version)
+        try:
+            record = await self._find(request.name, request.version)
+        except DOWN:
+            known = self._known.get((request.name, request.version))
+            if known is None:
+                raise
+            record = known
+            self.log.info(
+                "prompt_rendered_from_memory", name=request.name, version=record["version"]
+            )
         text, unused = render(record["template"], request.variables)
         return encode(
             Rendered(
@@ -243,7 +269,13 @@ class PromptStore(Actor):
                 record = await conn.fetchrow(_VERSION, name, version)
         if record is None:
             raise BadRequest(_not_found(name, version))
+        self._remember(record, latest=version is None)
         return record
+
+    def _remember(self, record: asyncpg.Record, *, latest: bool) -> None:
+        self._known[(record["name"], record["version"])] = record
+        if latest:
+            self._known[(record["name"], None)] = record
 
     async def _usage(self, names: list[str]) -> dict[str, TemplateUsage]:
         async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:

@@ -8,10 +8,11 @@ import pytest
 
 from actors.prompts import SEEDS, MissingVariables, render, variables_of
 from actors.router.templating import template_options
+from actors.store import EmbeddedPostgres
 from bus.client import Client
-from bus.errors import BadRequest
+from bus.errors import BadRequest, Unavailable
 from schemas import Options
-from tests.helpers import eventually
+from tests.helpers import eventually, query, refuse_connections
 
 MODEL = "llama3.2:3b"
 MODELS = [MODEL, "qwen2.5:7b"]
@@ -134,3 +135,35 @@ async def test_two_prompt_store_replicas_store_each_put_once(
         await stack_factory([sim.url], actors=("prompts",), database={"url": database_url})
     puts = [await client.put_prompt("twice", f"v{i}") for i in range(10)]
     assert [p.version for p in puts] == list(range(1, 11))
+
+
+async def test_a_template_it_knows_renders_while_postgres_is_unreachable(
+    store, client: Client, postgres: EmbeddedPostgres, database_url: str, prefix: str
+) -> None:
+    """With its database unreachable, the store renders what it knew (the seeds, read at
+    start; the versions it stored, and the latest of them), so a request naming one is
+    served; a template another replica stored and it never read is `unavailable`, and
+    so is every other verb."""
+    await client.put_prompt("outage", "Tell {{who}}", parameters={"temperature": 0})
+    await client.put_prompt("outage", "Ask {{who}}")
+    await query(database_url, "INSERT INTO ollama_prompts VALUES ('elsewhere', 1, '{{x}}')")
+    await refuse_connections(postgres.url(), prefix, True)
+    try:
+        assert (await client.render_prompt("outage", {"who": "me"})).text == "Ask me"
+        assert (await client.render_prompt("outage", {"who": "me"}, version=1)).text == "Tell me"
+        seeded = await client.render_prompt(
+            "safety_check_template",
+            {"conditions": "wet", "workers": 3, "equipment": "crane", "hazards": "none"},
+        )
+        assert seeded.version == 1 and "wet" in seeded.text
+        result = await client.generate(
+            MODEL, prompt_template="outage", variables={"who": "you"}, options={"num_predict": 2}
+        )
+        assert result.done
+        with pytest.raises(Unavailable):
+            await client.render_prompt("elsewhere", {"x": 1})
+        with pytest.raises(Unavailable):
+            await client.get_prompt("outage")
+    finally:
+        await refuse_connections(postgres.url(), prefix, False)
+    assert (await client.render_prompt("elsewhere", {"x": 1})).text == "1"

@@ -28,7 +28,10 @@ from tests.helpers import eventually, ollamesh_running, query, up_env
 
 MODEL = "llama3.2:3b"
 OUTAGE_S = 60.0  # the issue's outage
-WORKERS = 4  # half of them streamed, half whole answers
+# Streamed or whole answers, of a plain prompt or of a stored template, a worker each.
+WORKERS = 4
+# A seeded template (actors/prompts.py): the prompt store renders it for the router.
+TEMPLATE = "safety_check_template"
 # Every request ends within this, or it counts as lost: "never hangs", not a speed.
 BOUND_S = 30.0
 # Requests served before the outage (and after it) to show the fleet serving then.
@@ -46,6 +49,7 @@ class Outcome:
 
     request_id: str
     streamed: bool
+    templated: bool
     sent: float
     ended: float
     code: str
@@ -73,32 +77,37 @@ class Load:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def run(self, worker: int) -> None:
-        streamed = worker % 2 == 0
+        streamed, templated = worker % 2 == 0, worker % 4 >= 2
         while not self.stopping.is_set():
             request_id = uuid.uuid4().hex
             sent = time.monotonic()
             try:
-                await asyncio.wait_for(self._one(request_id, streamed), BOUND_S)
+                await asyncio.wait_for(self._one(request_id, streamed, templated), BOUND_S)
                 code = "done"
             except OllameshError as exc:
                 code = exc.code
             except TimeoutError:
                 code = "lost"
-            self.outcomes.append(Outcome(request_id, streamed, sent, time.monotonic(), code))
+            ended = time.monotonic()
+            self.outcomes.append(Outcome(request_id, streamed, templated, sent, ended, code))
 
-    async def _one(self, request_id: str, streamed: bool) -> None:
+    async def _one(self, request_id: str, streamed: bool, templated: bool) -> None:
+        question = f"question {request_id}"
+        fields: dict[str, object] = {"prompt": question}
+        if templated:
+            variables = {"conditions": question, "workers": 3, "equipment": "-", "hazards": "-"}
+            fields = {"prompt_template": TEMPLATE, "variables": variables}
         # Deterministic (temperature 0), so each answer is also handed to the cache keeper.
         options = {"num_predict": 8, "temperature": 0}
-        prompt = f"question {request_id}"
         if streamed:
             stream = await self.client.generate(
-                MODEL, prompt, stream=True, options=options, request_id=request_id
+                MODEL, stream=True, options=options, request_id=request_id, **fields
             )
             await stream.text()
             assert stream.done is not None
         else:
             result = await self.client.generate(
-                MODEL, prompt, options=options, request_id=request_id
+                MODEL, options=options, request_id=request_id, **fields
             )
             assert result.done
 
@@ -144,9 +153,10 @@ async def test_postgres_stopped_for_a_minute_under_load_loses_no_request_and_no_
     cluster: list[EmbeddedNats], sim_factory, prefix: str, tmp_path: Path
 ) -> None:
     """Postgres stopped for 60 s (its server process gone) under a steady load of
-    streamed and whole requests, its actors on another node and in another process than
-    the routers: every request ends `done` within the bound, none lost, none served
-    twice; afterwards every request has exactly one stats row and one cached answer."""
+    streamed and whole requests, of plain prompts and of a stored template, its actors on
+    another node and in another process than the routers: every request ends `done`
+    within the bound, none lost, none served twice, no writer crashed; afterwards every
+    request has exactly one stats row and one cached answer."""
     sims: list[SimulatorServer] = [
         await sim_factory(models=[MODEL], tokens_per_second=50.0) for _ in range(2)
     ]
@@ -202,11 +212,13 @@ async def test_postgres_stopped_for_a_minute_under_load_loses_no_request_and_no_
     ends = sorted(o.ended for o in outcomes)
     gap = max(b - a for a, b in itertools.pairwise(ends))
     missing = ids - rows.keys()
+    crashes = sum(stores.events[e] for e in ("loop_crashed", "handler_crashed"))
     twice = sorted(k for k, n in rows.items() if n > 1)
     others = sorted(rows.keys() - ids)
     print(
         f"\npostgres down {OUTAGE_S:.0f} s: {len(outcomes)} requests"
-        f" ({sum(o.streamed for o in outcomes)} streamed), {served_while_down} ended while"
+        f" ({sum(o.streamed for o in outcomes)} streamed,"
+        f" {sum(o.templated for o in outcomes)} of a template), {served_while_down} ended while"
         f" it was down; lost {codes.count('lost')}, failed"
         f" {len(codes) - codes.count('done') - codes.count('lost')}; generated"
         f" {generations}; rows {sum(rows.values())} for {len(rows)} requests, missing"
@@ -216,7 +228,9 @@ async def test_postgres_stopped_for_a_minute_under_load_loses_no_request_and_no_
         f" Postgres was back, every row {_s(all_rows_s)} after the load stopped"
         f" ({stopped - back:.1f} s after it was back), the event consumers settled"
         f" {last_row_s:.1f} s after it was back; writes delayed (recorder and cache"
-        f" keeper) {stores.events['write_delayed']}"
+        f" keeper) {stores.events['write_delayed']}, renders from memory"
+        f" {stores.events['prompt_rendered_from_memory']}; crashed loops and handlers"
+        f" {crashes}"
     )
     assert codes == ["done"] * len(outcomes), {c: codes.count(c) for c in set(codes)}
     assert served_while_down >= WORKERS  # served throughout, not only before and after
@@ -224,6 +238,7 @@ async def test_postgres_stopped_for_a_minute_under_load_loses_no_request_and_no_
     # Every request's row, once, and no other.
     assert not (missing or twice or others), (len(missing), twice[:5], others[:5])
     assert cached == len(ids)  # distinct prompts: one durable answer each
+    assert crashes == 0  # an outage is waited out, not a fault
 
 
 async def _any_row(database: str) -> bool:
