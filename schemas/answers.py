@@ -22,7 +22,7 @@ def _served(answer: Answer, request_id: str, cached: bool) -> dict[str, object]:
         "host": answer.host,
         "fallback_from": answer.fallback_from,
         "cached": cached,
-        "moved": answer.moved,
+        "moved": answer.moved and not cached,  # a replay moved nowhere
         **{name: getattr(answer, name) for name in STAT_FIELDS},
     }
 
