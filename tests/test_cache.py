@@ -214,14 +214,15 @@ async def test_identical_embeds_each_get_their_vectors(sim_factory, stack_factor
 async def test_followers_of_a_failed_generation_get_its_error_then_retry_afresh(
     database_url: str, sim_factory, stack_factory, client: Client
 ) -> None:
-    """When the one generation fails, those sharing it get the error; the next identical
-    request generates anew instead of following the failed one."""
+    """When the one generation fails (mid-stream, and it may not move to go on), those
+    sharing it get the error; the next identical request generates anew instead of
+    following the failed one."""
     sim = await sim_factory(models=MODELS, tokens_per_second=100)
     sim.engine.set_fault(Fault(kind="error_after", tokens=5, count=1))
     await stack_factory([sim.url], actors=CACHED, database={"url": database_url})
     options = {"temperature": 0, "num_predict": 20}
     outcomes = await asyncio.gather(
-        *(client.generate(MODEL, "fragile", options=options) for _ in range(5)),
+        *(client.generate(MODEL, "fragile", options=options, migrate=False) for _ in range(5)),
         return_exceptions=True,
     )
     assert all(isinstance(o, UpstreamError) for o in outcomes), outcomes
