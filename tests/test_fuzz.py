@@ -4,6 +4,7 @@ no actor dies, and the next valid request is served."""
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,11 +29,13 @@ MODEL = "llama3.2:3b"
 
 @dataclass
 class Fleet:
-    """The stack under fuzzing, a client of it, and how many bodies it was sent."""
+    """The stack under fuzzing, a client of it, how many bodies it was sent, and the
+    longest it took to answer one."""
 
     stack: Stack
     client: Client
     fuzzed: int = 0
+    slowest_s: float = 0.0
 
 
 # Names a hostile client tries: control characters, wildcards, path tricks, huge ones.
@@ -119,10 +122,12 @@ async def test_every_subject_answers_hostile_bodies_with_a_typed_error(fleet, da
     subject = data.draw(st.sampled_from(_subjects(fleet.stack)), label="subject")
     body = data.draw(BODIES, label="body")
     fleet.fuzzed += 1
+    began = time.perf_counter()
     try:
         msg = await fleet.client.nc.request(subject, body, timeout=1.0)
     except nats.errors.TimeoutError:
         pytest.fail(f"no answer within 1 s on {subject} to {body[:200]!r}")
+    fleet.slowest_s = max(fleet.slowest_s, time.perf_counter() - began)
     reply = msgspec.json.decode(msg.data)
     if isinstance(reply, dict) and reply.get("type") == "error":
         assert reply["code"] in set(ErrorCode) - {ErrorCode.INTERNAL}, (subject, body[:200], reply)
@@ -133,6 +138,10 @@ async def test_after_the_fuzzing_every_actor_runs_and_serves(fleet) -> None:
     """No actor died, no loop crashed, the connection lives, and a valid request works."""
     stack, client = fleet.stack, fleet.client
     assert fleet.fuzzed >= 400  # it runs after the fuzzing, in this module's order
+    print(
+        f"\nfuzzed {fleet.fuzzed} bodies on {len(_subjects(stack))} subjects:"
+        f" slowest answer {fleet.slowest_s * 1000:.0f} ms"
+    )
     assert stack.nc is not None and stack.nc.is_connected and not stack.lost
     for actor in stack.actors:
         assert actor.state is State.RUNNING, actor.name
