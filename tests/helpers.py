@@ -12,6 +12,7 @@ import signal
 import sys
 from asyncio.subprocess import Process
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -109,6 +110,17 @@ async def ollamesh_up(env: dict[str, str], *args: str, timeout: float = 30.0) ->
             if not line:
                 raise AssertionError(f"ollamesh up exited with {await proc.wait()}")
     return proc
+
+
+async def executor_process(
+    nats_url: str, host: str, prefix: str, tmp_path: Path, inflight: int
+) -> Process:
+    """An `ollamesh up --actors executor` child serving `host`, `inflight` requests at a
+    time (for a test to SIGKILL)."""
+    config = tmp_path / "executor.toml"
+    config.write_text(f"[executor]\nmax_inflight_per_model = {inflight}\n[metrics]\nport = 0\n")
+    env = up_env(nats_url, host, prefix=prefix, OLLAMESH_CONFIG=str(config))
+    return await ollamesh_up(env, "--actors", "executor")
 
 
 class Running:

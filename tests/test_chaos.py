@@ -19,7 +19,15 @@ from bus.errors import OllameshError
 from bus.server import EmbeddedNats
 from bus.subjects import Subjects
 from tests.conftest import make_config
-from tests.helpers import assert_well_formed, eventually, ollamesh_up, query, stored_stream, up_env
+from tests.helpers import (
+    assert_well_formed,
+    eventually,
+    executor_process,
+    ollamesh_up,
+    query,
+    stored_stream,
+    up_env,
+)
 
 MODEL = "llama3.2:3b"
 
@@ -122,10 +130,7 @@ async def test_a_killed_executor_s_requests_end_or_move_within_seconds(
     doomed = await sim_factory(models=[MODEL], tokens_per_second=20.0, num_parallel=2)
     doomed.engine.set_fault(Fault(kind="slow_first_token", delay_ms=60_000, count=1))
     steady = await sim_factory(models=[MODEL])
-    config = tmp_path / "executor.toml"
-    config.write_text("[executor]\nmax_inflight_per_model = 2\n[metrics]\nport = 0\n")
-    env = up_env(nats_server.url, doomed.url, prefix=prefix, OLLAMESH_CONFIG=str(config))
-    proc = await ollamesh_up(env, "--actors", "executor")
+    proc = await executor_process(nats_server.url, doomed.url, prefix, tmp_path, 2)
     try:
         await stack_factory([doomed.url], actors=("router",))
         async with Client(nats_server.url, prefix=prefix, timeout=30.0) as client:

@@ -124,6 +124,18 @@ def _denials(logs: list[dict]) -> list[str]:
     return [e["error"].lower() for e in logs if e["event"] == "nats_permission_denied"]
 
 
+async def _work_publish_is_denied(url: str, credentials: Credentials) -> None:
+    """Connected with `credentials`, a publish into a work queue is refused (logged)."""
+    with capture_logs() as logs:
+        nc = await connect(url, name="denied", credentials=credentials)
+        try:
+            await nc.publish(SUBJECTS.work(MODEL), b"x")
+            await nc.flush()
+            await eventually(lambda: bool(_denials(logs)))
+        finally:
+            await nc.close()
+
+
 def _violations(logs: list[dict]) -> list[dict]:
     """What the server or a connection reported as a permission violation."""
     return [
@@ -304,15 +316,8 @@ async def test_an_nkey_user_connects_with_its_seed(tmp_path: Path) -> None:
     async with EmbeddedNats(config_file=conf) as nkey_server:
         with pytest.raises(Refused):
             await connect(nkey_server.url, name="anonymous", credentials=Credentials())
-        with capture_logs() as logs:
-            nkey = Credentials(nkey=str(tmp_path / "user.nk"))
-            nc = await connect(nkey_server.url, name="nkey", credentials=nkey)
-            try:
-                await nc.publish(SUBJECTS.work(MODEL), b"x")
-                await nc.flush()
-                await eventually(lambda: bool(_denials(logs)))
-            finally:
-                await nc.close()
+        nkey = Credentials(nkey=str(tmp_path / "user.nk"))
+        await _work_publish_is_denied(nkey_server.url, nkey)
 
 
 async def test_a_cluster_node_admits_only_its_users() -> None:
@@ -326,14 +331,7 @@ async def test_a_cluster_node_admits_only_its_users() -> None:
             await connect(node.url, name="anonymous", credentials=Credentials())
         with pytest.raises(Refused, match="refused user 'admin'"):
             await connect(node.url, name="wrong", credentials=role("admin", "guess"))
-        with capture_logs() as logs:
-            nc = await connect(node.url, name="client", credentials=role("client"))
-            try:
-                await nc.publish(SUBJECTS.work(MODEL), b"x")
-                await nc.flush()
-                await eventually(lambda: bool(_denials(logs)))
-            finally:
-                await nc.close()
+        await _work_publish_is_denied(node.url, role("client"))
 
 
 async def test_ollamesh_up_and_the_cli_take_credentials_from_the_environment() -> None:

@@ -13,7 +13,7 @@ from actors.simulator import Fault
 from bus.client import ChunkStream, Client
 from bus.subjects import Subjects
 from schemas import Done
-from tests.helpers import assert_well_formed, eventually, ollamesh_up, stored_stream, up_env
+from tests.helpers import assert_well_formed, eventually, executor_process, stored_stream
 
 MODEL = "llama3.2:3b"
 TOKENS = 60
@@ -112,10 +112,7 @@ async def test_an_executor_sigkilled_in_the_middle_of_50_streams(
     heartbeat allow."""
     doomed = await sim_factory(models=[MODEL], tokens_per_second=10.0, num_parallel=STREAMS)
     steady = await sim_factory(models=[MODEL], num_parallel=STREAMS)
-    config = tmp_path / "executor.toml"
-    config.write_text(f"[executor]\nmax_inflight_per_model = {STREAMS}\n[metrics]\nport = 0\n")
-    env = up_env(nats_server.url, doomed.url, prefix=prefix, OLLAMESH_CONFIG=str(config))
-    proc = await ollamesh_up(env, "--actors", "executor")
+    proc = await executor_process(nats_server.url, doomed.url, prefix, tmp_path, STREAMS)
     try:
         await stack_factory([doomed.url], actors=("router",))
         async with Client(nats_server.url, prefix=prefix, timeout=60.0) as client:
