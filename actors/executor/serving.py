@@ -5,6 +5,7 @@ back when stopping; one event when it ends."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -61,6 +62,7 @@ _FINISHED_KEEP_S = 5.0
 # stream leader's election included), and each try.
 _ACK_WITHIN_S = 30.0
 _ACK_TRY_S = 2.0
+_ACK_PAUSE_S = 0.1
 
 
 def _stats(line: Line) -> dict[str, Any]:
@@ -266,8 +268,15 @@ class Serving:
                         await msg.ack_sync(timeout=_ACK_TRY_S)
                         return
                     except nats.errors.Error as exc:  # no leader yet, or reconnecting
+                        if self.nc.is_closed or self.nc.is_draining:
+                            # Stopping: no reply can come now; the ack may still go.
+                            with contextlib.suppress(nats.errors.Error):
+                                await msg.ack()
+                            log.warning("ack_unconfirmed", error=repr(exc), stopping=True)
+                            return
                         log.info("ack_unconfirmed", error=repr(exc))
                         await self.nc.wait_connected(_ACK_WITHIN_S)
+                        await asyncio.sleep(_ACK_PAUSE_S)  # paced: the server answered at once
         except TimeoutError:
             log.error("ack_not_confirmed", within_s=_ACK_WITHIN_S)
 
