@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Mapping
@@ -97,3 +98,11 @@ async def cluster() -> AsyncIterator[list[EmbeddedNats]]:
     """A three-node cluster of this test's own (it may kill a node)."""
     async with running_cluster() as nodes:
         yield nodes
+
+
+def config_limits(path: Path, *, nested: bool = True) -> dict[str, str]:
+    """A nats-server config's connection limits (`max_*`, `write_deadline`,
+    `ping_interval`); `nested=False`: top-level ones only (not JetStream's)."""
+    start = r"^\s*" if nested else r"^"
+    pattern = start + r"(max_\w+|write_deadline|ping_interval):\s*(\S+)"
+    return dict(re.findall(pattern, path.read_text(), re.M))

@@ -4,7 +4,6 @@ the client on the hub; a streamed chat served end to end."""
 
 from __future__ import annotations
 
-import re
 import secrets
 import shutil
 from collections.abc import AsyncIterator
@@ -21,7 +20,7 @@ from bus.credentials import Credentials
 from bus.server import EmbeddedNats, packaged_config
 from bus.subjects import Subjects
 from schemas.internal import decode_host
-from tests._cluster_fixtures import DEPLOY, running_cluster
+from tests._cluster_fixtures import DEPLOY, config_limits, running_cluster
 from tests.conftest import make_config
 from tests.helpers import eventually
 
@@ -102,11 +101,5 @@ def test_the_leaf_config_has_the_single_nodes_limits() -> None:
     """leaf.conf sets nats.conf's connection limits (JetStream's are the hub's): a site's
     executors publish what the hub takes, and a slow one gets the same room."""
 
-    def limits(path: Path) -> dict[str, str]:
-        found = re.findall(
-            r"^(max_\w+|write_deadline|ping_interval):\s*(\S+)", path.read_text(), re.M
-        )
-        return dict(found)
-
-    single = limits(packaged_config())
-    assert single and limits(DEPLOY / "leaf.conf") == single
+    single = config_limits(packaged_config(), nested=False)
+    assert single and config_limits(DEPLOY / "leaf.conf", nested=False) == single
